@@ -1,0 +1,5 @@
+import sys
+
+from pyserving.server.cli import main
+
+sys.exit(main())

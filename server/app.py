@@ -1,0 +1,134 @@
+"""The model server as a library object: the CLI and embedding applications both use it.
+
+    with ModelServer(ServerOptions(port=0, model_base_path="/models/half_plus_two")) as server:
+        channel = grpc.insecure_channel(server.grpc_target)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from pyserving.server import config as model_config
+from pyserving.server import device
+from pyserving.server.core import ServingCore
+from pyserving.server.errors import invalid_argument
+from pyserving.server.grpc_services import add_services
+from pyserving.server.inference import ExampleInference
+from pyserving.server.manager import ModelManager
+from pyserving.server.options import ServerOptions
+from pyserving.server.predict import Predictor
+from pyserving.server.servable import load_servable
+
+log = logging.getLogger(__name__)
+
+# TF Serving's gRPC defaults: unlimited message sizes (INT32_MAX).
+_DEFAULT_GRPC_OPTIONS = (
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+)
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
+    """--grpc_channel_arguments "k=v,k=v": integers become ints, the rest stay strings."""
+    arguments = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise invalid_argument(f"Invalid gRPC channel argument {item!r}; expected key=value")
+        try:
+            arguments.append((key.strip(), int(value)))
+        except ValueError:
+            arguments.append((key.strip(), value.strip()))
+    return arguments
+
+
+class ModelServer:
+    """Loads the configured models once and serves them over gRPC until stopped."""
+
+    def __init__(self, options: ServerOptions, *, host: str = "0.0.0.0") -> None:
+        self.options = options
+        self._host = host
+        self._server: grpc.Server | None = None
+        self._stopped = threading.Event()
+        self.port: int | None = None
+        session_config = device.session_config(options)
+        tags = options.tags
+        self.manager = ModelManager(
+            lambda name, version, path: load_servable(name, version, path, tags, session_config),
+            load_threads=max(options.num_load_threads, 1),
+            allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
+        )
+        self.core = ServingCore(
+            self.manager,
+            Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
+                      check_method_name=options.enable_signature_method_name_check),
+            ExampleInference(check_method_name=options.enable_signature_method_name_check),
+        )
+
+    @property
+    def grpc_target(self) -> str:
+        """Where a client on this machine connects (``127.0.0.1:PORT``)."""
+        if self.port:
+            return f"127.0.0.1:{self.port}"
+        return f"unix:{self.options.grpc_socket_path}"
+
+    def start(self) -> "ModelServer":
+        """Load every model, then open the gRPC port(s). Raises ServingError on failure."""
+        log.info("%s", device.describe_devices())
+        try:
+            self.manager.load_config(model_config.model_server_config(self.options))
+            self._server = self._open_grpc()
+        except BaseException:
+            self.manager.close()
+            raise
+        if self.port:
+            log.info("Running gRPC ModelServer at %s:%d ...", self._host, self.port)
+        if self.options.grpc_socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...",
+                     self.options.grpc_socket_path)
+        return self
+
+    def _open_grpc(self) -> grpc.Server:
+        options = self.options
+        channel_options = list(_DEFAULT_GRPC_OPTIONS)
+        channel_options += parse_channel_arguments(options.grpc_channel_arguments)
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
+                               thread_name_prefix="grpc"),
+            options=channel_options,
+        )
+        add_services(server, self.core)
+        # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
+        # binds a free port, which embedding applications and tests read from .port.
+        if options.port or not options.grpc_socket_path:
+            self.port = server.add_insecure_port(f"{self._host}:{options.port}")
+        if options.grpc_socket_path:
+            server.add_insecure_port(f"unix:{os.path.abspath(options.grpc_socket_path)}")
+        server.start()
+        return server
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Stop taking RPCs, let in-flight ones finish within ``grace`` seconds, unload."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        self.manager.close()
+        log.info("server stopped")
+
+    def wait(self) -> None:
+        """Block until stop() is called."""
+        self._stopped.wait()
+
+    def __enter__(self) -> "ModelServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

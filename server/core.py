@@ -1,0 +1,100 @@
+"""The serving core: the calls every transport (gRPC now, REST later) makes.
+
+Each call takes and returns TF Serving's request/response protos, resolves the ModelSpec
+through the manager and hands the servable to the request kind's runner.
+"""
+
+from __future__ import annotations
+
+from pyserving.server.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+from pyserving.server.errors import ERROR_CODE_NUMBERS, invalid_argument
+from pyserving.server.inference import ExampleInference
+from pyserving.server.manager import ModelManager
+from pyserving.server.predict import Predictor
+from pyserving.server.servable import Servable
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+class ServingCore:
+    """Prediction and model-status calls over a ModelManager."""
+
+    def __init__(self, manager: ModelManager, predictor: Predictor,
+                 inference: ExampleInference) -> None:
+        self.manager = manager
+        self._predictor = predictor
+        self._inference = inference
+
+    def servable_for(self, spec: model_pb2.ModelSpec) -> Servable:
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.manager.resolve(spec.name, version=spec.version.value)
+        if choice == "version_label":
+            return self.manager.resolve(spec.name, label=spec.version_label)
+        return self.manager.resolve(spec.name)
+
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        return self._predictor.predict(self.servable_for(request.model_spec), request)
+
+    def classify(self, request: classification_pb2.ClassificationRequest
+                 ) -> classification_pb2.ClassificationResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        return self._inference.classify(self.servable_for(request.model_spec), request)
+
+    def regress(self, request: regression_pb2.RegressionRequest
+                ) -> regression_pb2.RegressionResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        return self._inference.regress(self.servable_for(request.model_spec), request)
+
+    def multi_inference(self, request: inference_pb2.MultiInferenceRequest
+                        ) -> inference_pb2.MultiInferenceResponse:
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        return self._inference.multi_inference(self.servable_for(spec), request)
+
+    def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
+                       ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        if not request.metadata_field:
+            raise invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise invalid_argument(f"Metadata field {field} is not supported")
+        servable = self.servable_for(request.model_spec)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature in servable.signatures.items():
+            signatures.signature_def[name].CopyFrom(signature)
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
+        return response
+
+    def model_status(self, request: get_model_status_pb2.GetModelStatusRequest
+                     ) -> get_model_status_pb2.GetModelStatusResponse:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        spec = request.model_spec
+        version = spec.version.value if spec.HasField("version") else None
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self.manager.version_statuses(spec.name, version):
+            entry = response.model_version_status.add()
+            entry.version = status.version
+            entry.state = int(status.state)
+            if status.error is not None:
+                entry.status.error_code = ERROR_CODE_NUMBERS[status.error.code]
+                entry.status.error_message = status.error.message
+        return response

@@ -1,0 +1,55 @@
+"""gRPC adapters: PredictionService and ModelService over the serving core."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import grpc
+
+from pyserving.server.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from pyserving.server.core import ServingCore
+from pyserving.server.errors import ServingError
+
+# TF Serving truncates long error messages (grpc_status_util.cc).
+_MESSAGE_LIMIT = 1024
+
+
+def status_message(message: str) -> str:
+    if len(message) > _MESSAGE_LIMIT:
+        return message[:_MESSAGE_LIMIT] + "...TRUNCATED"
+    return message
+
+
+def _unary(call: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+    @functools.wraps(call)
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return call(request)
+        except ServingError as error:
+            context.abort(error.code, status_message(error.message))
+    return handler
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.Predict = _unary(core.predict)
+        self.Classify = _unary(core.classify)
+        self.Regress = _unary(core.regress)
+        self.MultiInference = _unary(core.multi_inference)
+        self.GetModelMetadata = _unary(core.model_metadata)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.GetModelStatus = _unary(core.model_status)
+
+
+def add_services(server: grpc.Server, core: ServingCore) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)

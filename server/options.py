@@ -1,0 +1,170 @@
+"""Server options: tensorflow_model_server's flags, parsed into one immutable object.
+
+Every flag of ``tensorflow_model_server`` is accepted with its name, default and ``--flag=value``
+syntax, so launch scripts work by swapping the binary name. Flags whose feature pyserving does
+not implement yet are parsed and reported at start-up (``INERT_FLAGS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+
+def _flag(default: Any, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
+_CPUS = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Everything the server reads from its command line (or an embedding application)."""
+
+    port: int = _flag(8500, "TCP port to listen on for the gRPC API. Disabled if set to zero "
+                            "(then --grpc_socket_path must be set).")
+    grpc_socket_path: str = _flag("", "If non-empty, also listen on this UNIX socket for the "
+                                      "gRPC API.")
+    rest_api_port: int = _flag(0, "Port for the HTTP/REST API; 0 disables it. Must differ from "
+                                  "--port.")
+    rest_api_num_threads: int = _flag(4 * _CPUS, "Number of threads for HTTP/REST API "
+                                                 "processing.")
+    rest_api_timeout_in_ms: int = _flag(30000, "Timeout for HTTP/REST API calls.")
+    rest_api_enable_cors_support: bool = _flag(False, "Enable CORS headers in REST responses.")
+    enable_batching: bool = _flag(False, "Enable dynamic request batching.")
+    allow_version_labels_for_unavailable_models: bool = _flag(
+        False, "Allow assigning version labels to versions that are not available yet.")
+    batching_parameters_file: str = _flag("", "Text-format BatchingParameters file "
+                                              "(requires --enable_batching).")
+    enable_per_model_batching_parameters: bool = _flag(
+        False, "Read batching_params.pbtxt from each SavedModel directory.")
+    model_config_file: str = _flag("", "Text-format ModelServerConfig file listing the models "
+                                       "to serve (if set, --model_name and --model_base_path "
+                                       "are ignored).")
+    model_config_file_poll_wait_seconds: int = _flag(0, "Seconds between re-reads of "
+                                                        "--model_config_file; 0 reads it once.")
+    model_name: str = _flag("default", "Name of the model (ignored with --model_config_file).")
+    model_base_path: str = _flag("", "Directory whose numeric sub-directories are the model's "
+                                     "versions (required unless --model_config_file is set).")
+    num_load_threads: int = _flag(0, "Threads used to load servables (0 loads serially).")
+    num_unload_threads: int = _flag(0, "Threads used to unload servables (0 unloads serially).")
+    max_num_load_retries: int = _flag(5, "Retries of a failed load before giving up.")
+    load_retry_interval_micros: int = _flag(60_000_000, "Microseconds between load retries.")
+    file_system_poll_wait_seconds: int = _flag(1, "Seconds between polls of the model base "
+                                                  "paths for new versions.")
+    flush_filesystem_caches: bool = _flag(True, "Flush filesystem caches after loads.")
+    tensorflow_session_parallelism: int = _flag(0, "Threads for running a TensorFlow session "
+                                                   "(0 = auto).")
+    tensorflow_session_config_file: str = _flag("", "Text-format TensorFlow ConfigProto for "
+                                                    "every session.")
+    tensorflow_intra_op_parallelism: int = _flag(0, "Threads used to parallelise one op "
+                                                    "(0 = auto).")
+    tensorflow_inter_op_parallelism: int = _flag(0, "Ops that may run at once (0 = auto).")
+    use_alts_credentials: bool = _flag(False, "Use Google ALTS credentials.")
+    ssl_config_file: str = _flag("", "Text-format SSLConfig for a secure gRPC port.")
+    platform_config_file: str = _flag("", "Text-format PlatformConfigMap.")
+    per_process_gpu_memory_fraction: float = _flag(
+        0.0, "Fraction of each GPU's memory this process may take, 0.0 to 1.0; 0 lets "
+             "TensorFlow grow its allocation on demand.")
+    saved_model_tags: str = _flag("serve", "Comma-separated tags of the MetaGraphDef to load.")
+    grpc_channel_arguments: str = _flag("", "Comma-separated gRPC server arguments, e.g. "
+                                            "grpc.max_connection_age_ms=2000.")
+    grpc_max_threads: int = _flag(4 * _CPUS, "Max gRPC server threads handling requests.")
+    enable_model_warmup: bool = _flag(True, "Replay assets.extra/tf_serving_warmup_requests "
+                                            "before a version serves.")
+    num_request_iterations_for_warmup: int = _flag(0, "Times each warmup request is replayed "
+                                                      "(used if > 0).")
+    version: bool = _flag(False, "Display version and exit.")
+    monitoring_config_file: str = _flag("", "Text-format MonitoringConfig file.")
+    remove_unused_fields_from_bundle_metagraph: bool = _flag(
+        True, "Remove unused fields from the MetaGraphDef to save memory.")
+    prefer_tflite_model: bool = _flag(False, "Prefer model.tflite (not supported).")
+    num_tflite_pools: int = _flag(_CPUS, "TFLite interpreter pools (not supported).")
+    num_tflite_interpreters_per_pool: int = _flag(1, "TFLite interpreters per pool "
+                                                     "(not supported).")
+    enable_signature_method_name_check: bool = _flag(
+        False, "Check that Predict signatures have a predict, classify or regress method_name.")
+    xla_cpu_compilation_enabled: bool = _flag(False, "Enable XLA:CPU JIT.")
+    xla_gpu_compilation_enabled: bool = _flag(False, "Enable XLA:CPU and XLA:GPU JIT.")
+    enable_profiler: bool = _flag(True, "Enable the profiler service.")
+    thread_pool_factory_config_file: str = _flag("", "Text-format ThreadPoolConfig file.")
+    mixed_precision: str = _flag("", "Mixed precision mode.")
+    skip_initialize_tpu: bool = _flag(False, "Skip auto-initialising a TPU.")
+    enable_grpc_healthcheck_service: bool = _flag(False, "Enable the standard gRPC health "
+                                                         "service.")
+    enable_serialization_as_tensor_content: bool = _flag(
+        False, "Serialise Predict outputs as tensor_content instead of typed *_val fields.")
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return tuple(tag.strip() for tag in self.saved_model_tags.split(",") if tag.strip())
+
+    def replace(self, **changes: Any) -> "ServerOptions":
+        return dataclasses.replace(self, **changes)
+
+
+# Flags that parse and keep their meaning for launch scripts, but change nothing yet.
+INERT_FLAGS = frozenset({
+    "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
+    "rest_api_enable_cors_support", "enable_batching", "batching_parameters_file",
+    "enable_per_model_batching_parameters", "model_config_file_poll_wait_seconds",
+    "num_load_threads", "num_unload_threads", "max_num_load_retries",
+    "load_retry_interval_micros", "file_system_poll_wait_seconds", "flush_filesystem_caches",
+    "use_alts_credentials", "ssl_config_file", "platform_config_file", "enable_model_warmup",
+    "num_request_iterations_for_warmup", "monitoring_config_file",
+    "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model", "num_tflite_pools",
+    "num_tflite_interpreters_per_pool", "xla_cpu_compilation_enabled",
+    "xla_gpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",
+    "mixed_precision", "skip_initialize_tpu", "enable_grpc_healthcheck_service",
+})
+
+
+def parse_bool(text: str) -> bool:
+    """TensorFlow's flag syntax for booleans: true/false/1/0."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value: {text!r}")
+
+
+def build_parser(prog: str = "pyserving") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="A TensorFlow Serving compatible model server. Accepts "
+                    "tensorflow_model_server's flags (--flag=value or --flag value).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    for spec in dataclasses.fields(ServerOptions):
+        help_text = spec.metadata["help"]
+        if spec.name in INERT_FLAGS:
+            help_text += " [accepted; not implemented yet]"
+        flag = f"--{spec.name}"
+        if spec.type in ("bool", bool):
+            parser.add_argument(flag, type=parse_bool, nargs="?", const=True,
+                                default=spec.default, help=help_text, metavar="BOOL")
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(spec.type)]
+            parser.add_argument(flag, type=kind, default=spec.default, help=help_text)
+    return parser
+
+
+def parse_options(argv: Sequence[str] | None = None) -> tuple[ServerOptions, list[str]]:
+    """Parse flags; returns the options and the arguments that were not recognised."""
+    parser = build_parser()
+    namespace, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return ServerOptions(**vars(namespace)), unknown
+
+
+def explicitly_set_inert_flags(options: ServerOptions) -> list[str]:
+    """Names of not-yet-implemented flags whose value differs from the default."""
+    defaults = ServerOptions()
+    return sorted(name for name in INERT_FLAGS
+                  if getattr(options, name) != getattr(defaults, name))

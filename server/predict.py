@@ -1,0 +1,127 @@
+"""Predict: validate a request against its signature, run it, build the response.
+
+Checks and messages follow TF Serving's predict_util.cc and TensorFlow's
+saved_model::GetInputValues, in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pyserving.client.tensors import TensorParseError, fill_tensor_proto, ndarray_from_tensor_proto
+from pyserving.server.apis import predict_pb2
+from pyserving.server.errors import failed_precondition, internal, invalid_argument
+from pyserving.server.servable import Servable, SignatureDef
+
+DEFAULT_SIGNATURE = "serving_default"
+PREDICT_METHOD = "tensorflow/serving/predict"
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def _joined(keys: Any) -> str:
+    return ",".join(sorted(keys))
+
+
+def find_predict_signature(servable: Servable, signature_name: str) -> tuple[str, SignatureDef]:
+    name = signature_name or DEFAULT_SIGNATURE
+    signature = servable.signatures.get(name)
+    if signature is None:
+        raise failed_precondition(f'Serving signature key "{name}" not found.')
+    return name, signature
+
+
+def _verify_method_name(signature: SignatureDef) -> None:
+    if signature.method_name not in (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD):
+        raise internal("Expected prediction signature method_name to be one of "
+                       f"{{{PREDICT_METHOD}, {CLASSIFY_METHOD}, {REGRESS_METHOD}}}. "
+                       f"Was: {signature.method_name}")
+
+
+def _verify_inputs_size(signature: SignatureDef, inputs: Any) -> None:
+    sent, expected = len(inputs), len(signature.inputs)
+    if sent > expected or (sent < expected and not signature.defaults):
+        request_keys, signature_keys = set(inputs.keys()), set(signature.inputs.keys())
+        raise invalid_argument(
+            f"input size does not match signature: {sent}!={expected} "
+            f"len({{{_joined(request_keys)}}}) != len({{{_joined(signature_keys)}}}). "
+            f"Sent extra: {{{_joined(request_keys - signature_keys)}}}. "
+            f"Missing but required: {{{_joined(signature_keys - request_keys)}}}.")
+
+
+def input_feeds(signature: SignatureDef, inputs: Any,
+                max_bytes: int) -> list[tuple[str, np.ndarray]]:
+    """Decode the request's tensors (or the signature's defaults) into (feed name, array)."""
+    feeds = []
+    used = 0
+    for alias, info in signature.inputs.items():
+        if alias in inputs:
+            proto = inputs[alias]
+            used += 1
+        elif alias in signature.defaults:
+            proto = signature.defaults[alias]
+        else:
+            raise invalid_argument(
+                f"Signature input alias: {alias}(feed name: {info.name}) not found in request "
+                f"and no default value provided. Inputs expected to be in the request "
+                f"{{{_joined(inputs.keys())}}}, or default input alias set: "
+                f"{_joined(signature.defaults.keys())}")
+        try:
+            feeds.append((info.name, ndarray_from_tensor_proto(proto, max_bytes=max_bytes)))
+        except TensorParseError:
+            raise invalid_argument(f"tensor parsing error: {alias}") from None
+    if inputs and used != len(inputs):
+        seen = [alias for alias in signature.inputs if alias in inputs]
+        raise invalid_argument(
+            f"Inputs contains invalid name. Used request inputs: {_joined(seen)}, "
+            f"request input: {_joined(inputs.keys())}")
+    return feeds
+
+
+def output_aliases(signature: SignatureDef, output_filter: Any) -> list[str]:
+    """The outputs to fetch: the filter in its order, or every output of the signature."""
+    if not output_filter:
+        return list(signature.outputs.keys())
+    seen: set[str] = set()
+    for alias in output_filter:
+        if alias not in signature.outputs:
+            raise invalid_argument(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be "
+                f"in the set {{{_joined(signature.outputs.keys())}}}.")
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.add(alias)
+    return list(output_filter)
+
+
+class Predictor:
+    """Runs PredictRequests against servables."""
+
+    def __init__(self, *, as_tensor_content: bool = False, check_method_name: bool = False,
+                 max_tensor_bytes: int = 2**31) -> None:
+        self._as_tensor_content = as_tensor_content
+        self._check_method_name = check_method_name
+        self._max_tensor_bytes = max_tensor_bytes
+
+    def predict(self, servable: Servable,
+                request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        name, signature = find_predict_signature(servable, request.model_spec.signature_name)
+        if self._check_method_name:
+            _verify_method_name(signature)
+        _verify_inputs_size(signature, request.inputs)
+        feeds = input_feeds(signature, request.inputs, self._max_tensor_bytes)
+        aliases = output_aliases(signature, request.output_filter)
+        fetches = [signature.outputs[alias].name for alias in aliases]
+        values = servable.run(feeds, fetches)
+        response = predict_pb2.PredictResponse()
+        spec = response.model_spec
+        spec.name = request.model_spec.name
+        spec.signature_name = name
+        spec.version.value = servable.version
+        outputs = response.outputs
+        for alias, value in zip(aliases, values):
+            fill_tensor_proto(outputs[alias], value, as_content=self._as_tensor_content,
+                              dtype_enum=signature.outputs[alias].dtype or None)
+        return response

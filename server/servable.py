@@ -1,0 +1,101 @@
+"""One loaded model version: a SavedModel in its own TensorFlow graph and session.
+
+SavedModels are loaded the way TF Serving loads them (a MetaGraphDef into a session, whatever
+TF version exported them), so signatures, feeding leniency and error texts match: feeds are
+not shape-checked against the signature, and a wrong dtype fails inside TensorFlow with its
+own message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pyserving.server.apis import config_pb2, meta_graph_pb2
+from pyserving.server.errors import ServingError, from_tensorflow, internal
+
+log = logging.getLogger(__name__)
+
+SignatureDef = meta_graph_pb2.SignatureDef
+
+
+class Servable:
+    """A version of a model, resident and ready to run; thread-safe."""
+
+    def __init__(self, name: str, version: int, path: str, graph: tf.Graph,
+                 session: tf.compat.v1.Session, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self.meta_graph = meta_graph
+        self.signatures: dict[str, SignatureDef] = dict(meta_graph.signature_def)
+        self._graph = graph
+        self._session = session
+        self._endpoints: dict[str, object] = {}
+        self._endpoints_lock = threading.Lock()
+        for signature in self.signatures.values():
+            for info in list(signature.inputs.values()) + list(signature.outputs.values()):
+                self._endpoint(info.name)
+
+    def _endpoint(self, tensor_name: str) -> object:
+        endpoint = self._endpoints.get(tensor_name)
+        if endpoint is None:
+            try:
+                tensor = self._graph.get_tensor_by_name(tensor_name)
+            except (KeyError, ValueError) as error:
+                raise internal(f"Tensor {tensor_name} not found in the graph: {error}") from None
+            endpoint = tensor._as_tf_output()  # the C TF_Output that TF_SessionRun takes
+            with self._endpoints_lock:
+                self._endpoints[tensor_name] = endpoint
+        return endpoint
+
+    def run(self, feeds: Sequence[tuple[str, np.ndarray]],
+            fetches: Sequence[str]) -> list[np.ndarray]:
+        """Run the session: feed tensor names to arrays, return the fetched tensors' values."""
+        feed_dict = {self._endpoint(name): value for name, value in feeds}
+        fetch_list = [self._endpoint(name) for name in fetches]
+        try:
+            # Session.run's Python layer rejects feeds whose shape differs from the
+            # placeholder's; TF Serving does not check shapes, so go to TF_SessionRun directly.
+            return self._session._call_tf_sessionrun(None, feed_dict, fetch_list, [], None)
+        except tf.errors.OpError as error:
+            raise from_tensorflow(error) from None
+
+    def close(self) -> None:
+        self._session.close()
+        self._endpoints.clear()
+
+
+def load_servable(name: str, version: int, path: str, tags: Sequence[str],
+                  session_config: config_pb2.ConfigProto) -> Servable:
+    """Load a SavedModel version; raises ServingError with TensorFlow's message on failure."""
+    started = time.monotonic()
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph, config=session_config)
+    try:
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
+    except tf.errors.OpError as error:
+        session.close()
+        raise from_tensorflow(error) from None
+    except (OSError, RuntimeError, ValueError) as error:
+        session.close()
+        raise ServingError(_load_error_code(error), str(error)) from None
+    graph.finalize()
+    servable = Servable(name, version, path, graph, session, meta_graph)
+    log.info("loaded servable %s version %d from %s in %.0f ms with signatures %s", name,
+             version, path, (time.monotonic() - started) * 1000, sorted(servable.signatures))
+    return servable
+
+
+def _load_error_code(error: Exception):
+    import grpc
+
+    if isinstance(error, OSError):
+        return grpc.StatusCode.NOT_FOUND
+    return grpc.StatusCode.INVALID_ARGUMENT
