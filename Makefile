@@ -1,0 +1,35 @@
+# One-command setup: `make serve` installs and serves the demo model on :8500,
+# `make test` installs the test extras and runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8500
+DEMO_DIR ?= demo_models
+
+.PHONY: serve test install install-test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[server]'
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[server,test]'
+
+$(DEMO_DIR)/half_plus_two/1/saved_model.pb: | install
+	$(BIN)/python -m pyserving.server.demo $(DEMO_DIR)
+
+serve: install $(DEMO_DIR)/half_plus_two/1/saved_model.pb
+	$(BIN)/pyserving --port=$(PORT) --model_name=half_plus_two \
+		--model_base_path=$(abspath $(DEMO_DIR))/half_plus_two
+
+test: install-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python bench/predict_overhead.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
