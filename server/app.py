@@ -17,7 +17,7 @@ import grpc
 from pyserving.server import config as model_config
 from pyserving.server import device
 from pyserving.server.core import ServingCore
-from pyserving.server.errors import invalid_argument
+from pyserving.server.errors import invalid_argument, unavailable
 from pyserving.server.grpc_services import add_services
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import ModelManager
@@ -48,6 +48,13 @@ def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
     return arguments
 
 
+def _bind(server: grpc.Server, address: str) -> int:
+    try:
+        return server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise unavailable(f"Failed to bind gRPC server to {address}: {error}") from None
+
+
 class ModelServer:
     """Loads the configured models once and serves them over gRPC until stopped."""
 
@@ -55,6 +62,7 @@ class ModelServer:
         self.options = options
         self._host = host
         self._server: grpc.Server | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
         self.port: int | None = None
         session_config = device.session_config(options)
@@ -83,9 +91,9 @@ class ModelServer:
         log.info("%s", device.describe_devices())
         try:
             self.manager.load_config(model_config.model_server_config(self.options))
-            self._server = self._open_grpc()
+            self._open_grpc()
         except BaseException:
-            self.manager.close()
+            self.stop(grace=None)
             raise
         if self.port:
             log.info("Running gRPC ModelServer at %s:%d ...", self._host, self.port)
@@ -94,24 +102,22 @@ class ModelServer:
                      self.options.grpc_socket_path)
         return self
 
-    def _open_grpc(self) -> grpc.Server:
+    def _open_grpc(self) -> None:
         options = self.options
         channel_options = list(_DEFAULT_GRPC_OPTIONS)
         channel_options += parse_channel_arguments(options.grpc_channel_arguments)
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
-                               thread_name_prefix="grpc"),
-            options=channel_options,
-        )
+        self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
+                                            thread_name_prefix="grpc")
+        server = grpc.server(self._executor, options=channel_options)
         add_services(server, self.core)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
+        self._server = server
         if options.port or not options.grpc_socket_path:
-            self.port = server.add_insecure_port(f"{self._host}:{options.port}")
+            self.port = _bind(server, f"{self._host}:{options.port}")
         if options.grpc_socket_path:
-            server.add_insecure_port(f"unix:{os.path.abspath(options.grpc_socket_path)}")
+            _bind(server, f"unix:{os.path.abspath(options.grpc_socket_path)}")
         server.start()
-        return server
 
     def stop(self, grace: float | None = 5.0) -> None:
         """Stop taking RPCs, let in-flight ones finish within ``grace`` seconds, unload."""
@@ -120,6 +126,8 @@ class ModelServer:
         self._stopped.set()
         if self._server is not None:
             self._server.stop(grace).wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
         self.manager.close()
         log.info("server stopped")
 
