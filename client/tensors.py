@@ -2,12 +2,15 @@
 
 The functions take and fill any ``tensorflow.TensorProto`` message class (TensorFlow's own or
 the client's generated one), so this module needs numpy only. Decoding follows TensorFlow's
-``Tensor::FromProto``: ``tensor_content`` when present, else the typed ``*_val`` field, where
-fewer values than elements repeat the last one and no values mean zeros.
+``Tensor::FromProto``: an empty tensor reads no values; else ``tensor_content`` when present
+(its exact size), else the typed ``*_val`` field, where fewer values than elements repeat the
+last one, none mean zeros and extra ones are dropped. Encoding follows ``AsProtoField`` (every
+value in the typed field) and ``AsProtoTensorContent``.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,6 +38,9 @@ DTYPE_NAMES = {
 
 # Largest tensor one request may decode to; a proto can declare far more than it carries.
 DEFAULT_MAX_DECODED_BYTES = 2**31
+_MAX_DIMS = 64  # numpy's limit; TensorFlow allows 254
+_MAX_NUMPY_BYTES = np.iinfo(np.intp).max
+_LITTLE_ENDIAN = sys.byteorder == "little"  # wire order of tensor_content and packed fields
 
 
 class TensorParseError(ValueError):
@@ -47,36 +53,56 @@ class _Codec:
 
     numpy_dtype: np.dtype
     field: str
-    packed_field_number: int = 0  # fixed-width packed fields are filled from raw bytes
+    wire: np.dtype  # element type of the typed field; narrower values wrap like C++ casts
+    packed_tag: bytes = b""  # key of a fixed-width packed field, filled from raw bytes
     view: np.dtype | None = None  # typed-field representation when it differs (half bits)
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def _packed_tag(field_number: int) -> bytes:
+    return _varint(field_number << 3 | 2)
+
+
 def _codecs() -> dict[int, _Codec]:
+    f32, f64, i32 = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int32)
+    u16 = np.dtype(np.uint16)
     table = {
-        DT_FLOAT: _Codec(np.dtype(np.float32), "float_val", 5),
-        DT_DOUBLE: _Codec(np.dtype(np.float64), "double_val", 6),
-        DT_INT32: _Codec(np.dtype(np.int32), "int_val"),
-        DT_UINT8: _Codec(np.dtype(np.uint8), "int_val"),
-        DT_INT16: _Codec(np.dtype(np.int16), "int_val"),
-        DT_INT8: _Codec(np.dtype(np.int8), "int_val"),
-        DT_UINT16: _Codec(np.dtype(np.uint16), "int_val"),
-        DT_QINT8: _Codec(np.dtype(np.int8), "int_val"),
-        DT_QUINT8: _Codec(np.dtype(np.uint8), "int_val"),
-        DT_QINT16: _Codec(np.dtype(np.int16), "int_val"),
-        DT_QUINT16: _Codec(np.dtype(np.uint16), "int_val"),
-        DT_QINT32: _Codec(np.dtype(np.int32), "int_val"),
-        DT_INT64: _Codec(np.dtype(np.int64), "int64_val"),
-        DT_UINT32: _Codec(np.dtype(np.uint32), "uint32_val"),
-        DT_UINT64: _Codec(np.dtype(np.uint64), "uint64_val"),
-        DT_BOOL: _Codec(np.dtype(np.bool_), "bool_val"),
-        DT_HALF: _Codec(np.dtype(np.float16), "half_val", view=np.dtype(np.uint16)),
-        DT_COMPLEX64: _Codec(np.dtype(np.complex64), "scomplex_val", 9, view=np.dtype(np.float32)),
-        DT_COMPLEX128: _Codec(np.dtype(np.complex128), "dcomplex_val", 12,
-                              view=np.dtype(np.float64)),
-        DT_STRING: _Codec(np.dtype(object), "string_val"),
+        DT_FLOAT: _Codec(f32, "float_val", f32, _packed_tag(5)),
+        DT_DOUBLE: _Codec(f64, "double_val", f64, _packed_tag(6)),
+        DT_INT32: _Codec(i32, "int_val", i32),
+        DT_UINT8: _Codec(np.dtype(np.uint8), "int_val", i32),
+        DT_INT16: _Codec(np.dtype(np.int16), "int_val", i32),
+        DT_INT8: _Codec(np.dtype(np.int8), "int_val", i32),
+        DT_UINT16: _Codec(u16, "int_val", i32),
+        DT_QINT8: _Codec(np.dtype(np.int8), "int_val", i32),
+        DT_QUINT8: _Codec(np.dtype(np.uint8), "int_val", i32),
+        DT_QINT16: _Codec(np.dtype(np.int16), "int_val", i32),
+        DT_QUINT16: _Codec(u16, "int_val", i32),
+        DT_QINT32: _Codec(i32, "int_val", i32),
+        DT_INT64: _Codec(np.dtype(np.int64), "int64_val", np.dtype(np.int64)),
+        DT_UINT32: _Codec(np.dtype(np.uint32), "uint32_val", np.dtype(np.uint32)),
+        DT_UINT64: _Codec(np.dtype(np.uint64), "uint64_val", np.dtype(np.uint64)),
+        DT_BOOL: _Codec(np.dtype(np.bool_), "bool_val", np.dtype(np.bool_)),
+        DT_HALF: _Codec(np.dtype(np.float16), "half_val", i32, view=u16),
+        DT_COMPLEX64: _Codec(np.dtype(np.complex64), "scomplex_val", f32, _packed_tag(9),
+                             view=f32),
+        DT_COMPLEX128: _Codec(np.dtype(np.complex128), "dcomplex_val", f64, _packed_tag(12),
+                              view=f64),
+        DT_STRING: _Codec(np.dtype(object), "string_val", np.dtype(object)),
     }
     if _bfloat16 is not None:
-        table[DT_BFLOAT16] = _Codec(np.dtype(_bfloat16), "half_val", view=np.dtype(np.uint16))
+        table[DT_BFLOAT16] = _Codec(np.dtype(_bfloat16), "half_val", i32, view=u16)
     return table
 
 
@@ -103,17 +129,20 @@ def dtype_enum_for(array: np.ndarray) -> int:
     if dtype.kind in "SUO":
         return DT_STRING
     try:
-        return _DTYPE_BY_NUMPY[dtype]
+        return _DTYPE_BY_NUMPY[dtype if dtype.isnative else dtype.newbyteorder("=")]
     except KeyError:
         raise TypeError(f"numpy dtype {dtype} has no TensorFlow DataType") from None
 
 
 def shape_of(proto: Any) -> tuple[int, ...]:
-    """The dims of a TensorProto, validated the way TensorShape does it."""
-    shape_proto = proto.tensor_shape
-    if shape_proto.unknown_rank:
-        raise TensorParseError("tensor shape has unknown rank")
-    dims = tuple(d.size for d in shape_proto.dim)
+    """The dims of a TensorProto, validated the way TensorShape does it.
+
+    Like TensorFlow, ``unknown_rank`` is ignored when building a tensor: the dims are used as
+    they are (none means a scalar).
+    """
+    dims = tuple(d.size for d in proto.tensor_shape.dim)
+    if len(dims) > _MAX_DIMS:
+        raise TensorParseError(f"tensor has {len(dims)} dimensions, more than {_MAX_DIMS}")
     for size in dims:
         if size < 0:
             raise TensorParseError(f"negative dimension {size}")
@@ -128,20 +157,32 @@ def ndarray_from_tensor_proto(proto: Any, *,
         name = DTYPE_NAMES.get(proto.dtype, str(proto.dtype))
         raise TensorParseError(f"unsupported dtype {name}")
     shape = shape_of(proto)
-    count = 1
+    itemsize = codec.numpy_dtype.itemsize
+    count = span = 1
     for size in shape:
         count *= size
-    itemsize = codec.numpy_dtype.itemsize if codec.numpy_dtype.kind != "O" else 8
+        span *= size or 1
     if count * itemsize > max_bytes:
         raise TensorParseError(f"tensor of shape {list(shape)} exceeds {max_bytes} bytes")
+    if count == 0:  # TensorFlow reads neither field of an empty tensor
+        if span * itemsize > _MAX_NUMPY_BYTES:
+            raise TensorParseError(f"tensor of shape {list(shape)} is too large for numpy")
+        return np.empty(shape, dtype=codec.numpy_dtype)
     content = proto.tensor_content
     if content:
-        if codec.numpy_dtype.kind == "O":
-            return _decode_string_list(content, count).reshape(shape)
-        if len(content) != count * itemsize:
-            raise TensorParseError("tensor_content size does not match the shape")
-        return np.frombuffer(content, dtype=codec.numpy_dtype).reshape(shape)
+        return _from_content(content, codec, shape, count)
     return _from_typed_field(proto, codec, shape, count)
+
+
+def _from_content(content: bytes, codec: _Codec, shape: tuple[int, ...],
+                  count: int) -> np.ndarray:
+    if codec.numpy_dtype.kind == "O":
+        return _decode_string_list(content, count).reshape(shape)
+    if len(content) != count * codec.numpy_dtype.itemsize:
+        raise TensorParseError("tensor_content size does not match the shape")
+    if codec.numpy_dtype.kind == "b" and content.translate(None, b"\0\1"):
+        raise TensorParseError("bool tensor_content holds bytes other than 0 and 1")
+    return np.frombuffer(content, dtype=codec.numpy_dtype).reshape(shape)
 
 
 def _from_typed_field(proto: Any, codec: _Codec, shape: tuple[int, ...],
@@ -150,18 +191,17 @@ def _from_typed_field(proto: Any, codec: _Codec, shape: tuple[int, ...],
     if codec.numpy_dtype.kind == "O":
         flat = np.empty(len(values), dtype=object)
         flat[:] = list(values)
-    elif codec.view is not None:
-        flat = np.array(values, dtype=codec.view)
-        if codec.numpy_dtype.kind == "c":
-            flat = flat[: len(flat) // 2 * 2].view(codec.numpy_dtype)
-        else:
-            flat = flat.view(codec.numpy_dtype)
     else:
-        flat = np.array(values, dtype=codec.numpy_dtype)
+        # np.array reads a long repeated field fast, but a list first is faster for a few values.
+        flat = np.array(values if len(values) > 32 else list(values), dtype=codec.wire)
+        if codec.numpy_dtype.kind == "c":  # (re, im) pairs; an unpaired last value is dropped
+            flat = flat[: len(flat) // 2 * 2].view(codec.numpy_dtype)
+        elif codec.view is not None:  # half and bfloat16 bits, truncated to 16 like C++
+            flat = flat.astype(codec.view).view(codec.numpy_dtype)
+        else:
+            flat = flat.astype(codec.numpy_dtype, copy=False)
     given = flat.shape[0]
-    if given == count:
-        return flat.reshape(shape)
-    if given > count:
+    if given >= count:
         return flat[:count].reshape(shape)
     if given == 0:
         if codec.numpy_dtype.kind == "O":
@@ -176,9 +216,10 @@ def _from_typed_field(proto: Any, codec: _Codec, shape: tuple[int, ...],
 
 
 def _decode_string_list(content: bytes, count: int) -> np.ndarray:
-    """TensorFlow's EncodeStringList: all varint32 lengths first, then the bytes."""
+    """TensorFlow's DecodeStringList: all varint32 lengths first, then exactly those bytes."""
     lengths = []
     pos = 0
+    total = 0
     for _ in range(count):
         length, shift = 0, 0
         while True:
@@ -190,27 +231,16 @@ def _decode_string_list(content: bytes, count: int) -> np.ndarray:
             shift += 7
             if not byte & 0x80:
                 break
+        length &= 0xFFFFFFFF  # GetVarint32 keeps the low 32 bits of a 5-byte varint
         lengths.append(length)
+        total += length
+    if pos + total != len(content):
+        raise TensorParseError("malformed string tensor_content")
     out = np.empty(count, dtype=object)
     for i, length in enumerate(lengths):
-        end = pos + length
-        if end > len(content):
-            raise TensorParseError("malformed string tensor_content")
-        out[i] = content[pos:end]
-        pos = end
+        out[i] = content[pos:pos + length]
+        pos += length
     return out
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -229,11 +259,14 @@ def fill_tensor_proto(proto: Any, array: np.ndarray, *, as_content: bool = False
     array = np.asarray(array)
     if dtype_enum is None:
         dtype_enum = dtype_enum_for(array)
-    codec = _CODECS[dtype_enum]
+    codec = _CODECS.get(dtype_enum)
+    if codec is None:
+        raise TypeError(f"cannot encode dtype {DTYPE_NAMES.get(dtype_enum, dtype_enum)}")
     proto.dtype = dtype_enum
-    dims = proto.tensor_shape.dim
+    shape = proto.tensor_shape
+    shape.SetInParent()  # TensorFlow sets it for scalars too
     for size in array.shape:
-        dims.add().size = size
+        shape.dim.add().size = size
     if codec.numpy_dtype.kind == "O":
         strings = [_as_bytes(v) for v in array.ravel().tolist()]
         if as_content:
@@ -244,16 +277,15 @@ def fill_tensor_proto(proto: Any, array: np.ndarray, *, as_content: bool = False
     if array.dtype != codec.numpy_dtype:
         array = array.astype(codec.numpy_dtype)
     if as_content:
-        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+        proto.tensor_content = array.tobytes()  # C order, whatever the strides
         return
     flat = array.reshape(-1)
     if codec.view is not None:
         flat = np.ascontiguousarray(flat).view(codec.view)
-    if codec.packed_field_number:
-        raw = np.ascontiguousarray(flat).astype(flat.dtype.newbyteorder("<"), copy=False).tobytes()
+    if codec.packed_tag:
+        raw = (flat if _LITTLE_ENDIAN else flat.astype(flat.dtype.newbyteorder("<"))).tobytes()
         if raw:
-            tag = _varint(codec.packed_field_number << 3 | 2)
-            proto.MergeFromString(tag + _varint(len(raw)) + raw)
+            proto.MergeFromString(codec.packed_tag + _varint(len(raw)) + raw)
     else:
         getattr(proto, codec.field).extend(flat.tolist())
 
@@ -268,11 +300,17 @@ def make_tensor_proto(proto_class: Callable[[], Any], value: Any, *,
 
 
 def _to_array(value: Any) -> np.ndarray:
+    """Python values as tf.make_tensor_proto types them: float32, int32 when lossless, bytes."""
     array = np.asarray(value)
-    if array.dtype.kind == "U":
-        return np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
-    if array.dtype == np.float64 and not isinstance(value, np.generic):
-        return array.astype(np.float32)  # Python floats map to DT_FLOAT, as in tf.make_tensor_proto
-    if array.dtype == np.int64 and not isinstance(value, np.generic):
-        return array.astype(np.int32)
+    if array.dtype.kind in "SU":  # keep bytes exactly; numpy's "S" drops trailing NULs
+        objects = np.asarray(value, dtype=object)
+        return np.vectorize(_as_bytes, otypes=[object])(objects) if objects.size else objects
+    if isinstance(value, np.generic):
+        return array
+    if array.dtype == np.float64:
+        return array.astype(np.float32)
+    if array.dtype == np.int64:
+        narrowed = array.astype(np.int32)
+        if np.array_equal(narrowed, array):
+            return narrowed
     return array

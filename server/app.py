@@ -86,6 +86,11 @@ class ModelServer:
             return f"127.0.0.1:{self.port}"
         return f"unix:{self.options.grpc_socket_path}"
 
+    @property
+    def serving(self) -> bool:
+        """True from the moment the gRPC server is open until stop()."""
+        return self._server is not None and not self._stopped.is_set()
+
     def start(self) -> "ModelServer":
         """Load every model, then open the gRPC port(s). Raises ServingError on failure."""
         log.info("%s", device.describe_devices())

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Sequence
 
 from pyserving.server.options import explicitly_set_inert_flags, parse_options
@@ -43,6 +44,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyserving.server.errors import ServingError
 
     server = ModelServer(options)
+    stop_requested = threading.Event()
+
+    def _shutdown(signum: int, _frame: object) -> None:
+        if not server.serving:
+            # Still loading: die of the signal, as tensorflow_model_server does.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    # Installed before start() so that a signal right after "Running gRPC ModelServer" is
+    # already a graceful stop.
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
     try:
         server.start()
     except ConfigParseError as error:
@@ -52,14 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServingError as error:
         print(f"Failed to start server. Error: {error}", file=sys.stderr)
         return EXIT_START_FAILED
-
-    def _shutdown(signum: int, _frame: object) -> None:
-        log.info("received %s, shutting down", signal.Signals(signum).name)
-        server.stop()
-
-    signal.signal(signal.SIGTERM, _shutdown)
-    signal.signal(signal.SIGINT, _shutdown)
-    server.wait()
+    stop_requested.wait()
+    server.stop()
     return 0
 
 

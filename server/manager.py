@@ -66,6 +66,11 @@ class ModelManager:
     def load_config(self, config: model_config.ModelServerConfig) -> None:
         """Load every aspired version of every model in ``config``; raise on the first failure."""
         model_config.validate_model_server_config(config)
+        # Like ServerCore::ReloadConfig, labels are checked before this config's versions load,
+        # so at start-up they need --allow_version_labels_for_unavailable_models.
+        labels = {model.name: dict(model.version_labels)
+                  for model in config.model_config_list.config}
+        self._check_labels(labels)
         plan: list[tuple[model_config.ModelConfig, model_config.VersionDirectory]] = []
         for model in config.model_config_list.config:
             versions = model_config.aspired_versions(model, model_config.scan_versions(model))
@@ -79,9 +84,6 @@ class ModelManager:
         failures = [error for error in results if error is not None]
         if failures:
             raise failures[0]
-        labels = {model.name: dict(model.version_labels)
-                  for model in config.model_config_list.config}
-        self._check_labels(labels)
         with self._lock:
             self._serving = _Snapshot(self._serving.servables, labels)
 

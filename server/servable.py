@@ -40,7 +40,8 @@ class Servable:
         self._endpoints_lock = threading.Lock()
         for signature in self.signatures.values():
             for info in list(signature.inputs.values()) + list(signature.outputs.values()):
-                self._endpoint(info.name)
+                if ":" in info.name:  # TF2's __saved_model_init_op names an op, not a tensor
+                    self._endpoint(info.name)
 
     def _endpoint(self, tensor_name: str) -> object:
         endpoint = self._endpoints.get(tensor_name)

@@ -1,0 +1,291 @@
+"""The command line, run as tensorflow_model_server is run: a separate process, read via stderr.
+
+Each test starts `python -m pyserving.server` with the flags TF Serving's
+tensorflow_model_server_test.py passes; every process is stopped (then killed) in teardown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import grpc
+import pytest
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from conftest import TESTDATA
+
+SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
+START_TIMEOUT = 90.0  # importing TensorFlow takes seconds on a busy two-core machine
+RPC_TIMEOUT = 20.0
+MODEL_VERSION = 123
+RUNNING_TCP = re.compile(r"Running gRPC ModelServer at 0\.0\.0\.0:(\d+) \.\.\.")
+STARTUP_FAILED = "Failed to start server. Error: "
+# testGoodGrpcChannelArgs' arguments, and the one RunServer always appends.
+CHANNEL_ARGUMENTS = ("grpc.max_connection_age_ms=2000,grpc.lb_policy_name=grpclb,"
+                     "grpc.so_reuseaddr=1")
+
+# Every flag tensorflow_model_server's main.cc defines.
+TF_SERVING_FLAGS = (
+    "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
+    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
+    "allow_version_labels_for_unavailable_models", "batching_parameters_file",
+    "enable_per_model_batching_parameters", "model_config_file",
+    "model_config_file_poll_wait_seconds", "model_name", "model_base_path", "num_load_threads",
+    "num_unload_threads", "max_num_load_retries", "load_retry_interval_micros",
+    "file_system_poll_wait_seconds", "flush_filesystem_caches",
+    "tensorflow_session_parallelism", "tensorflow_session_config_file",
+    "tensorflow_intra_op_parallelism", "tensorflow_inter_op_parallelism",
+    "use_alts_credentials", "ssl_config_file", "platform_config_file",
+    "per_process_gpu_memory_fraction", "saved_model_tags", "grpc_channel_arguments",
+    "grpc_max_threads", "enable_model_warmup", "num_request_iterations_for_warmup", "version",
+    "monitoring_config_file", "remove_unused_fields_from_bundle_metagraph",
+    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "enable_signature_method_name_check", "xla_cpu_compilation_enabled",
+    "xla_gpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",
+    "mixed_precision", "skip_initialize_tpu", "enable_grpc_healthcheck_service",
+    "enable_serialization_as_tensor_content",
+)
+
+
+class ServerProcess:
+    """One server process; its stderr goes to a file so a full pipe can never block it."""
+
+    def __init__(self, args: list[str], workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = workdir / "stderr.txt"
+        with open(self.stderr_path, "wb") as stderr, open(workdir / "stdout.txt", "wb") as out:
+            self.popen = subprocess.Popen([*SERVER_COMMAND, *args], cwd=workdir,
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=stderr)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: re.Pattern[str]) -> re.Match[str]:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            match = pattern.search(self.stderr())
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                pytest.fail(f"server exited with {self.popen.returncode} before logging "
+                            f"{pattern.pattern!r}; stderr:\n{self.stderr()}")
+            time.sleep(0.05)
+        pytest.fail(f"no {pattern.pattern!r} within {START_TIMEOUT} s; stderr:\n{self.stderr()}")
+
+    def tcp_target(self) -> str:
+        return f"127.0.0.1:{self.wait_for_log(RUNNING_TCP).group(1)}"
+
+    def wait_for_exit(self) -> int:
+        return self.popen.wait(START_TIMEOUT)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Launcher:
+    """Starts server processes in numbered work dirs and stops all of them on close()."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._processes: list[ServerProcess] = []
+
+    def __call__(self, *args: str) -> ServerProcess:
+        process = ServerProcess(list(args), self._root / f"server{len(self._processes)}")
+        self._processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in self._processes:
+            process.stop()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Launcher]:
+    launcher = Launcher(tmp_path)
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture
+def stub_for(channel_to: Callable[[str], grpc.Channel]
+             ) -> Callable[[str], prediction_service_pb2_grpc.PredictionServiceStub]:
+    return lambda target: prediction_service_pb2_grpc.PredictionServiceStub(channel_to(target))
+
+
+def predict_y(stub: prediction_service_pb2_grpc.PredictionServiceStub, model_name: str,
+              x: float = 2.0) -> tuple[float, int]:
+    """TF Serving's VerifyPredictRequest: returns y and the version that answered."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(x)
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    request.output_filter.append("y")
+    response = stub.Predict(request, RPC_TIMEOUT, wait_for_ready=True)
+    y = response.outputs["y"]
+    assert y.dtype == types_pb2.DT_FLOAT
+    assert len(y.float_val) == 1
+    assert response.model_spec.name == model_name
+    return y.float_val[0], response.model_spec.version.value
+
+
+def assert_clean_startup_failure(process: ServerProcess, message: str) -> None:
+    """Non-zero exit, TF Serving's message, and no Python traceback."""
+    assert process.wait_for_exit() != 0
+    stderr = process.stderr()
+    assert message in stderr
+    assert STARTUP_FAILED in stderr
+    assert "Traceback" not in stderr
+
+
+# Flags that answer without a model.
+
+def test_help_lists_every_flag_quickly() -> None:
+    started = time.monotonic()
+    result = subprocess.run([*SERVER_COMMAND, "--help"], capture_output=True, text=True,
+                            timeout=30)
+    assert time.monotonic() - started < 5.0
+    assert result.returncode == 0
+    for flag in TF_SERVING_FLAGS:
+        assert re.search(rf"--{flag}\b", result.stdout), flag
+
+
+def test_help_does_not_import_tensorflow() -> None:
+    result = subprocess.run([sys.executable, "-X", "importtime", *SERVER_COMMAND[1:], "--help"],
+                            capture_output=True, text=True, timeout=30)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "pyserving.server.cli" in imported
+    assert not {name for name in imported if name.split(".")[0] == "tensorflow"}
+
+
+def test_version() -> None:
+    result = subprocess.run([*SERVER_COMMAND, "--version"], capture_output=True, text=True,
+                            timeout=START_TIMEOUT)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("TensorFlow ModelServer: ")
+    assert re.fullmatch(r"TensorFlow Library: \d+\.\d+\.\S+", lines[1])
+
+
+# Serving.
+
+@pytest.fixture(scope="module")
+def tf_serving_test_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server launched as TF Serving's RunServer launches it (with testGoodGrpcChannelArgs'
+    channel arguments), plus a flag tensorflow_model_server does not know."""
+    root = tmp_path_factory.mktemp("tf_serving_test_server")
+    base = root / "saved_model_half_plus_two_cpu"
+    shutil.copytree(TESTDATA / base.name, base)
+    for path in [base, *base.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    launcher = Launcher(root)
+    yield launcher("--port=0", "--rest_api_timeout_in_ms=5000", "--model_name=default",
+                   f"--model_base_path={base}", f"--grpc_channel_arguments={CHANNEL_ARGUMENTS}",
+                   "--no_such_flag=1")
+    launcher.close()
+
+
+def test_serves_predict_on_logged_port_with_tf_serving_test_flags(
+        tf_serving_test_server: ServerProcess, stub_for: Callable) -> None:
+    # Includes --grpc_channel_arguments as testGoodGrpcChannelArgs and RunServer pass it.
+    stub = stub_for(tf_serving_test_server.tcp_target())
+    assert predict_y(stub, "default") == (3.0, MODEL_VERSION)
+
+
+def test_unknown_flag_is_reported_and_ignored(tf_serving_test_server: ServerProcess,
+                                              stub_for: Callable) -> None:
+    target = tf_serving_test_server.tcp_target()
+    assert "unknown argument: --no_such_flag=1" in tf_serving_test_server.stderr()
+    assert predict_y(stub_for(target), "default") == (3.0, MODEL_VERSION)
+
+
+def test_grpc_socket_path_serves_over_unix_socket(
+        launch: Launcher, testdata_model: Callable[..., str], stub_for: Callable,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    # A short directory: UNIX socket paths are limited to about 100 bytes.
+    socket_path = tmp_path_factory.mktemp("uds") / "s.sock"
+    server = launch("--port=0", f"--grpc_socket_path={socket_path}",
+                    f"--model_base_path={testdata_model('saved_model_half_plus_two_cpu')}")
+    server.wait_for_log(re.compile(
+        re.escape(f"Running gRPC ModelServer at UNIX socket {socket_path} ...")))
+    assert predict_y(stub_for(f"unix:{socket_path}"), "default") == (3.0, MODEL_VERSION)
+    # As in TF Serving, --port=0 with a socket path means no TCP port.
+    assert not RUNNING_TCP.search(server.stderr())
+
+
+def test_good_model_config_serves_both_models(launch: Launcher, tmp_path: Path,
+                                              testdata_model: Callable[..., str],
+                                              stub_for: Callable) -> None:
+    config = (TESTDATA / "good_model_config.txt").read_text()
+    config = config.replace("${TEST_HALF_PLUS_TWO_DIR}",
+                            testdata_model("saved_model_half_plus_two_cpu"))
+    config = config.replace("${TEST_HALF_PLUS_THREE_DIR}",
+                            testdata_model("saved_model_half_plus_three"))
+    config_path = tmp_path / "good_model_config.conf"
+    config_path.write_text(config)
+    server = launch("--port=0", f"--model_config_file={config_path}")
+    stub = stub_for(server.tcp_target())
+    assert predict_y(stub, "half_plus_two") == (3.0, MODEL_VERSION)
+    assert predict_y(stub, "half_plus_three") == (4.0, MODEL_VERSION)
+
+
+def test_sigterm_exits_zero(launch: Launcher, testdata_model: Callable[..., str]) -> None:
+    server = launch("--port=0",
+                    f"--model_base_path={testdata_model('saved_model_half_plus_two_cpu')}")
+    server.tcp_target()
+    # At once: from the "Running gRPC ModelServer" line on, SIGTERM is a graceful stop.
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait_for_exit() == 0
+    assert "Traceback" not in server.stderr()
+
+
+# Start-up failures.
+
+def test_missing_base_path(launch: Launcher, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_dir"
+    process = launch("--port=0", f"--model_base_path={missing}")
+    assert_clean_startup_failure(
+        process, f"Could not find base path {missing} for servable default with error "
+                 f"NOT_FOUND: {missing} not found")
+
+
+def test_base_path_without_version_dirs(launch: Launcher, tmp_path: Path) -> None:
+    base = tmp_path / "unversioned"
+    (base / "not_a_version").mkdir(parents=True)
+    process = launch("--port=0", f"--model_base_path={base}")
+    assert_clean_startup_failure(
+        process, f"No versions of servable default found under base path {base}. "
+                 "Did you forget to name your leaf directory as a number (eg. '/1/')?")
+
+
+def test_bad_model_config(launch: Launcher, tmp_path: Path) -> None:
+    config_path = tmp_path / "bad_model_config.txt"
+    config_path.write_bytes((TESTDATA / "bad_model_config.txt").read_bytes())
+    process = launch("--port=0", f"--model_config_file={config_path}")
+    assert_clean_startup_failure(
+        process, "Error parsing text-format tensorflow.serving.ModelServerConfig")
+    assert f"Invalid protobuf file: '{config_path}'" in process.stderr()
+
+
+def test_not_a_saved_model(launch: Launcher, testdata_model: Callable[..., str]) -> None:
+    base = testdata_model("bad_half_plus_two")
+    process = launch("--port=0", f"--model_base_path={base}")
+    assert_clean_startup_failure(process, os.path.join(base, "00000123"))
