@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 from pathlib import Path
@@ -11,9 +10,7 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-TESTDATA = Path(os.environ.get("PYSERVING_TESTDATA",
-                               REPO.parent / "shared" / "testdata" / "tf_serving"))
+from support import TESTDATA
 
 
 def _make_writable(root: Path) -> None:
@@ -68,3 +65,43 @@ def channel_to() -> Iterator[Callable[[str], grpc.Channel]]:
     yield open_channel
     for channel in channels:
         channel.close()
+
+
+@pytest.fixture(scope="module")
+def channel_for_base_path() -> Iterator[Callable[[str], grpc.Channel]]:
+    """A channel to a server of the model at a base path, served as "default"; each server is
+    started once per test module and stopped after it."""
+    from pyserving.server import ModelServer, ServerOptions
+
+    servers: dict[str, ModelServer] = {}
+    channels: dict[str, grpc.Channel] = {}
+
+    def channel(base_path: str) -> grpc.Channel:
+        if base_path not in servers:
+            options = ServerOptions(port=0, model_base_path=base_path)
+            servers[base_path] = ModelServer(options, host="127.0.0.1").start()
+            channels[base_path] = grpc.insecure_channel(servers[base_path].grpc_target)
+        return channels[base_path]
+
+    yield channel
+    for open_channel in channels.values():
+        open_channel.close()
+    for server in servers.values():
+        server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def channel_for_testdata(tmp_path_factory: pytest.TempPathFactory,
+                         channel_for_base_path: Callable[[str], grpc.Channel]
+                         ) -> Callable[[str], grpc.Channel]:
+    """A channel to a server of one TF Serving testdata model (copied once per module)."""
+    root = tmp_path_factory.mktemp("testdata")
+
+    def channel(name: str) -> grpc.Channel:
+        target = root / name
+        if not target.exists():
+            shutil.copytree(TESTDATA / name, target)
+            _make_writable(target)
+        return channel_for_base_path(str(target))
+
+    return channel

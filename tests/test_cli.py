@@ -22,7 +22,7 @@ import pytest
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from conftest import TESTDATA
+from support import TESTDATA
 
 SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
 START_TIMEOUT = 90.0  # importing TensorFlow takes seconds on a busy two-core machine

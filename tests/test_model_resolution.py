@@ -8,7 +8,6 @@ responses; the two-model config is TF Serving's own good_model_config.txt.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -28,10 +27,8 @@ from tensorflow_serving.apis import (
 
 from pyserving.server import ModelServer, ServerOptions
 from pyserving.server.errors import ServingError
+from support import TESTDATA
 
-TESTDATA = Path(os.environ.get("PYSERVING_TESTDATA",
-                               Path(__file__).resolve().parents[2] / "shared" / "testdata"
-                               / "tf_serving"))
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"
 TIMEOUT = 10.0
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE

@@ -7,10 +7,7 @@ expected signatures from TF Serving's own REST metadata responses for these mode
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import grpc
 import pytest
@@ -23,11 +20,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from pyserving.server import ModelServer, ServerOptions
+from support import TESTDATA
 
-TESTDATA = Path(os.environ.get("PYSERVING_TESTDATA",
-                               Path(__file__).resolve().parents[2] / "shared" / "testdata"
-                               / "tf_serving"))
 TF1_MODEL = "saved_model_half_plus_two_cpu"
 TF2_MODEL = "saved_model_half_plus_two_tf2_cpu"
 TIMEOUT = 10.0
@@ -90,37 +84,14 @@ def tf_serving_metadata(json_name: str) -> tuple[model_pb2.ModelSpec,
     return spec, signatures
 
 
-@pytest.fixture(scope="module")
-def channel_for(tmp_path_factory: pytest.TempPathFactory
-                ) -> Iterator[Callable[[str], grpc.Channel]]:
-    """A channel to a server of one testdata model, served as "default" (once per module)."""
-    root = tmp_path_factory.mktemp("models")
-    servers: dict[str, ModelServer] = {}
-    channels: dict[str, grpc.Channel] = {}
-
-    def channel(model_dir: str) -> grpc.Channel:
-        if model_dir not in servers:
-            shutil.copytree(TESTDATA / model_dir, root / model_dir)
-            options = ServerOptions(port=0, model_base_path=str(root / model_dir))
-            servers[model_dir] = ModelServer(options, host="127.0.0.1").start()
-            channels[model_dir] = grpc.insecure_channel(servers[model_dir].grpc_target)
-        return channels[model_dir]
-
-    yield channel
-    for open_channel in channels.values():
-        open_channel.close()
-    for server in servers.values():
-        server.stop(grace=None)
+@pytest.fixture
+def models(channel_for_testdata: Callable[[str], grpc.Channel]) -> ModelStub:
+    return ModelStub(channel_for_testdata(TF1_MODEL))
 
 
 @pytest.fixture
-def models(channel_for: Callable[[str], grpc.Channel]) -> ModelStub:
-    return ModelStub(channel_for(TF1_MODEL))
-
-
-@pytest.fixture
-def predictions(channel_for: Callable[[str], grpc.Channel]) -> PredictionStub:
-    return PredictionStub(channel_for(TF1_MODEL))
+def predictions(channel_for_testdata: Callable[[str], grpc.Channel]) -> PredictionStub:
+    return PredictionStub(channel_for_testdata(TF1_MODEL))
 
 
 # --- GetModelStatus ---------------------------------------------------------------------------
@@ -202,9 +173,10 @@ def test_metadata_field_named_twice_is_answered_once(predictions: PredictionStub
     assert list(response.metadata) == ["signature_def"]
 
 
-def test_tf2_metadata_keeps_the_init_op_signature(channel_for: Callable[[str], grpc.Channel]):
+def test_tf2_metadata_keeps_the_init_op_signature(
+        channel_for_testdata: Callable[[str], grpc.Channel]):
     """TF Serving's metadata for its TF2 export lists ``__saved_model_init_op`` too."""
-    stub = PredictionStub(channel_for(TF2_MODEL))
+    stub = PredictionStub(channel_for_testdata(TF2_MODEL))
     signatures = signature_defs(stub.GetModelMetadata(metadata_request(model_spec()), TIMEOUT))
     _, expected = tf_serving_metadata("saved_model_half_plus_two_tf2_2_versions_metadata.json")
     # This export's serving_default gained `defaults {x: 0}` after TF Serving recorded the JSON.

@@ -6,10 +6,9 @@ basic_manager.cc, and from TensorFlow's saved_model::GetInputValues and Tensor::
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -19,11 +18,8 @@ from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from pyserving.server import ModelServer, ServerOptions
+from support import TESTDATA
 
-TESTDATA = Path(os.environ.get("PYSERVING_TESTDATA",
-                               Path(__file__).resolve().parents[2] / "shared" / "testdata"
-                               / "tf_serving"))
 TF1_MODEL = "saved_model_half_plus_two_cpu"
 TF2_MODEL = "saved_model_half_plus_two_tf2_cpu"
 TIMEOUT = 10.0
@@ -107,10 +103,6 @@ def build_arithmetic_model(base_path: Path) -> str:
     return str(base_path)
 
 
-def _start(base_path: str) -> ModelServer:
-    return ModelServer(ServerOptions(port=0, model_base_path=base_path), host="127.0.0.1").start()
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
@@ -121,22 +113,10 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def stub_for(models_dir: Path) -> Iterator[Callable[[str], Stub]]:
+def stub_for(models_dir: Path, channel_for_base_path: Callable[[str], grpc.Channel]
+             ) -> Callable[[str], Stub]:
     """A PredictionService stub on a server of one model (started once per module)."""
-    servers: dict[str, ModelServer] = {}
-    channels: dict[str, grpc.Channel] = {}
-
-    def stub(model_dir: str) -> Stub:
-        if model_dir not in servers:
-            servers[model_dir] = _start(str(models_dir / model_dir))
-            channels[model_dir] = grpc.insecure_channel(servers[model_dir].grpc_target)
-        return Stub(channels[model_dir])
-
-    yield stub
-    for channel in channels.values():
-        channel.close()
-    for server in servers.values():
-        server.stop(grace=None)
+    return lambda model_dir: Stub(channel_for_base_path(str(models_dir / model_dir)))
 
 
 @pytest.fixture
