@@ -14,6 +14,7 @@ from tensorflow_serving.apis import (  # noqa: F401
     model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,

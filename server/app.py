@@ -16,14 +16,17 @@ import grpc
 
 from pyserving.server import config as model_config
 from pyserving.server import device
+from pyserving.server.configurator import ModelConfigurator
 from pyserving.server.core import ServingCore
-from pyserving.server.errors import invalid_argument, unavailable
+from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.grpc_services import add_services
 from pyserving.server.inference import ExampleInference
-from pyserving.server.manager import ModelManager
+from pyserving.server.manager import LoadPolicy, ModelManager
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
-from pyserving.server.servable import load_servable
+from pyserving.server.servable import Servable, load_servable
+from pyserving.server.source import FileSystemSource
+from pyserving.server.warmup import Warmup
 
 log = logging.getLogger(__name__)
 
@@ -65,19 +68,28 @@ class ModelServer:
         self._executor: ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
         self.port: int | None = None
-        session_config = device.session_config(options)
-        tags = options.tags
-        self.manager = ModelManager(
-            lambda name, version, path: load_servable(name, version, path, tags, session_config),
-            load_threads=max(options.num_load_threads, 1),
-            allow_labels_for_unavailable=options.allow_version_labels_for_unavailable_models,
-        )
-        self.core = ServingCore(
-            self.manager,
-            Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
-                      check_method_name=options.enable_signature_method_name_check),
-            ExampleInference(check_method_name=options.enable_signature_method_name_check),
-        )
+        self._session_config = device.session_config(options)
+        predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
+                              check_method_name=options.enable_signature_method_name_check)
+        inference = ExampleInference(check_method_name=options.enable_signature_method_name_check)
+        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup) \
+            if options.enable_model_warmup else None
+        self.manager = ModelManager(self._load, _load_policy(options),
+                                    allow_labels_for_unavailable=(
+                                        options.allow_version_labels_for_unavailable_models))
+        self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        self.configurator = ModelConfigurator(self.manager, self._source)
+        self.core = ServingCore(self.manager, self.configurator, predictor, inference)
+
+    def _load(self, name: str, version: int, path: str) -> Servable:
+        servable = load_servable(name, version, path, self.options.tags, self._session_config)
+        if self._warmup is not None:
+            try:
+                self._warmup.run(servable)
+            except ServingError:
+                servable.retire()
+                raise
+        return servable
 
     @property
     def grpc_target(self) -> str:
@@ -95,7 +107,11 @@ class ModelServer:
         """Load every model, then open the gRPC port(s). Raises ServingError on failure."""
         log.info("%s", device.describe_devices())
         try:
-            self.manager.load_config(model_config.model_server_config(self.options))
+            self.configurator.apply(model_config.model_server_config(self.options))
+            self._source.start()
+            if self.options.model_config_file:
+                self.configurator.watch_file(self.options.model_config_file,
+                                             self.options.model_config_file_poll_wait_seconds)
             self._open_grpc()
         except BaseException:
             self.stop(grace=None)
@@ -124,11 +140,16 @@ class ModelServer:
             _bind(server, f"unix:{os.path.abspath(options.grpc_socket_path)}")
         server.start()
 
-    def stop(self, grace: float | None = 5.0) -> None:
-        """Stop taking RPCs, let in-flight ones finish within ``grace`` seconds, unload."""
+    def stop(self, grace: float | None = None) -> None:
+        """Stop taking RPCs, let in-flight ones finish within ``grace`` seconds (default
+        --shutdown_grace_period_seconds), then unload every model."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if grace is None:
+            grace = self.options.shutdown_grace_period_seconds
+        self.configurator.stop()
+        self._source.stop()
         if self._server is not None:
             self._server.stop(grace).wait()
         if self._executor is not None:
@@ -145,3 +166,12 @@ class ModelServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _load_policy(options: ServerOptions) -> LoadPolicy:
+    return LoadPolicy(
+        max_retries=max(options.max_num_load_retries, 0),
+        retry_interval_seconds=max(options.load_retry_interval_micros, 0) / 1e6,
+        load_threads=max(options.num_load_threads, 1),
+        unload_threads=max(options.num_unload_threads, 1),
+    )

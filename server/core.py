@@ -11,10 +11,12 @@ from pyserving.server.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
+    model_management_pb2,
     model_pb2,
     predict_pb2,
     regression_pb2,
 )
+from pyserving.server.configurator import ModelConfigurator
 from pyserving.server.errors import ERROR_CODE_NUMBERS, invalid_argument
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import ModelManager
@@ -27,41 +29,47 @@ SIGNATURE_DEF_FIELD = "signature_def"
 class ServingCore:
     """Prediction and model-status calls over a ModelManager."""
 
-    def __init__(self, manager: ModelManager, predictor: Predictor,
-                 inference: ExampleInference) -> None:
+    def __init__(self, manager: ModelManager, configurator: ModelConfigurator,
+                 predictor: Predictor, inference: ExampleInference) -> None:
         self.manager = manager
+        self._configurator = configurator
         self._predictor = predictor
         self._inference = inference
 
     def servable_for(self, spec: model_pb2.ModelSpec) -> Servable:
+        """The servable the spec names, counted in: use it as ``with ... as servable``."""
         choice = spec.WhichOneof("version_choice")
         if choice == "version":
-            return self.manager.resolve(spec.name, version=spec.version.value)
+            return self.manager.acquire(spec.name, version=spec.version.value)
         if choice == "version_label":
-            return self.manager.resolve(spec.name, label=spec.version_label)
-        return self.manager.resolve(spec.name)
+            return self.manager.acquire(spec.name, label=spec.version_label)
+        return self.manager.acquire(spec.name)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return self._predictor.predict(self.servable_for(request.model_spec), request)
+        with self.servable_for(request.model_spec) as servable:
+            return self._predictor.predict(servable, request)
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return self._inference.classify(self.servable_for(request.model_spec), request)
+        with self.servable_for(request.model_spec) as servable:
+            return self._inference.classify(servable, request)
 
     def regress(self, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return self._inference.regress(self.servable_for(request.model_spec), request)
+        with self.servable_for(request.model_spec) as servable:
+            return self._inference.regress(servable, request)
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        return self._inference.multi_inference(self.servable_for(spec), request)
+        with self.servable_for(spec) as servable:
+            return self._inference.multi_inference(servable, request)
 
     def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
                        ) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -73,13 +81,13 @@ class ServingCore:
         for field in request.metadata_field:
             if field != SIGNATURE_DEF_FIELD:
                 raise invalid_argument(f"Metadata field {field} is not supported")
-        servable = self.servable_for(request.model_spec)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in servable.signatures.items():
-            signatures.signature_def[name].CopyFrom(signature)
+        with self.servable_for(request.model_spec) as servable:
+            response = get_model_metadata_pb2.GetModelMetadataResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            signatures = get_model_metadata_pb2.SignatureDefMap()
+            for name, signature in servable.signatures.items():
+                signatures.signature_def[name].CopyFrom(signature)
         response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
         return response
 
@@ -98,3 +106,12 @@ class ServingCore:
                 entry.status.error_code = ERROR_CODE_NUMBERS[status.error.code]
                 entry.status.error_message = status.error.message
         return response
+
+    def reload_config(self, request: model_management_pb2.ReloadConfigRequest
+                      ) -> model_management_pb2.ReloadConfigResponse:
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument("ServerModelConfig type not supported by "
+                                   "HandleReloadConfigRequest. Only ModelConfigList is "
+                                   "currently supported")
+        self._configurator.apply(request.config)
+        return model_management_pb2.ReloadConfigResponse()

@@ -47,6 +47,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def __init__(self, core: ServingCore) -> None:
         self.GetModelStatus = _unary(core.model_status)
+        self.HandleReloadConfigRequest = _unary(core.reload_config)
 
 
 def add_services(server: grpc.Server, core: ServingCore) -> None:

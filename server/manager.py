@@ -1,7 +1,10 @@
 """The model manager: which versions of which models are loaded, their states and labels.
 
-Request threads only read an immutable snapshot (``_serving``), replaced whole under a lock
-when something changes, so resolving a ModelSpec takes no lock on the hot path.
+Sources (the file-system poller, config reloads) only tell it each model's aspired versions;
+the manager loads new ones in the background (with retries), serves a new version as soon as
+it is AVAILABLE, and unloads versions that are no longer aspired once another aspired version
+is available (TF Serving's availability-preserving policy) and their in-flight requests have
+finished. Request threads read an immutable snapshot, replaced whole under the lock.
 """
 
 from __future__ import annotations
@@ -9,11 +12,14 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from pyserving.server import config as model_config
+import grpc
+
+from pyserving.server.config import VersionDirectory
 from pyserving.server.errors import (
     ServingError,
     failed_precondition,
@@ -46,6 +52,28 @@ class VersionStatus:
 
 
 @dataclass(frozen=True)
+class LoadPolicy:
+    """How loads are retried: TF Serving's --max_num_load_retries and interval."""
+
+    max_retries: int = 5
+    retry_interval_seconds: float = 60.0
+    load_threads: int = 1
+    unload_threads: int = 1
+
+
+@dataclass
+class _Version:
+    path: str
+    state: VersionState = VersionState.START
+    error: ServingError | None = None
+    servable: Servable | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    # A failed version is not retried while it stays aspired; dropping out of the aspired set
+    # (and coming back) gives it a new chance, as in TF Serving.
+    failed_while_aspired: bool = False
+
+
+@dataclass(frozen=True)
 class _Snapshot:
     servables: Mapping[str, Mapping[int, Servable]]
     labels: Mapping[str, Mapping[str, int]]
@@ -54,58 +82,153 @@ class _Snapshot:
 class ModelManager:
     """Owns every loaded Servable; the only place model state changes."""
 
-    def __init__(self, loader: Loader, *, load_threads: int = 1,
+    def __init__(self, loader: Loader, policy: LoadPolicy = LoadPolicy(), *,
                  allow_labels_for_unavailable: bool = False) -> None:
         self._loader = loader
-        self._load_threads = max(load_threads, 1)
+        self._policy = policy
         self._allow_labels_for_unavailable = allow_labels_for_unavailable
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._serving = _Snapshot({}, {})
-        self._states: dict[str, dict[int, VersionStatus]] = {}
+        self._versions: dict[str, dict[int, _Version]] = {}
+        self._aspired: dict[str, dict[int, str]] = {}
+        self._closed = False
+        self._load_pool = ThreadPoolExecutor(max(policy.load_threads, 1), "load")
+        self._unload_pool = ThreadPoolExecutor(max(policy.unload_threads, 1), "unload")
 
-    def load_config(self, config: model_config.ModelServerConfig) -> None:
-        """Load every aspired version of every model in ``config``; raise on the first failure."""
-        model_config.validate_model_server_config(config)
-        # Like ServerCore::ReloadConfig, labels are checked before this config's versions load,
-        # so at start-up they need --allow_version_labels_for_unavailable_models.
-        labels = {model.name: dict(model.version_labels)
-                  for model in config.model_config_list.config}
-        self._check_labels(labels)
-        plan: list[tuple[model_config.ModelConfig, model_config.VersionDirectory]] = []
-        for model in config.model_config_list.config:
-            versions = model_config.aspired_versions(model, model_config.scan_versions(model))
-            if not versions:
-                raise not_found(model_config.no_versions_message(model))
-            for version in versions:
-                plan.append((model, version))
-                self._set_state(model.name, version.version, VersionState.START)
-        with ThreadPoolExecutor(self._load_threads, thread_name_prefix="load") as pool:
-            results = list(pool.map(lambda item: self._load(*item), plan))
-        failures = [error for error in results if error is not None]
-        if failures:
-            raise failures[0]
+    # --- what sources say ---------------------------------------------------------------------
+
+    def set_aspired_versions(self, name: str, versions: list[VersionDirectory]) -> None:
+        """The versions of ``name`` that should be served (empty: unload the model)."""
         with self._lock:
-            self._serving = _Snapshot(self._serving.servables, labels)
+            if self._closed:
+                return
+            self._aspired[name] = {v.version: v.path for v in versions}
+            for number, entry in self._versions.get(name, {}).items():
+                if number not in self._aspired[name]:
+                    entry.failed_while_aspired = False
+            self._reconcile(name)
 
-    def _load(self, model: model_config.ModelConfig,
-              version: model_config.VersionDirectory) -> ServingError | None:
-        self._set_state(model.name, version.version, VersionState.LOADING)
-        try:
-            servable = self._loader(model.name, version.version, version.path)
-        except ServingError as error:
-            log.error("loading servable %s version %d failed: %s", model.name,
-                      version.version, error)
-            self._set_state(model.name, version.version, VersionState.END, error)
-            return error
+    def _reconcile(self, name: str) -> None:
+        """Schedule the loads and unloads that move ``name`` toward its aspired versions."""
+        aspired = self._aspired.get(name, {})
+        versions = self._versions.setdefault(name, {})
+        for number, path in aspired.items():
+            entry = versions.get(number)
+            if entry is None or (entry.state == VersionState.END
+                                 and not entry.failed_while_aspired):
+                entry = versions[number] = _Version(path)
+                self._lock.notify_all()
+                self._load_pool.submit(self._load, name, number, entry)
+        for number, entry in versions.items():
+            if number not in aspired and entry.state in (VersionState.START,
+                                                         VersionState.LOADING):
+                entry.cancel.set()
+        any_aspired_available = any(
+            versions[n].state == VersionState.AVAILABLE for n in aspired if n in versions)
+        if any_aspired_available or not aspired:
+            for number, entry in versions.items():
+                if number not in aspired and entry.state == VersionState.AVAILABLE:
+                    self._set_state(name, number, entry, VersionState.UNLOADING)
+                    self._unload_pool.submit(self._unload, name, number, entry)
+
+    # --- loading and unloading ----------------------------------------------------------------
+
+    def _load(self, name: str, number: int, entry: _Version) -> None:
+        attempts = self._policy.max_retries + 1
+        for attempt in range(attempts):
+            with self._lock:
+                if entry.cancel.is_set() or self._closed:
+                    self._set_state(name, number, entry, VersionState.END)
+                    return
+                self._set_state(name, number, entry, VersionState.LOADING)
+            started = time.monotonic()
+            try:
+                servable = self._loader(name, number, entry.path)
+            except Exception as unexpected:  # noqa: BLE001 - a loader bug must not wedge state
+                error = unexpected if isinstance(unexpected, ServingError) else \
+                    ServingError(grpc.StatusCode.UNKNOWN, f"{type(unexpected).__name__}: "
+                                                          f"{unexpected}")
+                log.error("Loading servable: {name: %s version: %d} failed (attempt %d of %d): %s",
+                          name, number, attempt + 1, attempts, error)
+                if attempt + 1 < attempts and \
+                        not entry.cancel.wait(self._policy.retry_interval_seconds):
+                    continue
+                with self._lock:
+                    entry.failed_while_aspired = True
+                    self._set_state(name, number, entry, VersionState.END, error)
+                    self._reconcile(name)
+                return
+            with self._lock:
+                if entry.cancel.is_set() or self._closed:
+                    self._set_state(name, number, entry, VersionState.END)
+                    servable.retire()
+                    return
+                entry.servable = servable
+                self._publish(name, number, servable)
+                self._set_state(name, number, entry, VersionState.AVAILABLE)
+                log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
+                         name, number, (time.monotonic() - started) * 1000)
+                self._reconcile(name)
+            return
+
+    def _unload(self, name: str, number: int, entry: _Version) -> None:
+        started = time.monotonic()
         with self._lock:
-            servables = {name: dict(versions)
-                         for name, versions in self._serving.servables.items()}
-            servables.setdefault(model.name, {})[version.version] = servable
-            self._serving = _Snapshot(servables, self._serving.labels)
-        self._set_state(model.name, version.version, VersionState.AVAILABLE)
-        return None
+            self._publish(name, number, None)
+        if entry.servable is not None:
+            entry.servable.retire()
+            entry.servable = None
+        with self._lock:
+            self._set_state(name, number, entry, VersionState.END)
+        log.info("Unloaded servable version {name: %s version: %d} in %.0f ms", name, number,
+                 (time.monotonic() - started) * 1000)
 
-    def _check_labels(self, labels: Mapping[str, Mapping[str, int]]) -> None:
+    def _publish(self, name: str, number: int, servable: Servable | None) -> None:
+        """Swap the request snapshot: add (or, with None, remove) one servable. Holds the lock."""
+        servables = {model: dict(versions) for model, versions in self._serving.servables.items()}
+        if servable is None:
+            servables.get(name, {}).pop(number, None)
+        else:
+            servables.setdefault(name, {})[number] = servable
+        self._serving = _Snapshot(servables, self._serving.labels)
+
+    def _set_state(self, name: str, number: int, entry: _Version, state: VersionState,
+                   error: ServingError | None = None) -> None:
+        entry.state = state
+        entry.error = error
+        self._lock.notify_all()
+
+    # --- waiting and labels -------------------------------------------------------------------
+
+    def wait_until_settled(self, names: list[str], timeout: float | None = None
+                           ) -> dict[str, list[VersionStatus]]:
+        """Block until every aspired version of ``names`` is AVAILABLE or END; returns the
+        failed versions (END with an error) per model."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def settled() -> bool:
+            for name in names:
+                versions = self._versions.get(name, {})
+                for number in self._aspired.get(name, {}):
+                    entry = versions.get(number)
+                    if entry is None or entry.state not in (VersionState.AVAILABLE,
+                                                            VersionState.END):
+                        return False
+            return True
+
+        with self._lock:
+            while not settled():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._lock.wait(remaining)
+            return {name: [VersionStatus(n, e.state, e.error)
+                           for n, e in sorted(self._versions.get(name, {}).items())
+                           if e.error is not None and n in self._aspired.get(name, {})]
+                    for name in names}
+
+    def check_labels(self, labels: Mapping[str, Mapping[str, int]]) -> None:
+        """Reject labels on versions that are not available (unless allowed), as TF Serving."""
         current = self._serving.labels
         for name, mapping in labels.items():
             available = self._serving.servables.get(name, {})
@@ -118,35 +241,45 @@ class ModelManager:
                         f"Request to assign label to version {version} of model {name}, "
                         "which is not currently available for inference")
 
-    def _set_state(self, name: str, version: int, state: VersionState,
-                   error: ServingError | None = None) -> None:
+    def set_labels(self, labels: Mapping[str, Mapping[str, int]]) -> None:
+        """Replace every label at once: a request sees the old or the new map, never a mix."""
         with self._lock:
-            self._states.setdefault(name, {})[version] = VersionStatus(version, state, error)
+            frozen = {name: dict(mapping) for name, mapping in labels.items() if mapping}
+            self._serving = _Snapshot(self._serving.servables, frozen)
 
-    def resolve(self, name: str, version: int | None = None,
+    # --- requests -----------------------------------------------------------------------------
+
+    def acquire(self, name: str, version: int | None = None,
                 label: str | None = None) -> Servable:
-        """The servable a ModelSpec names: a version, a label's version, or the latest."""
+        """The servable a ModelSpec names (a version, a label's version, or the latest),
+        counted in; the caller must ``release()`` it (or use it as a context manager)."""
         if not name:
             raise invalid_argument("ModelSpec has no name specified.")
-        snapshot = self._serving
-        if label is not None:
-            version = snapshot.labels.get(name, {}).get(label)
-            if version is None:
-                raise invalid_argument(f"Unrecognized servable version label: {label}")
-        versions = snapshot.servables.get(name)
-        if version is None:
-            if versions:
-                return versions[max(versions)]
-            raise not_found(f"Servable not found for request: Latest({name})")
-        servable = versions.get(version) if versions else None
-        if servable is None:
-            raise not_found(f"Servable not found for request: Specific({name}, {version})")
-        return servable
+        while True:
+            snapshot = self._serving
+            wanted = version
+            if label is not None:
+                wanted = snapshot.labels.get(name, {}).get(label)
+                if wanted is None:
+                    raise invalid_argument(f"Unrecognized servable version label: {label}")
+            versions = snapshot.servables.get(name)
+            if wanted is None:
+                if not versions:
+                    raise not_found(f"Servable not found for request: Latest({name})")
+                servable = versions[max(versions)]
+            else:
+                servable = versions.get(wanted) if versions else None
+                if servable is None:
+                    raise not_found(f"Servable not found for request: Specific({name}, {wanted})")
+            if servable.try_acquire():
+                return servable
+            # Lost a race with an unload that already replaced the snapshot: look again.
 
     def version_statuses(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """States of a model's versions, newest first, as GetModelStatus reports them."""
         with self._lock:
-            states = dict(self._states.get(name, {}))
+            states = {n: VersionStatus(n, e.state, e.error)
+                      for n, e in self._versions.get(name, {}).items()}
         if version is not None:
             if version not in states:
                 raise not_found(f"Could not find version {version} of model {name}")
@@ -155,16 +288,22 @@ class ModelManager:
             raise not_found(f"Could not find any versions of model {name}")
         return [states[v] for v in sorted(states, reverse=True)]
 
-    def servables(self) -> list[Servable]:
-        return [s for versions in self._serving.servables.values() for s in versions.values()]
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._aspired)
 
     def close(self) -> None:
-        """Unload everything (server shutdown)."""
+        """Cancel pending loads and unload everything (server shutdown)."""
         with self._lock:
-            snapshot = self._serving
-            self._serving = _Snapshot({}, {})
-        for name, versions in snapshot.servables.items():
-            for version, servable in versions.items():
-                self._set_state(name, version, VersionState.UNLOADING)
-                servable.close()
-                self._set_state(name, version, VersionState.END)
+            self._closed = True
+            for name, versions in self._versions.items():
+                for entry in versions.values():
+                    entry.cancel.set()
+        self._load_pool.shutdown(wait=True)
+        with self._lock:
+            for name, versions in self._versions.items():
+                for number, entry in versions.items():
+                    if entry.state == VersionState.AVAILABLE:
+                        self._set_state(name, number, entry, VersionState.UNLOADING)
+                        self._unload_pool.submit(self._unload, name, number, entry)
+        self._unload_pool.shutdown(wait=True)

@@ -99,6 +99,9 @@ class ServerOptions:
                                                          "service.")
     enable_serialization_as_tensor_content: bool = _flag(
         False, "Serialise Predict outputs as tensor_content instead of typed *_val fields.")
+    shutdown_grace_period_seconds: float = _flag(
+        10.0, "pyserving: on SIGTERM/SIGINT, seconds in-flight RPCs get to finish before the "
+              "server stops and unloads its models.")
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -112,11 +115,8 @@ class ServerOptions:
 INERT_FLAGS = frozenset({
     "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
     "rest_api_enable_cors_support", "enable_batching", "batching_parameters_file",
-    "enable_per_model_batching_parameters", "model_config_file_poll_wait_seconds",
-    "num_load_threads", "num_unload_threads", "max_num_load_retries",
-    "load_retry_interval_micros", "file_system_poll_wait_seconds", "flush_filesystem_caches",
-    "use_alts_credentials", "ssl_config_file", "platform_config_file", "enable_model_warmup",
-    "num_request_iterations_for_warmup", "monitoring_config_file",
+    "enable_per_model_batching_parameters", "flush_filesystem_caches",
+    "use_alts_credentials", "ssl_config_file", "platform_config_file", "monitoring_config_file",
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model", "num_tflite_pools",
     "num_tflite_interpreters_per_pool", "xla_cpu_compilation_enabled",
     "xla_gpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",

@@ -38,6 +38,9 @@ class Servable:
         self._session = session
         self._endpoints: dict[str, object] = {}
         self._endpoints_lock = threading.Lock()
+        self._usage = threading.Condition()
+        self._in_flight = 0
+        self._retired = False
         for signature in self.signatures.values():
             for info in list(signature.inputs.values()) + list(signature.outputs.values()):
                 if ":" in info.name:  # TF2's __saved_model_init_op names an op, not a tensor
@@ -67,7 +70,32 @@ class Servable:
         except tf.errors.OpError as error:
             raise from_tensorflow(error) from None
 
-    def close(self) -> None:
+    def try_acquire(self) -> bool:
+        """Count a request in; False once the servable is being unloaded."""
+        with self._usage:
+            if self._retired:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._usage:
+            self._in_flight -= 1
+            if self._retired and not self._in_flight:
+                self._usage.notify_all()
+
+    def __enter__(self) -> "Servable":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def retire(self) -> None:
+        """Take no new requests, wait for the in-flight ones, then free the session."""
+        with self._usage:
+            self._retired = True
+            while self._in_flight:
+                self._usage.wait()
         self._session.close()
         self._endpoints.clear()
 

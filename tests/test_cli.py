@@ -286,6 +286,8 @@ def test_bad_model_config(launch: Launcher, tmp_path: Path) -> None:
 
 
 def test_not_a_saved_model(launch: Launcher, testdata_model: Callable[..., str]) -> None:
+    """The load is retried (--max_num_load_retries), then start-up fails with the error."""
     base = testdata_model("bad_half_plus_two")
-    process = launch("--port=0", f"--model_base_path={base}")
+    process = launch("--port=0", f"--model_base_path={base}", "--max_num_load_retries=2",
+                     "--load_retry_interval_micros=100000")
     assert_clean_startup_failure(process, os.path.join(base, "00000123"))

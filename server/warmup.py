@@ -1,0 +1,92 @@
+"""Model warmup: replay assets.extra/tf_serving_warmup_requests before a version serves.
+
+Follows TF Serving's saved_model_warmup_util.cc: a TFRecord file of PredictionLogs, at most
+1000 records, each replayed ``iterations`` times; a file that is not TFRecord fails the load
+with DATA_LOSS.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import grpc
+import tensorflow as tf
+from google.protobuf.message import DecodeError
+
+from pyserving.server.apis import prediction_log_pb2
+from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.inference import ExampleInference
+from pyserving.server.predict import Predictor
+from pyserving.server.servable import Servable
+
+log = logging.getLogger(__name__)
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_RECORDS = 1000
+
+
+def _replayers(predictor: Predictor, inference: ExampleInference
+               ) -> dict[str, Callable[[Servable, Any], Any]]:
+    return {
+        "predict_log": lambda servable, log_entry: predictor.predict(servable,
+                                                                     log_entry.request),
+        "classify_log": lambda servable, log_entry: inference.classify(servable,
+                                                                       log_entry.request),
+        "regress_log": lambda servable, log_entry: inference.regress(servable,
+                                                                     log_entry.request),
+        "multi_inference_log": lambda servable, log_entry: inference.multi_inference(
+            servable, log_entry.request),
+    }
+
+
+class Warmup:
+    """Replays a version's warmup requests through the same code that serves requests."""
+
+    def __init__(self, predictor: Predictor, inference: ExampleInference,
+                 iterations: int = 1) -> None:
+        self._replay = _replayers(predictor, inference)
+        self._iterations = max(iterations, 1)
+
+    def run(self, servable: Servable) -> int:
+        """Replay the warmup file if the version has one; returns the records replayed."""
+        path = os.path.join(servable.path, WARMUP_FILE)
+        if not os.path.exists(path):
+            log.info("No warmup data file found at %s", path)
+            return 0
+        started = time.monotonic()
+        count = 0
+        try:
+            for record in tf.compat.v1.io.tf_record_iterator(path):
+                self._replay_record(servable, record, path)
+                count += 1
+                if count > MAX_RECORDS:
+                    raise invalid_argument("Number of warmup records exceeds the maximum "
+                                           f"({MAX_RECORDS}) at {path}")
+        except tf.errors.DataLossError as error:
+            raise ServingError(grpc.StatusCode.DATA_LOSS,
+                               f"{error.message}. Please verify your warmup data is in "
+                               "TFRecord format.") from None
+        except tf.errors.OpError as error:
+            raise ServingError(grpc.StatusCode.UNKNOWN, error.message) from None
+        log.info("Finished reading warmup data for model at %s. Number of warmup records read: "
+                 "%d. Elapsed time (microseconds): %d.", path, count,
+                 (time.monotonic() - started) * 1e6)
+        return count
+
+    def _replay_record(self, servable: Servable, record: bytes, path: str) -> None:
+        try:
+            entry = prediction_log_pb2.PredictionLog.FromString(record)
+        except DecodeError:
+            raise invalid_argument(f"Failed to parse warmup record: {record!r} from "
+                                   f"{path}") from None
+        kind = entry.WhichOneof("log_type")
+        replay = self._replay.get(kind or "")
+        if replay is None:
+            number = entry.DESCRIPTOR.fields_by_name[kind].number if kind else 0
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"Unsupported log_type for warmup: {number}")
+        for _ in range(self._iterations):
+            replay(servable, getattr(entry, kind))
