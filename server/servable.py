@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.saved_model import loader_impl
 
 from pyserving.server.apis import config_pb2, meta_graph_pb2
 from pyserving.server.errors import ServingError, from_tensorflow, internal
@@ -108,7 +109,8 @@ def load_servable(name: str, version: int, path: str, tags: Sequence[str],
     session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
         with graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(session, list(tags), path)
+            # tf.compat.v1.saved_model.load without its deprecation warning on every load.
+            meta_graph = loader_impl.SavedModelLoader(path).load(session, list(tags))
     except tf.errors.OpError as error:
         session.close()
         raise from_tensorflow(error) from None
