@@ -151,10 +151,13 @@ class ModelServer:
         self.configurator.stop()
         self._source.stop()
         if self._server is not None:
+            log.info("stopping the gRPC server: in-flight RPCs have %g s to finish", grace)
             self._server.stop(grace).wait()
+        # The grace period is over and gRPC has cancelled what was left; closing the sessions
+        # stops those handlers' TensorFlow runs, so the thread pool can finish.
+        self.manager.close(drain_seconds=0)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        self.manager.close()
         log.info("server stopped")
 
     def wait(self) -> None:

@@ -76,6 +76,8 @@ def validate_model_server_config(config: ModelServerConfig) -> None:
             raise invalid_argument("Illegal to list model " + model.name +
                                    " multiple times in config list")
         seen.add(model.name)
+    # Names first, then paths, in ValidateModelConfigList's order.
+    for model in config.model_config_list.config:
         if not os.path.isabs(model.base_path) and "://" not in model.base_path:
             raise invalid_argument(f"Expected model {model.name} to have an absolute path or "
                                    f"URI; got base_path()={model.base_path}")

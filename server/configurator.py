@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Mapping
+
+import grpc
 
 from pyserving.server import config as model_config
 from pyserving.server.errors import ServingError
-from pyserving.server.manager import ModelManager
+from pyserving.server.manager import ModelManager, VersionState, VersionStatus
 from pyserving.server.source import FileSystemSource
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,8 @@ class ModelConfigurator:
             labels = {model.name: dict(model.version_labels) for model in models}
             # Labels are checked and set before the config's versions load, as ServerCore does.
             self._manager.check_labels(labels)
-            old_names = set() if self._config is None else \
+            first = self._config is None
+            old_names = set() if first else \
                 {m.name for m in self._config.model_config_list.config}
             new_names = [model.name for model in models if model.name not in old_names]
             self._manager.set_labels(labels)
@@ -52,9 +56,29 @@ class ModelConfigurator:
                     raise failures[model.name]
             failed = self._manager.wait_until_settled(new_names)
             for name in new_names:
-                if failed.get(name):
+                if failed.get(name) and first:
                     raise failed[name][0].error
+            error = self._unavailable_models_error(failed)
+            if error is not None:
+                raise error
             log.info("model config applied: %s", ", ".join(m.name for m in models) or "no models")
+
+    def _unavailable_models_error(self, failed: Mapping[str, list[VersionStatus]]
+                                  ) -> ServingError | None:
+        """ServerCore::WaitUntilModelsAvailable's error for new models none of whose
+        versions became AVAILABLE (reported by their newest failed version)."""
+        entries = []
+        for name in sorted(name for name, versions in failed.items() if versions):
+            if any(status.state == VersionState.AVAILABLE
+                   for status in self._manager.version_statuses(name)):
+                continue
+            newest = failed[name][-1]
+            entries.append(f"{{{{name: {name} version: {newest.version}}} due to error: "
+                           f"{newest.error.code.name}: {newest.error.message}}}, ")
+        if not entries:
+            return None
+        return ServingError(grpc.StatusCode.UNKNOWN, f"{len(entries)} model(s) did not become "
+                                                     f"available: {{{''.join(entries)}}}")
 
     def watch_file(self, path: str, poll_seconds: float) -> None:
         """Re-read ``path`` every ``poll_seconds`` and apply it when it changed."""

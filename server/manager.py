@@ -110,6 +110,8 @@ class ModelManager:
 
     def _reconcile(self, name: str) -> None:
         """Schedule the loads and unloads that move ``name`` toward its aspired versions."""
+        if self._closed:
+            return
         aspired = self._aspired.get(name, {})
         versions = self._versions.setdefault(name, {})
         for number, path in aspired.items():
@@ -139,6 +141,7 @@ class ModelManager:
             with self._lock:
                 if entry.cancel.is_set() or self._closed:
                     self._set_state(name, number, entry, VersionState.END)
+                    self._reconcile(name)  # it may have become aspired again meanwhile
                     return
                 self._set_state(name, number, entry, VersionState.LOADING)
             started = time.monotonic()
@@ -154,7 +157,9 @@ class ModelManager:
                         not entry.cancel.wait(self._policy.retry_interval_seconds):
                     continue
                 with self._lock:
-                    entry.failed_while_aspired = True
+                    # A load cancelled because the version left the aspired set is not a
+                    # failure of an aspired version: if it comes back, it loads again.
+                    entry.failed_while_aspired = not entry.cancel.is_set()
                     self._set_state(name, number, entry, VersionState.END, error)
                     self._reconcile(name)
                 return
@@ -162,6 +167,7 @@ class ModelManager:
                 if entry.cancel.is_set() or self._closed:
                     self._set_state(name, number, entry, VersionState.END)
                     servable.retire()
+                    self._reconcile(name)
                     return
                 entry.servable = servable
                 self._publish(name, number, servable)
@@ -171,12 +177,13 @@ class ModelManager:
                 self._reconcile(name)
             return
 
-    def _unload(self, name: str, number: int, entry: _Version) -> None:
+    def _unload(self, name: str, number: int, entry: _Version,
+                drain_seconds: float | None = None) -> None:
         started = time.monotonic()
         with self._lock:
             self._publish(name, number, None)
         if entry.servable is not None:
-            entry.servable.retire()
+            entry.servable.retire(drain_seconds)
             entry.servable = None
         with self._lock:
             self._set_state(name, number, entry, VersionState.END)
@@ -292,8 +299,9 @@ class ModelManager:
         with self._lock:
             return sorted(self._aspired)
 
-    def close(self) -> None:
-        """Cancel pending loads and unload everything (server shutdown)."""
+    def close(self, drain_seconds: float | None = None) -> None:
+        """Cancel pending loads and unload everything (server shutdown); requests still
+        running after ``drain_seconds`` are cancelled (None: wait for them)."""
         with self._lock:
             self._closed = True
             for name, versions in self._versions.items():
@@ -305,5 +313,6 @@ class ModelManager:
                 for number, entry in versions.items():
                     if entry.state == VersionState.AVAILABLE:
                         self._set_state(name, number, entry, VersionState.UNLOADING)
-                        self._unload_pool.submit(self._unload, name, number, entry)
+                        self._unload_pool.submit(self._unload, name, number, entry,
+                                                 drain_seconds)
         self._unload_pool.shutdown(wait=True)

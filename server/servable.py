@@ -91,12 +91,12 @@ class Servable:
     def __exit__(self, *exc_info: object) -> None:
         self.release()
 
-    def retire(self) -> None:
-        """Take no new requests, wait for the in-flight ones, then free the session."""
+    def retire(self, drain_seconds: float | None = None) -> None:
+        """Take no new requests, wait for the in-flight ones (at most ``drain_seconds``),
+        then free the session; closing it cancels any run still going."""
         with self._usage:
             self._retired = True
-            while self._in_flight:
-                self._usage.wait()
+            self._usage.wait_for(lambda: not self._in_flight, drain_seconds)
         self._session.close()
         self._endpoints.clear()
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from pyserving.server.apis import prediction_log_pb2
-from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.errors import ServingError, from_tensorflow, invalid_argument
 from pyserving.server.inference import ExampleInference
 from pyserving.server.predict import Predictor
 from pyserving.server.servable import Servable
@@ -70,7 +70,7 @@ class Warmup:
                                f"{error.message}. Please verify your warmup data is in "
                                "TFRecord format.") from None
         except tf.errors.OpError as error:
-            raise ServingError(grpc.StatusCode.UNKNOWN, error.message) from None
+            raise from_tensorflow(error) from None
         log.info("Finished reading warmup data for model at %s. Number of warmup records read: "
                  "%d. Elapsed time (microseconds): %d.", path, count,
                  (time.monotonic() - started) * 1e6)
@@ -80,13 +80,16 @@ class Warmup:
         try:
             entry = prediction_log_pb2.PredictionLog.FromString(record)
         except DecodeError:
-            raise invalid_argument(f"Failed to parse warmup record: {record!r} from "
+            # TF Serving pastes the raw record bytes into the message.
+            text = record.decode("utf-8", "replace")
+            raise invalid_argument(f"Failed to parse warmup record: {text} from "
                                    f"{path}") from None
         kind = entry.WhichOneof("log_type")
-        replay = self._replay.get(kind or "")
+        if kind is None:
+            return  # a record without a request is skipped, as in TF Serving
+        replay = self._replay.get(kind)
         if replay is None:
-            number = entry.DESCRIPTOR.fields_by_name[kind].number if kind else 0
-            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                               f"Unsupported log_type for warmup: {number}")
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, "Unsupported log_type for "
+                               f"warmup: {entry.DESCRIPTOR.fields_by_name[kind].number}")
         for _ in range(self._iterations):
             replay(servable, getattr(entry, kind))
