@@ -114,7 +114,7 @@ class ModelManager:
             return
         aspired = self._aspired.get(name, {})
         versions = self._versions.setdefault(name, {})
-        for number, path in aspired.items():
+        for number, path in sorted(aspired.items(), reverse=True):  # newest first, as TF
             entry = versions.get(number)
             if entry is None or (entry.state == VersionState.END
                                  and not entry.failed_while_aspired):

@@ -9,6 +9,7 @@ own message.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Sequence
@@ -18,7 +19,7 @@ import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 
 from pyserving.server.apis import config_pb2, meta_graph_pb2
-from pyserving.server.errors import ServingError, from_tensorflow, internal
+from pyserving.server.errors import ServingError, from_tensorflow, internal, not_found
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,17 @@ class Servable:
         self._endpoints.clear()
 
 
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+
+
 def load_servable(name: str, version: int, path: str, tags: Sequence[str],
                   session_config: config_pb2.ConfigProto) -> Servable:
     """Load a SavedModel version; raises ServingError with TensorFlow's message on failure."""
     started = time.monotonic()
+    if not any(os.path.isfile(os.path.join(path, name)) for name in _SAVED_MODEL_FILES):
+        raise not_found("Could not find SavedModel .pb or .pbtxt at supplied export directory "
+                        f"path: {path}. Check that the directory exists and that you have the "
+                        "right permissions for accessing it.")
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
