@@ -16,6 +16,8 @@ import grpc
 
 from pyserving.server import config as model_config
 from pyserving.server import device
+from pyserving.server.batching import Batcher
+from pyserving.server.batching_config import BatchingOptions, read_batching_parameters
 from pyserving.server.configurator import ModelConfigurator
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
@@ -24,7 +26,7 @@ from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import LoadPolicy, ModelManager
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
-from pyserving.server.servable import Servable, load_servable
+from pyserving.server.servable import Servable, load_servable, run_unbatched
 from pyserving.server.source import FileSystemSource
 from pyserving.server.warmup import Warmup
 
@@ -69,9 +71,13 @@ class ModelServer:
         self._stopped = threading.Event()
         self.port: int | None = None
         self._session_config = device.session_config(options)
+        self.batcher = _batcher(options)
+        runner = self.batcher.run if self.batcher is not None else run_unbatched
         predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
-                              check_method_name=options.enable_signature_method_name_check)
-        inference = ExampleInference(check_method_name=options.enable_signature_method_name_check)
+                              check_method_name=options.enable_signature_method_name_check,
+                              runner=runner)
+        inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
+                                     runner=runner)
         self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup) \
             if options.enable_model_warmup else None
         self.manager = ModelManager(self._load, _load_policy(options),
@@ -155,6 +161,8 @@ class ModelServer:
             self._server.stop(grace).wait()
         # The grace period is over and gRPC has cancelled what was left; closing the sessions
         # stops those handlers' TensorFlow runs, so the thread pool can finish.
+        if self.batcher is not None:
+            self.batcher.stop()
         self.manager.close(drain_seconds=0)
         if self._executor is not None:
             self._executor.shutdown(wait=True)
@@ -169,6 +177,18 @@ class ModelServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _batcher(options: ServerOptions) -> Batcher | None:
+    """The batcher --enable_batching asks for (TF Serving's defaults without a file)."""
+    if not options.enable_batching:
+        if options.batching_parameters_file:
+            raise invalid_argument("server_options.batching_parameters_file is set without "
+                                   "setting server_options.enable_batching to true.")
+        return None
+    batching = read_batching_parameters(options.batching_parameters_file) \
+        if options.batching_parameters_file else BatchingOptions()
+    return Batcher(batching, per_model_parameters=options.enable_per_model_batching_parameters)
 
 
 def _load_policy(options: ServerOptions) -> LoadPolicy:

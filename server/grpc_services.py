@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable
 
 import grpc
 
+from pyserving.server import request_context
 from pyserving.server.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError
+from pyserving.server.request_context import RequestContext
 
 # TF Serving truncates long error messages (grpc_status_util.cc).
 _MESSAGE_LIMIT = 1024
@@ -21,13 +24,22 @@ def status_message(message: str) -> str:
     return message
 
 
+def _request_context(context: grpc.ServicerContext) -> RequestContext:
+    remaining = context.time_remaining()
+    deadline = None if remaining is None else time.monotonic() + remaining
+    return RequestContext(deadline, context.is_active)
+
+
 def _unary(call: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
     @functools.wraps(call)
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
+        token = request_context.current.set(_request_context(context))
         try:
             return call(request)
         except ServingError as error:
             context.abort(error.code, status_message(error.message))
+        finally:
+            request_context.current.reset(token)
     return handler
 
 

@@ -16,7 +16,7 @@ from pyserving.client.tensors import DTYPE_NAMES, dtype_enum_for
 from pyserving.server.apis import classification_pb2, inference_pb2, regression_pb2
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.predict import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD
-from pyserving.server.servable import Servable, SignatureDef
+from pyserving.server.servable import Runner, Servable, SignatureDef, run_unbatched
 
 
 def _debug_string(signature: SignatureDef) -> str:
@@ -172,12 +172,16 @@ def _check_method(signature: SignatureDef, method: str, check_method_name: bool)
                                f"Was: {signature.method_name}")
 
 
-def _run_tasks(servable: Servable, tasks: list[_Task], request_input: Any
+def _run_tasks(servable: Servable, tasks: list[_Task], request_input: Any, run: Runner
                ) -> tuple[int, dict[str, np.ndarray]]:
     examples = serialized_examples(request_input)
     input_names = sorted({task.input_name for task in tasks})
     fetches = sorted({name for task in tasks for name in task.output_names})
-    values = servable.run([(name, examples) for name in input_names], fetches)
+    feeds = [(name, examples) for name in input_names]
+    if len(tasks) == 1:
+        values = run(servable, tasks[0].signature, feeds, fetches)
+    else:
+        values = servable.run(feeds, fetches)
     return len(examples), dict(zip(fetches, values))
 
 
@@ -190,8 +194,10 @@ def _set_model_spec(spec: Any, name: str, signature_name: str, version: int) -> 
 class ExampleInference:
     """Runs Classification, Regression and MultiInference requests."""
 
-    def __init__(self, *, check_method_name: bool = False) -> None:
+    def __init__(self, *, check_method_name: bool = False,
+                 runner: Runner = run_unbatched) -> None:
         self._check_method_name = check_method_name
+        self._run = runner
 
     def classify(self, servable: Servable, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
@@ -209,7 +215,7 @@ class ExampleInference:
                                missing="No signature was found with the name: ")
         _check_method(signature, method, self._check_method_name)
         task = _Task(signature, method)
-        num_examples, outputs = _run_tasks(servable, [task], request.input)
+        num_examples, outputs = _run_tasks(servable, [task], request.input, self._run)
         _set_model_spec(response.model_spec, spec.name, spec.signature_name, servable.version)
         task.fill(num_examples, outputs, response.result)
         return response
@@ -239,7 +245,7 @@ class ExampleInference:
                                    f"Unsupported signature method_name: {task.method_name}")
             _check_method(signature, task.method_name, self._check_method_name)
             tasks.append(_Task(signature, task.method_name))
-        num_examples, outputs = _run_tasks(servable, tasks, request.input)
+        num_examples, outputs = _run_tasks(servable, tasks, request.input, self._run)
         response = inference_pb2.MultiInferenceResponse()
         for task, request_task in zip(tasks, request.tasks):
             result = response.results.add()

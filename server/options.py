@@ -114,8 +114,7 @@ class ServerOptions:
 # Flags that parse and keep their meaning for launch scripts, but change nothing yet.
 INERT_FLAGS = frozenset({
     "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
-    "rest_api_enable_cors_support", "enable_batching", "batching_parameters_file",
-    "enable_per_model_batching_parameters", "flush_filesystem_caches",
+    "rest_api_enable_cors_support", "flush_filesystem_caches",
     "use_alts_credentials", "ssl_config_file", "platform_config_file", "monitoring_config_file",
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model", "num_tflite_pools",
     "num_tflite_interpreters_per_pool", "xla_cpu_compilation_enabled",

@@ -13,7 +13,7 @@ import numpy as np
 from pyserving.client.tensors import TensorParseError, fill_tensor_proto, ndarray_from_tensor_proto
 from pyserving.server.apis import predict_pb2
 from pyserving.server.errors import failed_precondition, internal, invalid_argument
-from pyserving.server.servable import Servable, SignatureDef
+from pyserving.server.servable import Runner, Servable, SignatureDef, run_unbatched
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -100,7 +100,8 @@ class Predictor:
     """Runs PredictRequests against servables."""
 
     def __init__(self, *, as_tensor_content: bool = False, check_method_name: bool = False,
-                 max_tensor_bytes: int = 2**31) -> None:
+                 max_tensor_bytes: int = 2**31, runner: Runner = run_unbatched) -> None:
+        self._run = runner
         self._as_tensor_content = as_tensor_content
         self._check_method_name = check_method_name
         self._max_tensor_bytes = max_tensor_bytes
@@ -114,7 +115,7 @@ class Predictor:
         feeds = input_feeds(signature, request.inputs, self._max_tensor_bytes)
         aliases = output_aliases(signature, request.output_filter)
         fetches = [signature.outputs[alias].name for alias in aliases]
-        values = servable.run(feeds, fetches)
+        values = self._run(servable, signature, feeds, fetches)
         response = predict_pb2.PredictResponse()
         spec = response.model_spec
         spec.name = request.model_spec.name

@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -130,6 +130,17 @@ def load_servable(name: str, version: int, path: str, tags: Sequence[str],
     log.info("loaded servable %s version %d from %s in %.0f ms with signatures %s", name,
              version, path, (time.monotonic() - started) * 1000, sorted(servable.signatures))
     return servable
+
+
+Runner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Sequence[str]],
+                  list[np.ndarray]]
+
+
+def run_unbatched(servable: Servable, signature: SignatureDef,
+                  feeds: Sequence[tuple[str, np.ndarray]],
+                  fetches: Sequence[str]) -> list[np.ndarray]:
+    """The Runner used without --enable_batching: one TensorFlow call per request."""
+    return servable.run(feeds, fetches)
 
 
 def _load_error_code(error: Exception):

@@ -1,0 +1,143 @@
+"""TF Serving's BatchingParameters: the text-format file of --batching_parameters_file.
+
+tensorflow-serving-api does not ship session_bundle_config.proto, so the message is built
+here from its definition (field names, numbers and wrapper types as in TF Serving), in a
+private descriptor pool so it never clashes with another copy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
+
+from pyserving.server.errors import invalid_argument
+
+_FIELDS = (  # name, number, wrapper type (None: a plain scalar field)
+    ("max_batch_size", 1, "Int64Value"),
+    ("batch_timeout_micros", 2, "Int64Value"),
+    ("max_enqueued_batches", 3, "Int64Value"),
+    ("num_batch_threads", 4, "Int64Value"),
+    ("thread_pool_name", 5, "StringValue"),
+    ("allowed_batch_sizes", 6, None),
+    ("pad_variable_length_inputs", 7, None),
+    ("enable_large_batch_splitting", 8, "BoolValue"),
+    ("max_execution_batch_size", 9, "Int64Value"),
+)
+
+
+def _message_class() -> type:
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(descriptor_pb2.FileDescriptorProto.FromString(
+        wrappers_pb2.DESCRIPTOR.serialized_pb).SerializeToString())
+    file = descriptor_pb2.FileDescriptorProto(
+        name="pyserving/batching_parameters.proto", package="tensorflow.serving",
+        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+    message = file.message_type.add(name="BatchingParameters")
+    Field = descriptor_pb2.FieldDescriptorProto
+    for name, number, wrapper in _FIELDS:
+        field = message.field.add(name=name, number=number, label=Field.LABEL_OPTIONAL)
+        if wrapper is not None:
+            field.type = Field.TYPE_MESSAGE
+            field.type_name = f".google.protobuf.{wrapper}"
+        elif name == "allowed_batch_sizes":
+            field.type, field.label = Field.TYPE_INT64, Field.LABEL_REPEATED
+        else:
+            field.type = Field.TYPE_BOOL
+    pool.Add(file)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+BatchingParameters = _message_class()
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """BatchingParameters with TF Serving's defaults filled in and checked."""
+
+    max_batch_size: int = 1000
+    batch_timeout_micros: int = 0
+    max_enqueued_batches: int = 10
+    num_batch_threads: int = os.cpu_count() or 1
+    allowed_batch_sizes: tuple[int, ...] = ()
+    pad_variable_length_inputs: bool = False
+    enable_large_batch_splitting: bool = False
+    max_execution_batch_size: int = 1000
+
+    @property
+    def execution_batch_size(self) -> int:
+        """The largest batch one TensorFlow call gets."""
+        if self.enable_large_batch_splitting:
+            return min(self.max_execution_batch_size, self.max_batch_size)
+        return self.max_batch_size
+
+
+def options_from_proto(proto: object) -> BatchingOptions:
+    defaults = BatchingOptions()
+
+    def value(name: str, default: int) -> int:
+        return getattr(proto, name).value if proto.HasField(name) else default
+
+    max_batch_size = value("max_batch_size", defaults.max_batch_size)
+    options = BatchingOptions(
+        max_batch_size=max_batch_size,
+        batch_timeout_micros=value("batch_timeout_micros", defaults.batch_timeout_micros),
+        max_enqueued_batches=value("max_enqueued_batches", defaults.max_enqueued_batches),
+        num_batch_threads=value("num_batch_threads", defaults.num_batch_threads),
+        allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
+        pad_variable_length_inputs=proto.pad_variable_length_inputs,
+        enable_large_batch_splitting=(proto.enable_large_batch_splitting.value
+                                      if proto.HasField("enable_large_batch_splitting")
+                                      else False),
+        max_execution_batch_size=value("max_execution_batch_size", max_batch_size),
+    )
+    _validate(options)
+    return options
+
+
+def _validate(options: BatchingOptions) -> None:
+    if options.max_batch_size < 1:
+        raise invalid_argument("max_batch_size must be positive; was "
+                               f"{options.max_batch_size}")
+    if options.num_batch_threads < 1:
+        raise invalid_argument("num_batch_threads must be positive; was "
+                               f"{options.num_batch_threads}")
+    if options.max_enqueued_batches < 1:
+        raise invalid_argument("max_enqueued_batches must be positive; was "
+                               f"{options.max_enqueued_batches}")
+    sizes = options.allowed_batch_sizes
+    if sizes:
+        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+            raise invalid_argument("allowed_batch_sizes entries must be monotonically "
+                                   "increasing")
+        if sizes[-1] != options.max_batch_size:
+            raise invalid_argument("Last entry in allowed_batch_sizes must match "
+                                   f"max_batch_size; last entry was {sizes[-1]}; expected "
+                                   f"{options.max_batch_size}")
+
+
+def parse_batching_parameters(text: str, path: str) -> BatchingOptions:
+    proto = BatchingParameters()
+    try:
+        text_format.Parse(text, proto)
+    except text_format.ParseError as error:
+        raise invalid_argument(f"Invalid protobuf file: '{path}': Error parsing text-format "
+                               f"tensorflow.serving.BatchingParameters: {error}") from None
+    return options_from_proto(proto)
+
+
+def read_batching_parameters(path: str) -> BatchingOptions:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise invalid_argument(f"{path}; {error.strerror}") from None
+    return parse_batching_parameters(text, path)

@@ -1,0 +1,23 @@
+"""What the core may know about the request being served: its deadline and whether the
+caller still waits. Transports set it per call; the batcher reads it to drop dead requests."""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    deadline: float | None = None  # time.monotonic() value; None when the caller set none
+    is_active: Callable[[], bool] = lambda: True
+
+    def expired(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+
+NO_CONTEXT = RequestContext()
+current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
+    "pyserving_request", default=NO_CONTEXT)
