@@ -25,6 +25,14 @@ def session_config(options: ServerOptions) -> config_pb2.ConfigProto:
             raise invalid_argument(f"Invalid protobuf file: "
                                    f"'{options.tensorflow_session_config_file}': {error}") from None
     config.allow_soft_placement = True
+    if options.tensorflow_session_parallelism > 0 and \
+            options.tensorflow_intra_op_parallelism > 0 and \
+            options.tensorflow_inter_op_parallelism > 0:
+        raise invalid_argument(
+            "Either configure server_options.tensorflow_session_parallelism or "
+            "(server_options.tensorflow_intra_op_parallelism, "
+            "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure "
+            "all.")
     if options.tensorflow_session_parallelism:
         config.intra_op_parallelism_threads = options.tensorflow_session_parallelism
         config.inter_op_parallelism_threads = options.tensorflow_session_parallelism

@@ -54,3 +54,10 @@ def test_gpu_pinned_model_serves_through_soft_placement(testdata_model, serve, c
                    tensorflow_inter_op_parallelism=1)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
     assert _predict_x(stub, 2.0) == 3.0
+
+
+def test_session_and_per_pool_parallelism_together_are_rejected():
+    with pytest.raises(ServingError, match="You cannot configure all."):
+        session_config(ServerOptions(tensorflow_session_parallelism=2,
+                                     tensorflow_intra_op_parallelism=2,
+                                     tensorflow_inter_op_parallelism=2))
