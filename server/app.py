@@ -10,13 +10,14 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Sequence
 
 import grpc
+import numpy as np
 
 from pyserving.server import config as model_config
 from pyserving.server import device
-from pyserving.server.batching import Batcher
+from pyserving.server.batching import Batcher, Feeds
 from pyserving.server.batching_config import BatchingOptions, read_batching_parameters
 from pyserving.server.configurator import ModelConfigurator
 from pyserving.server.core import ServingCore
@@ -26,7 +27,7 @@ from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import LoadPolicy, ModelManager
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
-from pyserving.server.servable import Servable, load_servable, run_unbatched
+from pyserving.server.servable import Servable, SignatureDef, load_servable, run_unbatched
 from pyserving.server.source import FileSystemSource
 from pyserving.server.warmup import Warmup
 
@@ -71,8 +72,9 @@ class ModelServer:
         self._stopped = threading.Event()
         self.port: int | None = None
         self._session_config = device.session_config(options)
-        self.batcher = _batcher(options)
-        runner = self.batcher.run if self.batcher is not None else run_unbatched
+        # Made in start(), so a bad batching flag or file is a start-up error like any other.
+        self.batcher: Batcher | None = None
+        runner = self._run_batched if options.enable_batching else run_unbatched
         predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
                               check_method_name=options.enable_signature_method_name_check,
                               runner=runner)
@@ -87,8 +89,18 @@ class ModelServer:
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference)
 
+    def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
+                     fetches: Sequence[str]) -> list[np.ndarray]:
+        return self.batcher.run(servable, signature, feeds, fetches)
+
     def _load(self, name: str, version: int, path: str) -> Servable:
         servable = load_servable(name, version, path, self.options.tags, self._session_config)
+        if self.batcher is not None:
+            try:
+                self.batcher.prepare(servable)
+            except ServingError:
+                servable.retire()
+                raise
         if self._warmup is not None:
             try:
                 self._warmup.run(servable)
@@ -113,6 +125,7 @@ class ModelServer:
         """Load every model, then open the gRPC port(s). Raises ServingError on failure."""
         log.info("%s", device.describe_devices())
         try:
+            self.batcher = _batcher(self.options)
             self.configurator.apply(model_config.model_server_config(self.options))
             self._source.start()
             if self.options.model_config_file:

@@ -64,12 +64,21 @@ class _Queue:
         self.open_size = 0
         self.open_since = 0.0
 
-    def add(self, task: _Task) -> None:
-        """Enqueue (the scheduler lock is held)."""
+    def add_all(self, tasks: Sequence[_Task]) -> None:
+        """Enqueue the parts of one request, all or none (the scheduler lock is held)."""
+        batches, open_size = len(self.batches), self.open_size
+        for task in tasks:
+            if open_size + task.size > self.options.execution_batch_size:
+                if batches >= self.options.max_enqueued_batches:
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling "
+                                       "queue to which this task was submitted is full")
+                batches, open_size = batches + 1, 0
+            open_size += task.size
+        for task in tasks:
+            self._add(task)
+
+    def _add(self, task: _Task) -> None:
         if self.open_size + task.size > self.options.execution_batch_size:
-            if len(self.batches) >= self.options.max_enqueued_batches:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to "
-                                   "which this task was submitted is full")
             self.batches.append([])
             self.open_size = 0
         if not self.batches[-1]:
@@ -103,7 +112,7 @@ class Batcher:
         self.options = options
         self._observers = list(observers)
         self._per_model = per_model_parameters
-        self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions] = \
+        self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
             weakref.WeakKeyDictionary()
         self._lock = threading.Condition()
         self._queues: weakref.WeakKeyDictionary[Servable, dict[tuple, _Queue]] = \
@@ -117,9 +126,9 @@ class Batcher:
     def run(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
             fetches: Sequence[str]) -> list[np.ndarray]:
         """Like ``servable.run``, batched with concurrent calls of the same shape."""
-        if not feeds or not _batchable(signature, feeds):
-            return servable.run(feeds, fetches)
         options = self._options_for(servable)
+        if options is None or not feeds or not _batchable(signature, feeds):
+            return servable.run(feeds, fetches)
         size = int(feeds[0][1].shape[0])
         limit = options.execution_batch_size
         if size > limit and (not options.enable_large_batch_splitting
@@ -133,8 +142,7 @@ class Batcher:
         if len(tasks) == 1:
             tasks[0].feeds = [array for _, array in feeds]
         with self._lock:
-            for task in tasks:
-                queue.add(task)
+            queue.add_all(tasks)
             self._lock.notify(len(tasks))
         for task in tasks:
             task.done.wait()
@@ -144,19 +152,27 @@ class Batcher:
             return tasks[0].outputs
         return [np.concatenate([task.outputs[i] for task in tasks]) for i in range(len(fetches))]
 
-    def _options_for(self, servable: Servable) -> BatchingOptions:
-        """The server's options, or the version's batching_params.pbtxt when per-model
-        parameters are enabled (its thread count is ignored: the pool is shared)."""
+    def prepare(self, servable: Servable) -> None:
+        """Read a loading version's batching_params.pbtxt (per-model parameters), so a bad
+        file fails the load, as in TF Serving."""
+        if not self._per_model:
+            return
+        path = os.path.join(servable.path, PER_MODEL_FILE)
+        options = read_batching_parameters(path) if os.path.exists(path) else None
+        with self._lock:
+            self._model_options[servable] = options
+
+    def _options_for(self, servable: Servable) -> BatchingOptions | None:
+        """The server's options; with per-model parameters, the version's
+        batching_params.pbtxt (its thread count is ignored: the pool is shared), or None
+        without one: TF Serving batches such a model not at all."""
         if not self._per_model:
             return self.options
         with self._lock:
-            options = self._model_options.get(servable)
-        if options is None:
-            path = os.path.join(servable.path, PER_MODEL_FILE)
-            options = read_batching_parameters(path) if os.path.exists(path) else self.options
-            with self._lock:
-                self._model_options[servable] = options
-        return options
+            if servable in self._model_options:
+                return self._model_options[servable]
+        self.prepare(servable)
+        return self._model_options.get(servable)
 
     def _queue(self, servable: Servable, options: BatchingOptions, feeds: Feeds,
                fetches: Sequence[str]) -> _Queue:

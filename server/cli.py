@@ -43,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pyserving.server.config import ConfigParseError
     from pyserving.server.errors import ServingError
 
-    server = ModelServer(options)
+    try:
+        server = ModelServer(options)
+    except ServingError as error:
+        print(f"Failed to start server. Error: {error}", file=sys.stderr)
+        return EXIT_START_FAILED
     stop_requested = threading.Event()
 
     def _shutdown(signum: int, _frame: object) -> None:

@@ -291,3 +291,14 @@ def test_not_a_saved_model(launch: Launcher, testdata_model: Callable[..., str])
     process = launch("--port=0", f"--model_base_path={base}", "--max_num_load_retries=2",
                      "--load_retry_interval_micros=100000")
     assert_clean_startup_failure(process, os.path.join(base, "00000123"))
+
+
+def test_conflicting_parallelism_flags_fail_start_up_cleanly(launch: Launcher,
+                                                             testdata_model: Callable[..., str]
+                                                             ) -> None:
+    base = testdata_model("saved_model_half_plus_two_cpu")
+    process = launch("--port=0", f"--model_base_path={base}",
+                     "--tensorflow_session_parallelism=2",
+                     "--tensorflow_intra_op_parallelism=2",
+                     "--tensorflow_inter_op_parallelism=2")
+    assert_clean_startup_failure(process, "You cannot configure all.")

@@ -1,0 +1,543 @@
+"""--enable_batching over real channels: what callers get back when their requests share a call.
+
+The test model reports what TensorFlow saw: each signature returns, per row, the batch size of
+the call ("batch") and the call's number from a counter variable ("call"), so batching is
+observed from responses alone. Expected texts come from TF Serving's server.cc,
+bundle_factory_util.cc, batching_session.cc and TensorFlow's shared_batch_scheduler.h.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.core.example import example_pb2
+from tensorflow.python.data.experimental.ops import testing as tf_data_testing
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
+from pyserving.server.errors import ServingError
+from support import TESTDATA
+
+TIMEOUT = 10.0
+SLOW_CALL_SECONDS = 0.4  # the "slow" signature's sleep
+QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+WITHOUT_ENABLE_BATCHING = ("server_options.batching_parameters_file is set without setting "
+                           "server_options.enable_batching to true.")
+
+Stub = prediction_service_pb2_grpc.PredictionServiceStub
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+END = get_model_status_pb2.ModelVersionStatus.END
+
+
+# --- the test model ------------------------------------------------------------------------
+
+
+class _Rows(tf.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = tf.Variable(0, dtype=tf.int64)
+
+    def _seen(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        rows = tf.shape(x)[0]
+        return {"batch": tf.fill([rows], rows), "call": tf.fill([rows], self.calls.assign_add(1))}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+    def rows(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        tf.debugging.assert_non_negative(x, message="x must be non-negative")
+        return {"y": x * 10.0, **self._seen(x)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def total(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"total": tf.reduce_sum(x)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    def ragged(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"row_sum": tf.reduce_sum(x, axis=1), "echo": tf.identity(x), **self._seen(x)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def slow(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        # The sleep dataset sleeps before the element and again before end-of-sequence.
+        slept = tf.data.Dataset.from_tensors(x).apply(
+            tf_data_testing.sleep(int(SLOW_CALL_SECONDS * 5e5)))
+        return {"y": slept.get_single_element() * 2.0, **self._seen(x)}
+
+
+@pytest.fixture(scope="module")
+def rows_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 1 of the test model: signatures serving_default (y = 10 x on [n, 2]), total
+    (a scalar sum), ragged ([n, m]: row_sum and echo) and slow (y = 2 x after a 0.4 s sleep)."""
+    module = _Rows()
+    path = tmp_path_factory.mktemp("rows") / "1"
+    tf.saved_model.save(module, str(path), signatures={
+        "serving_default": module.rows, "total": module.total, "ragged": module.ragged,
+        "slow": module.slow})
+    return path
+
+
+@pytest.fixture
+def rows_base(rows_model: Path, tmp_path: Path) -> Path:
+    """A base path of its own holding version 1 of the test model."""
+    base = tmp_path / "rows"
+    shutil.copytree(rows_model, base / "1")
+    return base
+
+
+def parameters(tmp_path: Path, text: str, name: str = "batching.txt") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def batching_server(serve: Callable[..., object], rows_base: Path, tmp_path: Path
+                    ) -> Callable[[str], object]:
+    """A server of the test model with --enable_batching and these BatchingParameters."""
+
+    def start(text: str, **options: object) -> object:
+        return serve(model_base_path=str(rows_base), enable_batching=True,
+                     batching_parameters_file=parameters(tmp_path, text), grpc_max_threads=32,
+                     **options)
+
+    return start
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+def stub_for(server: object, channel_to: Callable[[str], grpc.Channel]) -> Stub:
+    return Stub(channel_to(server.grpc_target))
+
+
+def request_for(x: np.ndarray, signature: str = "") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.model_spec.signature_name = signature
+    fill_tensor_proto(request.inputs["x"], np.asarray(x, np.float32))
+    return request
+
+
+def outputs_of(response: predict_pb2.PredictResponse) -> dict[str, np.ndarray]:
+    return {key: ndarray_from_tensor_proto(proto) for key, proto in response.outputs.items()}
+
+
+def rows_of(caller: int, size: int) -> np.ndarray:
+    """Rows no other caller sends: caller 3, size 2 -> [[30, 1030], [31, 1031]]."""
+    first = np.arange(caller * 10, caller * 10 + size, dtype=np.float32)
+    return np.stack([first, first + 1000], axis=1)
+
+
+def predict_all(stub: Stub, requests: Sequence[predict_pb2.PredictRequest],
+                timeout: float = TIMEOUT) -> list[dict[str, np.ndarray]]:
+    """Send every request at once; the outputs in request order (raises the first error)."""
+    futures = [stub.Predict.future(request, timeout) for request in requests]
+    return [outputs_of(future.result()) for future in futures]
+
+
+def rpc_error(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value.code(), raised.value.details()
+
+
+def start_error(start: Callable[[], object]) -> ServingError:
+    with pytest.raises(ServingError) as raised:
+        start()
+    return raised.value
+
+
+# --- batching and isolation ----------------------------------------------------------------
+
+
+def test_concurrent_requests_share_calls_and_get_exactly_their_own_rows(batching_server,
+                                                                       channel_to):
+    server = batching_server("max_batch_size { value: 8 }\n"
+                             "batch_timeout_micros { value: 100000 }\n"
+                             "num_batch_threads { value: 2 }\n")
+    stub = stub_for(server, channel_to)
+    sizes = [1 + caller % 3 for caller in range(12)]
+    inputs = [rows_of(caller, size) for caller, size in enumerate(sizes)]
+    results = predict_all(stub, [request_for(x) for x in inputs])
+
+    rows_per_call: dict[int, int] = {}
+    batch_per_call: dict[int, int] = {}
+    for x, result in zip(inputs, results):
+        np.testing.assert_array_equal(result["y"], x * 10)
+        assert len(set(result["call"].tolist())) == 1 and len(set(result["batch"].tolist())) == 1
+        call = int(result["call"][0])
+        rows_per_call[call] = rows_per_call.get(call, 0) + len(x)
+        batch_per_call[call] = int(result["batch"][0])
+    # Each call ran exactly the rows of the requests it answered, never more than 8.
+    assert rows_per_call == batch_per_call
+    assert max(batch_per_call.values()) <= 8
+    assert len(rows_per_call) < len(inputs)
+
+
+def test_tf_serving_batching_config_file_serves(testdata_model, serve, channel_to):
+    server = serve(model_base_path=testdata_model("saved_model_half_plus_two_cpu"),
+                   enable_batching=True,
+                   batching_parameters_file=str(TESTDATA / "batching_config.txt"))
+    stub = stub_for(server, channel_to)
+    requests = [request_for(np.array([[value]])) for value in range(6)]
+    for value, result in enumerate(predict_all(stub, requests)):
+        np.testing.assert_array_equal(result["y"], [[value / 2 + 2]])
+
+
+def test_batch_is_padded_to_an_allowed_size_and_the_padding_dropped(batching_server,
+                                                                  channel_to):
+    server = batching_server("max_batch_size { value: 8 }\n"
+                             "allowed_batch_sizes: 2 allowed_batch_sizes: 4 "
+                             "allowed_batch_sizes: 8\n")
+    stub = stub_for(server, channel_to)
+    for size, padded in ((1, 2), (3, 4), (4, 4), (5, 8), (8, 8)):
+        x = rows_of(size, size)
+        result = outputs_of(stub.Predict(request_for(x), TIMEOUT))
+        np.testing.assert_array_equal(result["y"], x * 10)
+        np.testing.assert_array_equal(result["batch"], [padded] * size)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ([4, 2, 8], "allowed_batch_sizes entries must be monotonically increasing"),
+    ([2, 4], "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
+             "expected 8"),
+])
+def test_invalid_allowed_batch_sizes_fail_start_up(batching_server, sizes, message):
+    text = "max_batch_size { value: 8 }\n" + "".join(
+        f"allowed_batch_sizes: {size}\n" for size in sizes)
+    error = start_error(lambda: batching_server(text))
+    assert (error.code, error.message) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def test_request_larger_than_max_batch_size_is_rejected(batching_server, channel_to):
+    stub = stub_for(batching_server("max_batch_size { value: 8 }\n"), channel_to)
+    code, details = rpc_error(lambda: stub.Predict(request_for(rows_of(1, 9)), TIMEOUT))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT,
+                               "Task size 9 is larger than maximum input batch size 8")
+    result = outputs_of(stub.Predict(request_for(rows_of(1, 8)), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], rows_of(1, 8) * 10)
+
+
+def test_large_batch_splitting_runs_a_request_in_parts(batching_server, channel_to):
+    # As in TF Serving, max_batch_size still bounds a request; max_execution_batch_size
+    # bounds what one call runs.
+    stub = stub_for(batching_server("max_batch_size { value: 16 }\n"
+                                    "enable_large_batch_splitting { value: true }\n"
+                                    "max_execution_batch_size { value: 4 }\n"), channel_to)
+    x = rows_of(2, 9)
+    result = outputs_of(stub.Predict(request_for(x), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], x * 10)
+    assert result["batch"].max() <= 4
+    assert len(set(result["call"].tolist())) == 3  # 4 + 4 + 1 rows
+    code, details = rpc_error(lambda: stub.Predict(request_for(rows_of(1, 17)), TIMEOUT))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT,
+                               "Task size 17 is larger than maximum input batch size 16")
+
+
+# --- backpressure, deadlines and cancellation ------------------------------------------------
+
+
+SINGLE_SLOW_QUEUE = ("max_batch_size { value: 1 }\n"
+                     "batch_timeout_micros { value: 0 }\n"
+                     "num_batch_threads { value: 1 }\n")
+
+
+def test_full_queue_fails_fast_with_unavailable(batching_server, channel_to):
+    stub = stub_for(batching_server(SINGLE_SLOW_QUEUE + "max_enqueued_batches { value: 1 }\n"),
+                    channel_to)
+    started = time.monotonic()
+    finished: dict[int, float] = {}
+    futures = []
+    for caller in range(6):
+        future = stub.Predict.future(request_for([caller], "slow"), TIMEOUT)
+        future.add_done_callback(lambda _, caller=caller: finished.setdefault(
+            caller, time.monotonic() - started))
+        futures.append(future)
+    succeeded, failed = [], []
+    for caller, future in enumerate(futures):
+        if future.exception() is None:
+            np.testing.assert_array_equal(outputs_of(future.result())["y"], [caller * 2])
+            succeeded.append(finished[caller])
+        else:
+            assert (future.code(), future.details()) == (grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+            failed.append(finished[caller])
+    # One batch runs and one waits; the rest are refused before any call finishes.
+    assert 1 <= len(succeeded) <= 2 and len(failed) >= 4
+    assert max(failed) < min(succeeded)
+    assert min(succeeded) >= SLOW_CALL_SECONDS * 0.9
+
+
+def test_expired_or_cancelled_requests_are_dropped_from_the_queue(batching_server, channel_to):
+    stub = stub_for(batching_server(SINGLE_SLOW_QUEUE), channel_to)
+    running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
+    time.sleep(0.1)  # the first call is running; everything below waits behind it
+    expiring = stub.Predict.future(request_for([2], "slow"), 0.15)
+    time.sleep(0.02)
+    cancelled = stub.Predict.future(request_for([3], "slow"), TIMEOUT)
+    time.sleep(0.02)
+    last = stub.Predict.future(request_for([4], "slow"), TIMEOUT)
+    time.sleep(0.02)
+    cancelled.cancel()
+
+    assert outputs_of(running.result())["call"].tolist() == [1]
+    assert expiring.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cancelled.cancelled()
+    result = outputs_of(last.result())
+    assert result["y"].tolist() == [8.0]
+    assert result["call"].tolist() == [2]  # the expired and the cancelled request never ran
+
+
+def test_split_request_that_does_not_fit_is_refused_whole(batching_server, channel_to):
+    stub = stub_for(batching_server("max_batch_size { value: 8 }\n"
+                                    "enable_large_batch_splitting { value: true }\n"
+                                    "max_execution_batch_size { value: 2 }\n"
+                                    "max_enqueued_batches { value: 2 }\n"
+                                    "num_batch_threads { value: 1 }\n"), channel_to)
+    running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
+    time.sleep(0.1)
+    # Six rows need three batches of two; only two may be enqueued.
+    code, details = rpc_error(lambda: stub.Predict(request_for(np.arange(6), "slow"), TIMEOUT))
+    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+    result = outputs_of(stub.Predict(request_for([5], "slow"), TIMEOUT))
+    assert outputs_of(running.result())["call"].tolist() == [1]
+    assert result["call"].tolist() == [2]  # no part of the refused request ran
+
+
+# --- signatures that cannot be concatenated --------------------------------------------------
+
+
+def test_scalar_output_signature_runs_unbatched(batching_server, channel_to):
+    stub = stub_for(batching_server("batch_timeout_micros { value: 100000 }\n"), channel_to)
+    inputs = [np.arange(caller + 1, dtype=np.float32) for caller in range(5)]
+    results = predict_all(stub, [request_for(x, "total") for x in inputs])
+    assert [float(result["total"]) for result in results] == [float(x.sum()) for x in inputs]
+    assert all(result["total"].shape == () for result in results)
+
+
+def test_inputs_of_different_shapes_are_not_concatenated(batching_server, channel_to):
+    stub = stub_for(batching_server("batch_timeout_micros { value: 200000 }\n"), channel_to)
+    wide, narrow, also_wide = [[1, 2, 3]], [[5, 6], [7, 8], [9, 10]], [[4, 5, 6]]
+    results = predict_all(stub, [request_for(x, "ragged") for x in (wide, narrow, also_wide)])
+    for x, result, batch in zip((wide, narrow, also_wide), results, (2, 3, 2)):
+        np.testing.assert_array_equal(result["echo"], x)
+        np.testing.assert_array_equal(result["row_sum"], np.sum(x, axis=1))
+        assert result["batch"].tolist() == [batch] * len(x)
+    # The two [1, 3] requests shared a call; the [3, 2] one ran on its own.
+    assert results[0]["call"][0] == results[2]["call"][0] != results[1]["call"][0]
+
+
+def test_pad_variable_length_inputs_pads_with_the_first_element(batching_server, channel_to):
+    stub = stub_for(batching_server("batch_timeout_micros { value: 200000 }\n"
+                                    "pad_variable_length_inputs: true\n"), channel_to)
+    wide, narrow = [[1, 2, 3]], [[5, 6]]
+    results = predict_all(stub, [request_for(x, "ragged") for x in (wide, narrow)])
+    assert results[0]["call"][0] == results[1]["call"][0]
+    assert [result["batch"].tolist() for result in results] == [[2], [2]]
+    np.testing.assert_array_equal(results[0]["echo"], wide)
+    np.testing.assert_array_equal(results[0]["row_sum"], [6])
+    # As TF Serving: the narrow request is padded with its own first element, and gets the
+    # padded width back.
+    np.testing.assert_array_equal(results[1]["echo"], [[5, 6, 5]])
+    np.testing.assert_array_equal(results[1]["row_sum"], [16])
+
+
+def test_failing_request_fails_alone(batching_server, channel_to, caplog):
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    stub = stub_for(batching_server("batch_timeout_micros { value: 200000 }\n"), channel_to)
+    inputs = [rows_of(caller, 2) for caller in range(4)]
+    inputs[2] = -inputs[2] - 1
+    futures = [stub.Predict.future(request_for(x), TIMEOUT) for x in inputs]
+    for caller, (x, future) in enumerate(zip(inputs, futures)):
+        if caller == 2:
+            assert future.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "x must be non-negative" in future.details()
+        else:
+            np.testing.assert_array_equal(outputs_of(future.result())["y"], x * 10)
+    # The bad request did share a batch: the batch failed and was re-run request by request.
+    assert any(re.match(r"batch of [2-4] failed", record.getMessage())
+               for record in caplog.records)
+
+
+# --- Classify and Regress --------------------------------------------------------------------
+
+
+def examples_of(values: Sequence[float]) -> list[example_pb2.Example]:
+    examples = []
+    for value in values:
+        example = example_pb2.Example()
+        example.features.feature["x"].float_list.value.append(value)
+        examples.append(example)
+    return examples
+
+
+def test_classify_and_regress_are_batched_per_caller(testdata_model, serve, tmp_path,
+                                                      channel_to):
+    server = serve(model_base_path=testdata_model("saved_model_half_plus_two_cpu"),
+                   enable_batching=True, grpc_max_threads=32,
+                   batching_parameters_file=parameters(
+                       tmp_path, "batch_timeout_micros { value: 100000 }\n"))
+    batches: list[tuple[str, int, int, list[float]]] = []
+    server.batcher._observers.append(lambda *batch: batches.append(batch))
+    stub = stub_for(server, channel_to)
+    values = [[10.0 * caller + i for i in range(1 + caller % 3)] for caller in range(8)]
+    classify, regress = [], []
+    for caller, xs in enumerate(values):
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = "default"
+        request.model_spec.signature_name = "classify_x_to_y"
+        request.input.example_list.examples.extend(examples_of(xs))
+        classify.append(stub.Classify.future(request, TIMEOUT))
+        request = regression_pb2.RegressionRequest()
+        request.model_spec.name = "default"
+        request.model_spec.signature_name = "regress_x_to_y"
+        request.input.example_list.examples.extend(examples_of(xs))
+        regress.append(stub.Regress.future(request, TIMEOUT))
+    for xs, classified, regressed in zip(values, classify, regress):
+        expected = [x / 2 + 2 for x in xs]
+        scores = [c.classes[0].score for c in classified.result().result.classifications]
+        assert scores == expected
+        assert [r.value for r in regressed.result().result.regressions] == expected
+
+    # The metrics hook: per TensorFlow call, the model, its rows, the padded rows and every
+    # request's time in the queue.
+    assert sum(size for _, size, _, _ in batches) == 2 * sum(len(xs) for xs in values)
+    assert len(batches) < 2 * len(values)
+    for model, size, padded, waits in batches:
+        assert model == "default" and padded == size
+        assert 1 <= len(waits) <= size and all(0 <= wait < TIMEOUT for wait in waits)
+        assert max(waits) >= 0.09  # the first request of a batch waits for the timeout
+
+
+# --- start-up and per-model parameters -------------------------------------------------------
+
+
+def test_batching_parameters_file_without_enable_batching_fails_start_up(serve, rows_base,
+                                                                        tmp_path):
+    path = parameters(tmp_path, "max_batch_size { value: 8 }\n")
+    error = start_error(lambda: serve(model_base_path=str(rows_base),
+                                      batching_parameters_file=path))
+    assert (error.code, error.message) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                           WITHOUT_ENABLE_BATCHING)
+
+
+def test_command_line_reports_the_batching_flag_error_without_a_traceback(rows_base, tmp_path):
+    path = parameters(tmp_path, "max_batch_size { value: 8 }\n")
+    process = subprocess.run(
+        [sys.executable, "-m", "pyserving.server", "--port=0",
+         f"--model_base_path={rows_base}", f"--batching_parameters_file={path}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert process.returncode == 255
+    assert f"Failed to start server. Error: INVALID_ARGUMENT: {WITHOUT_ENABLE_BATCHING}" \
+        in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_malformed_batching_parameters_fail_start_up(batching_server, tmp_path):
+    error = start_error(lambda: batching_server("max_batch_size: 8\n"))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.message.startswith(f"Invalid protobuf file: '{tmp_path / 'batching.txt'}'")
+    assert "max_batch_size" in error.message
+
+
+def test_per_model_batching_parameters_come_from_the_version_directory(batching_server,
+                                                                       rows_base, channel_to):
+    (rows_base / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }\n")
+    stub = stub_for(batching_server("max_batch_size { value: 8 }\n",
+                                    enable_per_model_batching_parameters=True), channel_to)
+    code, details = rpc_error(lambda: stub.Predict(request_for(rows_of(1, 3)), TIMEOUT))
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT,
+                               "Task size 3 is larger than maximum input batch size 2")
+    result = outputs_of(stub.Predict(request_for(rows_of(1, 2)), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], rows_of(1, 2) * 10)
+
+
+def test_per_model_parameters_without_a_file_leave_the_model_unbatched(batching_server,
+                                                                       channel_to):
+    # TF Serving wraps a session for batching only when its batching_params.pbtxt exists.
+    stub = stub_for(batching_server("max_batch_size { value: 2 }\n"
+                                    "batch_timeout_micros { value: 100000 }\n",
+                                    enable_per_model_batching_parameters=True), channel_to)
+    results = predict_all(stub, [request_for(rows_of(caller, 3)) for caller in range(3)])
+    for caller, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], rows_of(caller, 3) * 10)
+        assert result["batch"].tolist() == [3, 3, 3]
+
+
+def test_malformed_per_model_parameters_fail_the_load(batching_server, rows_base):
+    (rows_base / "1" / "batching_params.pbtxt").write_text("max_batch_size {\n")
+    error = start_error(lambda: batching_server("", enable_per_model_batching_parameters=True,
+                                                max_num_load_retries=0))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.message.startswith(
+        f"Invalid protobuf file: '{rows_base / '1' / 'batching_params.pbtxt'}'")
+
+
+# --- hot swap --------------------------------------------------------------------------------
+
+
+def test_requests_queued_for_an_unloading_version_complete(batching_server, rows_base,
+                                                           rows_model, channel_to):
+    server = batching_server("batch_timeout_micros { value: 300000 }\n",
+                             file_system_poll_wait_seconds=1)
+    stub = stub_for(server, channel_to)
+    futures = []
+
+    def send_for(seconds: float) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            futures.append((len(futures), stub.Predict.future(
+                request_for(rows_of(len(futures), 1)), TIMEOUT)))
+            time.sleep(0.02)
+
+    send_for(0.3)
+    shutil.copytree(rows_model, rows_base / "incoming")
+    (rows_base / "incoming").rename(rows_base / "2")
+    deadline = time.monotonic() + 15
+    versions: list[int] = []
+    while 2 not in versions and time.monotonic() < deadline:
+        send_for(0.3)
+        versions = [future.result().model_spec.version.value for _, future in futures
+                    if future.done() and future.exception() is None]
+    send_for(0.3)
+
+    errors = [f"{future.code().name}: {future.details()}" for _, future in futures
+              if future.exception() is not None]
+    assert errors == []
+    versions = []
+    for caller, future in futures:
+        response = future.result()
+        versions.append(response.model_spec.version.value)
+        np.testing.assert_array_equal(outputs_of(response)["y"], rows_of(caller, 1) * 10)
+    assert versions[0] == 1 and versions[-1] == 2
+    assert version_states(server, channel_to, {1: END, 2: AVAILABLE}) == {1: END, 2: AVAILABLE}
+
+
+def version_states(server: object, channel_to: Callable[[str], grpc.Channel],
+                   expected: dict[int, int], timeout: float = TIMEOUT) -> dict[int, int]:
+    """GetModelStatus's state per version, once it is ``expected`` or ``timeout`` passed."""
+    stub = model_service_pb2_grpc.ModelServiceStub(channel_to(server.grpc_target))
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "default"
+    until = time.monotonic() + timeout
+    while True:
+        response = stub.GetModelStatus(request, TIMEOUT)
+        states = {status.version: status.state for status in response.model_version_status}
+        if states == expected or time.monotonic() > until:
+            return states
+        time.sleep(0.05)
