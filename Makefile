@@ -1,12 +1,13 @@
 # One-command setup: `make serve` installs and serves the demo model on :8500,
-# `make test` installs the test extras and runs the suite.
+# `make test` installs the test extras and runs the suite; `make protos` regenerates protos/
+# and client/protos/ from the installed TensorFlow Serving descriptors.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8500
 DEMO_DIR ?= demo_models
 
-.PHONY: serve test install install-test bench clean
+.PHONY: serve test install install-test bench protos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ serve: install $(DEMO_DIR)/half_plus_two/1/saved_model.pb
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+protos: install-test
+	$(BIN)/python tools/generate_protos.py
 
 bench: install-test
 	$(BIN)/python bench/predict_overhead.py

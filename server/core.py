@@ -102,6 +102,7 @@ class ServingCore:
             entry = response.model_version_status.add()
             entry.version = status.version
             entry.state = int(status.state)
+            entry.status.SetInParent()  # TF Serving always sets it: error_code OK when healthy
             if status.error is not None:
                 entry.status.error_code = ERROR_CODE_NUMBERS[status.error.code]
                 entry.status.error_message = status.error.message
