@@ -294,9 +294,15 @@ def make_tensor_proto(proto_class: Callable[[], Any], value: Any, *,
                       as_content: bool = False, dtype_enum: int | None = None) -> Any:
     """A new TensorProto holding ``value`` (array, list or scalar)."""
     proto = proto_class()
-    array = value if isinstance(value, np.ndarray) else _to_array(value)
+    array = as_tensor_array(value)
     fill_tensor_proto(proto, array, as_content=as_content, dtype_enum=dtype_enum)
     return proto
+
+
+def as_tensor_array(value: Any) -> np.ndarray:
+    """``value`` as the array make_tensor_proto encodes: an ndarray as it is, else typed by
+    tf.make_tensor_proto's rules."""
+    return value if isinstance(value, np.ndarray) else _to_array(value)
 
 
 def _to_array(value: Any) -> np.ndarray:
