@@ -23,10 +23,13 @@ from pyserving.server.configurator import ModelConfigurator
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.grpc_services import add_services
+from pyserving.server.health import ServingHealth, add_health_and_reflection
 from pyserving.server.inference import ExampleInference
-from pyserving.server.manager import LoadPolicy, ModelManager
+from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
+from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_monitoring_config
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
+from pyserving.server.rest import RestOptions, RestServer
 from pyserving.server.servable import Servable, SignatureDef, load_servable, run_unbatched
 from pyserving.server.source import FileSystemSource
 from pyserving.server.warmup import Warmup
@@ -71,6 +74,7 @@ class ModelServer:
         self._executor: ThreadPoolExecutor | None = None
         self._stopped = threading.Event()
         self.port: int | None = None
+        self._rest: RestServer | None = None
         self._session_config = device.session_config(options)
         # Made in start(), so a bad batching flag or file is a start-up error like any other.
         self.batcher: Batcher | None = None
@@ -84,7 +88,11 @@ class ModelServer:
             if options.enable_model_warmup else None
         self.manager = ModelManager(self._load, _load_policy(options),
                                     allow_labels_for_unavailable=(
-                                        options.allow_version_labels_for_unavailable_models))
+                                        options.allow_version_labels_for_unavailable_models),
+                                    observers=[self._on_model_event])
+        self.metrics = ServerMetrics(self.manager, self._queue_depths)
+        self.health = ServingHealth(self.manager)
+        self.monitoring = PrometheusSettings()  # read in start(): --monitoring_config_file
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference)
@@ -92,6 +100,13 @@ class ModelServer:
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
         return self.batcher.run(servable, signature, feeds, fetches)
+
+    def _on_model_event(self, event: ModelEvent) -> None:
+        self.metrics.observe_model_event(event)
+        self.health.observe_model_event(event)
+
+    def _queue_depths(self) -> dict[str, int]:
+        return self.batcher.queue_depths() if self.batcher is not None else {}
 
     def _load(self, name: str, version: int, path: str) -> Servable:
         servable = load_servable(name, version, path, self.options.tags, self._session_config)
@@ -125,13 +140,16 @@ class ModelServer:
         """Load every model, then open the gRPC port(s). Raises ServingError on failure."""
         log.info("%s", device.describe_devices())
         try:
-            self.batcher = _batcher(self.options)
+            self.monitoring = read_monitoring_config(self.options.monitoring_config_file)
+            self.batcher = _batcher(self.options, self.metrics)
             self.configurator.apply(model_config.model_server_config(self.options))
             self._source.start()
             if self.options.model_config_file:
                 self.configurator.watch_file(self.options.model_config_file,
                                              self.options.model_config_file_poll_wait_seconds)
             self._open_grpc()
+            self._open_rest()
+            self.health.mark_serving()
         except BaseException:
             self.stop(grace=None)
             raise
@@ -149,7 +167,8 @@ class ModelServer:
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
         server = grpc.server(self._executor, options=channel_options)
-        add_services(server, self.core)
+        add_services(server, self.core, self.metrics)
+        add_health_and_reflection(server, self.health)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
         self._server = server
@@ -159,12 +178,35 @@ class ModelServer:
             _bind(server, f"unix:{os.path.abspath(options.grpc_socket_path)}")
         server.start()
 
+    def _open_rest(self) -> None:
+        """TF Serving's HTTP/REST API on --rest_api_port (0: off), once gRPC is open."""
+        options = self.options
+        if not options.rest_api_port:
+            return
+        if options.rest_api_port == options.port:
+            raise invalid_argument("server_options.http_port cannot be same as grpc_port. "
+                                   "Please use a different port for HTTP/REST API.")
+        self._rest = RestServer(self.core, RestOptions(
+            port=options.rest_api_port, num_threads=options.rest_api_num_threads,
+            timeout_ms=options.rest_api_timeout_in_ms,
+            enable_cors=options.rest_api_enable_cors_support,
+            max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
+            metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
+                          if self.monitoring.enable else None)).start()
+        log.info("Exporting HTTP/REST API at:localhost:%d ...", self._rest.port)
+
+    @property
+    def rest_port(self) -> int | None:
+        """The HTTP/REST port while it is open, else None."""
+        return self._rest.port if self._rest is not None else None
+
     def stop(self, grace: float | None = None) -> None:
         """Stop taking RPCs, let in-flight ones finish within ``grace`` seconds (default
         --shutdown_grace_period_seconds), then unload every model."""
         if self._stopped.is_set():
             return
         self._stopped.set()
+        self.health.shut_down()
         if grace is None:
             grace = self.options.shutdown_grace_period_seconds
         self.configurator.stop()
@@ -172,6 +214,8 @@ class ModelServer:
         if self._server is not None:
             log.info("stopping the gRPC server: in-flight RPCs have %g s to finish", grace)
             self._server.stop(grace).wait()
+        if self._rest is not None:
+            self._rest.stop()
         # The grace period is over and gRPC has cancelled what was left; closing the sessions
         # stops those handlers' TensorFlow runs, so the thread pool can finish.
         if self.batcher is not None:
@@ -192,7 +236,7 @@ class ModelServer:
         self.stop()
 
 
-def _batcher(options: ServerOptions) -> Batcher | None:
+def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
     """The batcher --enable_batching asks for (TF Serving's defaults without a file)."""
     if not options.enable_batching:
         if options.batching_parameters_file:
@@ -201,7 +245,8 @@ def _batcher(options: ServerOptions) -> Batcher | None:
         return None
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
-    return Batcher(batching, per_model_parameters=options.enable_per_model_batching_parameters)
+    return Batcher(batching, [metrics.observe_batch],
+                   per_model_parameters=options.enable_per_model_batching_parameters)
 
 
 def _load_policy(options: ServerOptions) -> LoadPolicy:

@@ -269,6 +269,15 @@ class Batcher:
                     "dimension sizes of the input tensors")
         return outputs, padded
 
+    def queue_depths(self) -> dict[str, int]:
+        """Tasks (requests, or their parts when split) waiting in each model's queues."""
+        depths: dict[str, int] = {}
+        with self._lock:
+            for servable, queues in list(self._queues.items()):
+                waiting = sum(len(batch) for queue in queues.values() for batch in queue.batches)
+                depths[servable.name] = depths.get(servable.name, 0) + waiting
+        return depths
+
     def stop(self) -> None:
         with self._lock:
             self._stopped = True

@@ -12,6 +12,7 @@ from pyserving.server import request_context
 from pyserving.server.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError
+from pyserving.server.metrics import GRPC, ServerMetrics
 from pyserving.server.request_context import RequestContext
 
 # TF Serving truncates long error messages (grpc_status_util.cc).
@@ -43,13 +44,38 @@ def _unary(call: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], 
     return handler
 
 
+def _measured(call: Callable[[Any], Any], metrics: ServerMetrics | None,
+              api: str) -> Callable[[Any], Any]:
+    """Count the request and its latency (TF Serving's request_count/request_latency)."""
+    if metrics is None:
+        return call
+
+    @functools.wraps(call)
+    def measured(request: Any) -> Any:
+        model = request.model_spec.name
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            with metrics.in_flight(model, api, GRPC):
+                return call(request)
+        except ServingError as error:
+            code = error.code
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            metrics.observe_request(model, api, GRPC, code, time.monotonic() - started)
+    return measured
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService."""
 
-    def __init__(self, core: ServingCore) -> None:
-        self.Predict = _unary(core.predict)
-        self.Classify = _unary(core.classify)
-        self.Regress = _unary(core.regress)
+    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
+        self.Predict = _unary(_measured(core.predict, metrics, "Predict"))
+        self.Classify = _unary(_measured(core.classify, metrics, "Classify"))
+        self.Regress = _unary(_measured(core.regress, metrics, "Regress"))
         self.MultiInference = _unary(core.multi_inference)
         self.GetModelMetadata = _unary(core.model_metadata)
 
@@ -62,7 +88,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.HandleReloadConfigRequest = _unary(core.reload_config)
 
 
-def add_services(server: grpc.Server, core: ServingCore) -> None:
+def add_services(server: grpc.Server, core: ServingCore,
+                 metrics: ServerMetrics | None = None) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core), server)
+        PredictionService(core, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)

@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import grpc
 
@@ -52,6 +52,23 @@ class VersionStatus:
 
 
 @dataclass(frozen=True)
+class ModelEvent:
+    """What observers hear: a version loaded, failed a load attempt, was unloaded, or
+    replaced ``previous_version`` as the model's latest ("swap")."""
+
+    kind: str  # "load" | "load_failure" | "unload" | "swap"
+    model: str
+    version: int
+    path: str
+    seconds: float = 0.0
+    error: ServingError | None = None
+    previous_version: int | None = None
+
+
+ModelObserver = Callable[[ModelEvent], None]
+
+
+@dataclass(frozen=True)
 class LoadPolicy:
     """How loads are retried: TF Serving's --max_num_load_retries and interval."""
 
@@ -83,8 +100,10 @@ class ModelManager:
     """Owns every loaded Servable; the only place model state changes."""
 
     def __init__(self, loader: Loader, policy: LoadPolicy = LoadPolicy(), *,
-                 allow_labels_for_unavailable: bool = False) -> None:
+                 allow_labels_for_unavailable: bool = False,
+                 observers: Sequence[ModelObserver] = ()) -> None:
         self._loader = loader
+        self._observers = list(observers)
         self._policy = policy
         self._allow_labels_for_unavailable = allow_labels_for_unavailable
         self._lock = threading.Condition()
@@ -153,6 +172,8 @@ class ModelManager:
                                                           f"{unexpected}")
                 log.error("Loading servable: {name: %s version: %d} failed (attempt %d of %d): %s",
                           name, number, attempt + 1, attempts, error)
+                self._notify(ModelEvent("load_failure", name, number, entry.path,
+                                        time.monotonic() - started, error))
                 if attempt + 1 < attempts and \
                         not entry.cancel.wait(self._policy.retry_interval_seconds):
                     continue
@@ -170,10 +191,17 @@ class ModelManager:
                     self._reconcile(name)
                     return
                 entry.servable = servable
+                previous = self._serving.servables.get(name, {})
                 self._publish(name, number, servable)
                 self._set_state(name, number, entry, VersionState.AVAILABLE)
+                seconds = time.monotonic() - started
                 log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
-                         name, number, (time.monotonic() - started) * 1000)
+                         name, number, seconds * 1000)
+                # Before _reconcile schedules unloads, so observers hear load, swap, unload.
+                self._notify(ModelEvent("load", name, number, entry.path, seconds))
+                if previous and max(previous) < number:
+                    self._notify(ModelEvent("swap", name, number, entry.path,
+                                            previous_version=max(previous)))
                 self._reconcile(name)
             return
 
@@ -187,8 +215,15 @@ class ModelManager:
             entry.servable = None
         with self._lock:
             self._set_state(name, number, entry, VersionState.END)
+        seconds = time.monotonic() - started
         log.info("Unloaded servable version {name: %s version: %d} in %.0f ms", name, number,
-                 (time.monotonic() - started) * 1000)
+                 seconds * 1000)
+        self._notify(ModelEvent("unload", name, number, entry.path, seconds))
+
+    def _notify(self, event: ModelEvent) -> None:
+        """Tell observers; they must be quick and may read state (the lock is re-entrant)."""
+        for observer in self._observers:
+            observer(event)
 
     def _publish(self, name: str, number: int, servable: Servable | None) -> None:
         """Swap the request snapshot: add (or, with None, remove) one servable. Holds the lock."""

@@ -36,6 +36,8 @@ class ServerOptions:
                                                  "processing.")
     rest_api_timeout_in_ms: int = _flag(30000, "Timeout for HTTP/REST API calls.")
     rest_api_enable_cors_support: bool = _flag(False, "Enable CORS headers in REST responses.")
+    rest_api_max_request_bytes: int = _flag(
+        2**30, "pyserving: largest HTTP/REST request body accepted; larger ones get HTTP 413.")
     enable_batching: bool = _flag(False, "Enable dynamic request batching.")
     allow_version_labels_for_unavailable_models: bool = _flag(
         False, "Allow assigning version labels to versions that are not available yet.")
@@ -95,8 +97,9 @@ class ServerOptions:
     thread_pool_factory_config_file: str = _flag("", "Text-format ThreadPoolConfig file.")
     mixed_precision: str = _flag("", "Mixed precision mode.")
     skip_initialize_tpu: bool = _flag(False, "Skip auto-initialising a TPU.")
-    enable_grpc_healthcheck_service: bool = _flag(False, "Enable the standard gRPC health "
-                                                         "service.")
+    enable_grpc_healthcheck_service: bool = _flag(
+        False, "Accepted for compatibility: pyserving always serves the standard gRPC health "
+               "service (grpc.health.v1).")
     enable_serialization_as_tensor_content: bool = _flag(
         False, "Serialise Predict outputs as tensor_content instead of typed *_val fields.")
     shutdown_grace_period_seconds: float = _flag(
@@ -113,13 +116,12 @@ class ServerOptions:
 
 # Flags that parse and keep their meaning for launch scripts, but change nothing yet.
 INERT_FLAGS = frozenset({
-    "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
-    "rest_api_enable_cors_support", "flush_filesystem_caches",
-    "use_alts_credentials", "ssl_config_file", "platform_config_file", "monitoring_config_file",
+    "flush_filesystem_caches",
+    "use_alts_credentials", "ssl_config_file", "platform_config_file",
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model", "num_tflite_pools",
     "num_tflite_interpreters_per_pool", "xla_cpu_compilation_enabled",
     "xla_gpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",
-    "mixed_precision", "skip_initialize_tpu", "enable_grpc_healthcheck_service",
+    "mixed_precision", "skip_initialize_tpu",
 })
 
 

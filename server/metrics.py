@@ -1,0 +1,221 @@
+"""Prometheus metrics under TF Serving's names, plus the queue/in-flight/state gauges a Triton
+user looks for; one registry per ModelServer, rendered by prometheus-client.
+
+TF Serving exports ``/tensorflow/serving/request_count`` as ``:tensorflow:serving:request_count``
+(slashes become colons) and its counters without a ``_total`` suffix, so its counters are
+prometheus-client Gauges here: the series names stay exactly TF Serving's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.manager import ModelEvent, ModelManager
+
+log = logging.getLogger(__name__)
+events_log = logging.getLogger("pyserving.server.events")
+
+DEFAULT_PATH = "/monitoring/prometheus/metrics"
+GRPC, REST = "GRPC", "REST"
+BATCH_THREAD_POOL = "batch_threads"  # BatchingParameters.thread_pool_name's default
+
+# monitoring::Buckets::Exponential(scale, growth, count), then +Inf.
+
+
+def _exponential(scale: float, growth: float, count: int) -> list[float]:
+    return [scale * growth ** i for i in range(count)] + [float("inf")]
+
+
+_LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # microseconds, ~20 minutes
+_QUEUING_BUCKETS = _exponential(100, 1.2, 52)  # microseconds, ~1 second
+_SIZE_BUCKETS = _exponential(1, 2, 14)
+
+
+def _monitoring_config_class() -> type:
+    """tensorflow_serving/config/monitoring_config.proto (not shipped in the API wheel)."""
+    pool = descriptor_pool.DescriptorPool()
+    file = descriptor_pb2.FileDescriptorProto(
+        name="pyserving/monitoring_config.proto", package="tensorflow.serving", syntax="proto3")
+    Field = descriptor_pb2.FieldDescriptorProto
+    prometheus = file.message_type.add(name="PrometheusConfig")
+    prometheus.field.add(name="enable", number=1, type=Field.TYPE_BOOL,
+                         label=Field.LABEL_OPTIONAL)
+    prometheus.field.add(name="path", number=2, type=Field.TYPE_STRING,
+                         label=Field.LABEL_OPTIONAL)
+    monitoring = file.message_type.add(name="MonitoringConfig")
+    monitoring.field.add(name="prometheus_config", number=1, type=Field.TYPE_MESSAGE,
+                         type_name=".tensorflow.serving.PrometheusConfig",
+                         label=Field.LABEL_OPTIONAL)
+    pool.Add(file)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
+
+
+MonitoringConfig = _monitoring_config_class()
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """What --monitoring_config_file asks for: whether the REST port serves metrics, where."""
+
+    enable: bool = False
+    path: str = DEFAULT_PATH
+
+
+def read_monitoring_config(path: str) -> PrometheusSettings:
+    """Parse a text-format MonitoringConfig file ("" means monitoring off)."""
+    if not path:
+        return PrometheusSettings()
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as error:
+        raise invalid_argument(f"Could not read monitoring config file {path}: "
+                               f"{os.strerror(error.errno or 0)}") from None
+    try:
+        config = text_format.Parse(text, MonitoringConfig())
+    except text_format.ParseError as error:
+        raise invalid_argument(f"Invalid monitoring config file {path}: {error}") from None
+    prometheus = config.prometheus_config
+    return PrometheusSettings(enable=prometheus.enable, path=prometheus.path or DEFAULT_PATH)
+
+
+class _StateCollector(Collector):
+    """Scrape-time gauges: each model version's state and each model's batch queue depth."""
+
+    def __init__(self, manager: ModelManager,
+                 queue_depths: Callable[[], Mapping[str, int]]) -> None:
+        self._manager = manager
+        self._queue_depths = queue_depths
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = GaugeMetricFamily(
+            "pyserving_model_version_state",
+            "1 for the current state of each model version (ModelVersionStatus.State).",
+            labels=["model_name", "version", "state"])
+        for name in self._manager.model_names():
+            try:
+                statuses = self._manager.version_statuses(name)
+            except ServingError:  # no version known yet
+                continue
+            for status in statuses:
+                states.add_metric([name, str(status.version), status.state.name], 1)
+        yield states
+        depth = GaugeMetricFamily("pyserving_batch_queue_size",
+                                  "Requests waiting in the model's batch queues.",
+                                  labels=["model_name"])
+        for name, size in sorted(self._queue_depths().items()):
+            depth.add_metric([name], size)
+        yield depth
+
+
+class ServerMetrics:
+    """The metrics of one ModelServer; transports call observe_request and in_flight."""
+
+    def __init__(self, manager: ModelManager,
+                 queue_depths: Callable[[], Mapping[str, int]] = dict) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+        self._request_count = Gauge(
+            ":tensorflow:serving:request_count", "The total number of requests.",
+            ["model_name", "status"], registry=registry)
+        self._request_latency = Histogram(
+            ":tensorflow:serving:request_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+            ["model_name", "API", "entrypoint"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self._load_attempts = Gauge(
+            ":tensorflow:cc:saved_model:load_attempt_count",
+            "The number of times a SavedModel was successfully loaded.",
+            ["model_path", "status"], registry=registry)
+        self._load_latency = Gauge(
+            ":tensorflow:cc:saved_model:load_latency",
+            "Latency in microseconds for SavedModels that were successfully loaded.",
+            ["model_path"], registry=registry)
+        self._queuing_latency = Histogram(
+            ":tensorflow:serving:batching_session:queuing_latency",
+            "Distribution of wall time spent (in microseconds) in queuing",
+            ["thread_pool_name"], buckets=_QUEUING_BUCKETS, registry=registry)
+        self._input_batch_size = Histogram(
+            ":tensorflow:serving:batching_session:input_batch_size",
+            "Tracks the batch size distribution on the inputs.",
+            buckets=_SIZE_BUCKETS, registry=registry)
+        self._processed_batch_size = Histogram(
+            ":tensorflow:serving:batching_session:processed_batch_size",
+            "Tracks the batch size distribution on processing.",
+            buckets=_SIZE_BUCKETS, registry=registry)
+        self._padding_size = Histogram(
+            ":tensorflow:serving:batching_session:padding_size",
+            "Tracks the padding size distribution on batches.",
+            ["execution_batch_size"], buckets=_SIZE_BUCKETS, registry=registry)
+        self._in_flight = Gauge(
+            "pyserving_inflight_requests", "Requests being handled now.",
+            ["model_name", "API", "entrypoint"], registry=registry)
+        self._model_loads = Histogram(
+            "pyserving_model_load_seconds", "Wall time of successful model version loads.",
+            ["model_name"], registry=registry)
+        registry.register(_StateCollector(manager, queue_depths))
+
+    def render(self) -> tuple[bytes, str]:
+        """The metrics page: (body, Content-Type) in Prometheus' text format."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def observe_request(self, model: str, api: str, entrypoint: str, code: grpc.StatusCode,
+                        seconds: float) -> None:
+        """One finished request: counted with its status; its latency only when OK, as in
+        TF Serving. ``api`` is "Predict", "Classify", "Regress" (gRPC) or the REST method."""
+        self._request_count.labels(model, code.name).inc()
+        if code == grpc.StatusCode.OK:
+            self._request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+
+    @contextlib.contextmanager
+    def in_flight(self, model: str, api: str, entrypoint: str) -> Iterator[None]:
+        gauge = self._in_flight.labels(model, api, entrypoint)
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    def observe_batch(self, model: str, size: int, padded: int, waits: list[float]) -> None:
+        """Batcher observer. One shared pool, named as TF Serving's default one."""
+        for wait in waits:
+            self._queuing_latency.labels(BATCH_THREAD_POOL).observe(wait * 1e6)
+        self._input_batch_size.observe(size)
+        self._processed_batch_size.observe(padded)
+        self._padding_size.labels(str(padded)).observe(padded - size)
+
+    def observe_model_event(self, event: ModelEvent) -> None:
+        """Manager observer: load metrics, plus one structured log line per event."""
+        if event.kind == "load":
+            self._load_attempts.labels(event.path, "success").inc()
+            self._load_latency.labels(event.path).inc(event.seconds * 1e6)
+            self._model_loads.labels(event.model).observe(event.seconds)
+        elif event.kind == "load_failure":
+            self._load_attempts.labels(event.path, "fail").inc()
+        log_model_event(event)
+
+
+def log_model_event(event: ModelEvent) -> None:
+    """``model_event kind=load model=m version=2 duration_ms=41`` (fields also in ``extra``)."""
+    fields = {"event": event.kind, "model": event.model, "version": event.version,
+              "duration_ms": round(event.seconds * 1000, 1)}
+    if event.previous_version is not None:
+        fields["previous_version"] = event.previous_version
+    if event.error is not None:
+        fields["error"] = str(event.error)
+    text = " ".join(f"{key}={value!r}" if key == "error" else f"{key}={value}"
+                    for key, value in fields.items())
+    level = logging.WARNING if event.kind == "load_failure" else logging.INFO
+    events_log.log(level, "model_event %s", text, extra={"model_event": fields})

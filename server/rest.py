@@ -1,0 +1,302 @@
+"""The HTTP/REST adapter: TF Serving's /v1/models routes over the serving core.
+
+aiohttp runs on its own event loop in a background thread; each request is parsed, run and
+encoded on a pool of --rest_api_num_threads threads so TensorFlow never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+from urllib.parse import unquote
+
+import grpc
+from aiohttp import web
+
+from pyserving.server import request_context, rest_json, rest_responses
+from pyserving.server.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    predict_pb2,
+    regression_pb2,
+)
+from pyserving.server.core import SIGNATURE_DEF_FIELD, ServingCore
+from pyserving.server.errors import ServingError, invalid_argument, unavailable
+from pyserving.server.metrics import REST, ServerMetrics
+from pyserving.server.predict import DEFAULT_SIGNATURE
+from pyserving.server.request_context import RequestContext
+
+log = logging.getLogger(__name__)
+
+# http_server.cc ToHTTPStatusCode.
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+# http_rest_api_util.cc / http_rest_api_handler.cc.
+_HANDLED_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
+_PREDICTION_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE)
+_INT64_MAX = 2**63 - 1
+_JSON = "application/json"
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
+_ORIGIN = re.compile(r"https?://")
+
+
+@dataclass(frozen=True)
+class RestOptions:
+    port: int
+    num_threads: int
+    timeout_ms: int
+    enable_cors: bool
+    max_request_bytes: int
+
+
+def _model_spec(name: str, version: str, label: str) -> model_pb2.ModelSpec:
+    """ParseModelInfo + FillModelSpecWithNameVersionAndLabel, from the captured path parts."""
+    spec = model_pb2.ModelSpec(name=unquote(name))
+    if version:
+        if int(version) > _INT64_MAX:
+            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+        spec.version.value = int(version)
+    if label:
+        spec.version_label = unquote(label)
+    return spec
+
+
+class RestHandler:
+    """HttpRestApiHandler::ProcessRequest: one request in, (HTTP status, JSON body) out."""
+
+    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
+        self._core = core
+        self._metrics = metrics
+
+    def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        measured = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
+        if measured is None or self._metrics is None:
+            return self._process(method, path, body)[1:]
+        model, api = unquote(measured.group(1)), measured.group(4)
+        started = time.monotonic()
+        with self._metrics.in_flight(model, api, REST):
+            code, status, payload = self._process(method, path, body)
+        self._metrics.observe_request(model, api, REST, code, time.monotonic() - started)
+        return status, payload
+
+    def _process(self, method: str, path: str, body: bytes
+                 ) -> tuple[grpc.StatusCode, int, bytes]:
+        try:
+            return grpc.StatusCode.OK, 200, self._dispatch(method, path, body)
+        except ServingError as error:
+            return (error.code, HTTP_STATUS.get(error.code, 500),
+                    rest_responses.error_json(error.message))
+
+    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
+        if method == "POST":
+            match = _PREDICTION_PATH.fullmatch(path)
+            if match:
+                name, version, label, verb = match.groups()
+                spec = _model_spec(name, version or "", label or "")
+                call = {"predict": self._predict, "classify": self._classify,
+                        "regress": self._regress}.get(verb)
+                if call is not None:
+                    return call(spec, body)
+        elif method == "GET":
+            match = _STATUS_PATH.fullmatch(path)
+            if match:
+                name, version, label, subresource = match.groups()
+                spec = _model_spec(name or "", version or "", label or "")
+                if subresource == "metadata":
+                    return self._metadata(spec)
+                return self._status(spec)
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    def _signature_inputs(self, spec: model_pb2.ModelSpec, name: str) -> Mapping[str, Any]:
+        """HttpRestApiHandler::GetInfoMap."""
+        with self._core.servable_for(spec) as servable:
+            signature = servable.signatures.get(name or DEFAULT_SIGNATURE)
+        if signature is None:
+            raise invalid_argument(f'Serving signature name: "{name or DEFAULT_SIGNATURE}" '
+                                   "not found in signature def")
+        return signature.inputs
+
+    def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+        request = predict_pb2.PredictRequest(model_spec=spec)
+        document = rest_json.parse_json(body)
+        fmt = rest_json.fill_predict_request(
+            document, request, lambda name: self._signature_inputs(spec, name))
+        return rest_responses.predict_response_json(self._core.predict(request), fmt)
+
+    def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+        request = classification_pb2.ClassificationRequest(model_spec=spec)
+        rest_json.fill_examples_request(rest_json.parse_json(body), request)
+        return rest_responses.classification_json(self._core.classify(request))
+
+    def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+        request = regression_pb2.RegressionRequest(model_spec=spec)
+        rest_json.fill_examples_request(rest_json.parse_json(body), request)
+        return rest_responses.regression_json(self._core.regress(request))
+
+    def _status(self, spec: model_pb2.ModelSpec) -> bytes:
+        if not spec.name:
+            raise invalid_argument("Missing model name in request.")
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
+        return rest_responses.model_status_json(self._core.model_status(request))
+
+    def _metadata(self, spec: model_pb2.ModelSpec) -> bytes:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
+        return rest_responses.model_metadata_json(self._core.model_metadata(request))
+
+
+class RestServer:
+    """The REST API on its own event loop thread; start() returns once the port is open."""
+
+    def __init__(self, core: ServingCore, options: RestOptions, host: str = "0.0.0.0", *,
+                 metrics: ServerMetrics | None = None,
+                 metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None
+                 ) -> None:
+        self._handler = RestHandler(core, metrics)
+        self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
+        self._options = options
+        self._host = host
+        self._executor = ThreadPoolExecutor(max_workers=max(options.num_threads, 1),
+                                            thread_name_prefix="rest")
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    def start(self) -> "RestServer":
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rest-loop",
+                                        daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
+        try:
+            self.port = future.result()
+        except OSError as error:
+            self.stop()
+            raise unavailable(f"Failed to start HTTP Server at {self._host}:"
+                              f"{self._options.port}: {error}") from None
+        return self
+
+    async def _open(self) -> int:
+        app = web.Application(client_max_size=self._options.max_request_bytes)
+        app.router.add_route("*", "/{tail:.*}", self._serve)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._options.port, reuse_address=True)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        if self._runner is not None:
+            cleanup = asyncio.run_coroutine_threadsafe(
+                self._runner.cleanup(), self._loop)
+            try:
+                cleanup.result(timeout=grace + 5)
+            except TimeoutError:
+                log.warning("the HTTP/REST server did not close within %g s", grace + 5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._thread = None
+        self._loop.close()
+        self._executor.shutdown(wait=True)
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        path = request.rel_url.raw_path
+        if self._metrics_page is not None and request.method == "GET" and \
+                path == self._metrics_page[0]:
+            body, content_type = await self._loop.run_in_executor(self._executor,
+                                                                  self._metrics_page[1])
+            return web.Response(status=200, body=body, headers={"Content-Type": content_type})
+        if not _HANDLED_PATH.fullmatch(path):
+            return web.Response(status=404, text="Not Found")  # no handler, as evhttp answers
+        if request.content_length and request.content_length > self._options.max_request_bytes:
+            return self._too_large(request.content_length)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(None)
+        if request.method == "OPTIONS":
+            status, payload = self._preflight(request)
+        else:
+            status, payload = await self._run(request.method, path, body)
+        return self._response(status, payload)
+
+    def _preflight(self, request: web.Request) -> tuple[int, bytes]:
+        if _ORIGIN.search(request.headers.get("Origin", "")):
+            return 200, b""
+        return 400, rest_responses.error_json("Origin header is missing in CORS preflight")
+
+    async def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = threading.Event()
+        waiting.set()
+        context = RequestContext(deadline, waiting.is_set)
+        future = self._loop.run_in_executor(
+            self._executor, _in_context, context, self._handler.process, method, path, body)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            waiting.clear()
+            return HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
+                rest_responses.error_json("Deadline Exceeded")
+        except asyncio.CancelledError:
+            waiting.clear()  # the client went away; the batcher may drop the work
+            raise
+
+    def _too_large(self, size: int | None) -> web.Response:
+        limit = self._options.max_request_bytes
+        sent = f" of {size} bytes" if size is not None else ""
+        message = (f"Request body{sent} exceeds the limit of {limit} bytes "
+                   "(--rest_api_max_request_bytes)")
+        return self._response(413, rest_responses.error_json(message))
+
+    def _response(self, status: int, payload: bytes) -> web.Response:
+        headers = {"Content-Type": _JSON}
+        if self._options.enable_cors:
+            headers.update(_CORS_HEADERS)
+        return web.Response(status=status, body=payload, headers=headers)
+
+
+def _in_context(context: RequestContext, call: Callable[..., Any], *args: Any) -> Any:
+    token = request_context.current.set(context)
+    try:
+        return call(*args)
+    finally:
+        request_context.current.reset(token)

@@ -1,0 +1,189 @@
+"""The metrics page after real gRPC traffic: TF Serving's metric names and labels, load and
+batching metrics, and the per-version state gauge; plus --monitoring_config_file parsing."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pyserving.server.errors import ServingError
+from pyserving.server.metrics import DEFAULT_PATH, PrometheusSettings, read_monitoring_config
+from support import TESTDATA
+
+MODEL = "saved_model_half_plus_two_cpu"
+
+
+def x_is(value: float, model: str = "default") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT,
+                                    tensor_content=np.array([value], np.float32).tobytes())
+    tensor.tensor_shape.dim.add().size = 1
+    request.inputs["x"].CopyFrom(tensor)
+    return request
+
+
+def scrape(server: object) -> dict[tuple[str, frozenset], float]:
+    """Every sample of the server's metrics page, keyed by (name, labels)."""
+    body, content_type = server.metrics.render()
+    assert content_type.startswith("text/plain")
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_request_count_and_latency_use_tf_serving_names(serve, testdata_model, channel_to):
+    server = serve(model_base_path=testdata_model(MODEL))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    for number in range(3):
+        stub.Predict(x_is(number), timeout=10)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(x_is(1.0, model="missing"), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+    samples = scrape(server)
+    assert value(samples, ":tensorflow:serving:request_count",
+                 model_name="default", status="OK") == 3
+    assert value(samples, ":tensorflow:serving:request_count",
+                 model_name="missing", status="NOT_FOUND") == 1
+    latency = {"model_name": "default", "API": "Predict", "entrypoint": "GRPC"}
+    assert value(samples, ":tensorflow:serving:request_latency_count", **latency) == 3
+    assert value(samples, ":tensorflow:serving:request_latency_sum", **latency) > 0
+    assert value(samples, ":tensorflow:serving:request_latency_bucket", le="+Inf",
+                 **latency) == 3
+    # As in TF Serving, failed requests are counted but add no latency sample.
+    assert value(samples, ":tensorflow:serving:request_latency_count", model_name="missing",
+                 API="Predict", entrypoint="GRPC") == 0
+    assert value(samples, "pyserving_inflight_requests", **latency) == 0
+
+    body, _ = server.metrics.render()
+    assert b"# TYPE :tensorflow:serving:request_latency histogram" in body
+    assert b':tensorflow:serving:request_count{model_name="default",status="OK"} 3.0' in body
+
+
+def test_load_metrics_and_version_state(serve, testdata_model):
+    base_path = testdata_model("saved_model_half_plus_two_2_versions")
+    server = serve(model_base_path=base_path, model_name="two")
+    samples = scrape(server)
+    path = str(Path(base_path) / "00000124")  # the latest policy loads only 124
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=path, status="success") == 1
+    assert value(samples, ":tensorflow:cc:saved_model:load_latency", model_path=path) > 0
+    assert value(samples, "pyserving_model_load_seconds_count", model_name="two") == 1
+    assert value(samples, "pyserving_model_version_state",
+                 model_name="two", version="124", state="AVAILABLE") == 1
+
+
+def test_failed_load_attempts_are_counted(testdata_model):
+    from pyserving.server import ModelServer, ServerOptions
+
+    base_path = testdata_model("bad_half_plus_two")
+    server = ModelServer(ServerOptions(port=0, model_base_path=base_path, max_num_load_retries=1,
+                                       load_retry_interval_micros=0), host="127.0.0.1")
+    with pytest.raises(ServingError):
+        server.start()
+    samples = scrape(server)
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=str(Path(base_path) / "00000123"), status="fail") == 2
+    assert value(samples, "pyserving_model_version_state",
+                 model_name="default", version="123", state="END") == 1
+
+
+def test_batching_metrics(serve, testdata_model, channel_to):
+    server = serve(model_base_path=testdata_model(MODEL), enable_batching=True)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    for number in range(2):
+        stub.Predict(x_is(number), timeout=10)
+    samples = scrape(server)
+    assert value(samples, ":tensorflow:serving:batching_session:queuing_latency_count",
+                 thread_pool_name="batch_threads") == 2
+    assert value(samples, ":tensorflow:serving:batching_session:input_batch_size_count") == 2
+    assert value(samples, ":tensorflow:serving:batching_session:processed_batch_size_sum") == 2
+    assert value(samples, ":tensorflow:serving:batching_session:padding_size_count",
+                 execution_batch_size="1") == 2
+    assert value(samples, "pyserving_batch_queue_size", model_name="default") == 0
+
+
+def test_monitoring_config_file(tmp_path: Path):
+    assert read_monitoring_config(str(TESTDATA / "monitoring_config.txt")) == \
+        PrometheusSettings(enable=True, path=DEFAULT_PATH)
+    custom = tmp_path / "monitoring.txt"
+    custom.write_text('prometheus_config { enable: true path: "/metrics" }')
+    assert read_monitoring_config(str(custom)) == PrometheusSettings(True, "/metrics")
+    assert read_monitoring_config("") == PrometheusSettings(enable=False)
+    custom.write_text("prometheus_config { bogus: 1 }")
+    with pytest.raises(ServingError) as raised:
+        read_monitoring_config(str(custom))
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_one_structured_log_line_per_model_event(serve, testdata_model, caplog, tmp_path):
+    source = Path(testdata_model("saved_model_half_plus_two_2_versions"))
+    base_path = tmp_path / "growing"
+    base_path.mkdir()
+    (source / "00000123").rename(base_path / "00000123")
+    caplog.set_level(logging.INFO, logger="pyserving.server.events")
+    serve(model_base_path=str(base_path), model_name="two",
+              file_system_poll_wait_seconds=1)
+    (source / "00000124").rename(base_path / "00000124")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(_events(caplog)) < 4:
+        time.sleep(0.1)
+    events = _events(caplog)
+    assert [(e["event"], e["model"], e["version"]) for e in events] == [
+        ("load", "two", 123), ("load", "two", 124), ("swap", "two", 124), ("unload", "two", 123)]
+    assert events[2]["previous_version"] == 123
+    assert all(e["duration_ms"] >= 0 for e in events)
+    line = next(r.getMessage() for r in caplog.records if hasattr(r, "model_event"))
+    assert line.startswith("model_event event=load model=two version=123 duration_ms=")
+
+
+def _events(caplog: pytest.LogCaptureFixture) -> list[dict]:
+    return [record.model_event for record in caplog.records if hasattr(record, "model_event")]
+
+
+def test_prometheus_page_on_the_rest_port_after_traffic(testdata_model, serve, channel_to):
+    """TF Serving's testPrometheusEndpoint: the monitoring config puts the page on REST."""
+    import socket
+    import urllib.request
+
+    from tensorflow.core.framework import types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from support import TESTDATA
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        rest_port = probe.getsockname()[1]
+    server = serve(model_base_path=testdata_model("saved_model_half_plus_two_cpu"),
+                   rest_api_port=rest_port,
+                   monitoring_config_file=str(TESTDATA / "monitoring_config.txt"))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(2.0)
+    stub.Predict(request, 10)
+    rest_predict = urllib.request.Request(
+        f"http://127.0.0.1:{server.rest_port}/v1/models/default:predict",
+        data=b'{"instances": [1.0, 2.0]}', method="POST")
+    with urllib.request.urlopen(rest_predict, timeout=10) as response:
+        assert response.status == 200
+    url = f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        page = response.read().decode()
+    assert "# TYPE" in page
+    assert ':tensorflow:serving:request_count{model_name="default",status="OK"} 2.0' in page
+    assert 'entrypoint="REST"' in page
