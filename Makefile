@@ -33,7 +33,10 @@ protos: install-test
 	$(BIN)/python tools/generate_protos.py
 
 bench: install-test
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/predict_overhead.py
+	$(BIN)/python bench/batching_throughput.py
+	$(BIN)/python bench/memory_cycles.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

@@ -48,12 +48,17 @@ def predict_request(model_name: str) -> Any:
 
 
 def start_server(base_path: str, model_name: str, inter_op_threads: int,
-                 threads: int | None = None) -> Any:
-    """A started ModelServer on a free loopback port; its ``.core`` is the serving core."""
+                 threads: int | None = None, *, batching_parameters_file: str = "",
+                 intra_op_threads: int = 0) -> Any:
+    """A started ModelServer on a free loopback port; its ``.core`` is the serving core.
+    With ``batching_parameters_file``, batching is on with those parameters."""
     from pyserving.server import ModelServer, ServerOptions
 
     options = ServerOptions(port=0, model_base_path=base_path, model_name=model_name,
-                            tensorflow_inter_op_parallelism=inter_op_threads)
+                            tensorflow_inter_op_parallelism=inter_op_threads,
+                            tensorflow_intra_op_parallelism=intra_op_threads,
+                            enable_batching=bool(batching_parameters_file),
+                            batching_parameters_file=batching_parameters_file)
     if threads:
         options = options.replace(grpc_max_threads=threads)
     return ModelServer(options, host="127.0.0.1").start()

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import harness
 import inprocess
-import loadgen
 import report
 import servers
 
@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 TESTDATA = REPO.parent / "shared" / "testdata" / "tf_serving"
 TESTDATA_MODEL = TESTDATA / "saved_model_half_plus_two_cpu"
 MODEL_NAME = "half_plus_two"
-_CONNECT_SECONDS = 0.05  # a load process's first call (and channel set-up), before its warmup
 
 
 @dataclass(frozen=True)
@@ -49,25 +48,6 @@ class Contender:
     inter_op: int | None  # None for the echo servers (no TensorFlow session)
     threads: int
     baseline: str | None = None  # the label its "vs base" ratio divides by
-
-
-@dataclass
-class Running:
-    contender: Contender
-    process: Any
-    conn: Any
-    port: int
-
-
-@dataclass(frozen=True)
-class Cell:
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
-    server_cpu_us: float | None
-    client_cpu_share: float
-    other_cpu_share: float | None  # the rest of the machine: other processes, kernel
-    errors: int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,38 +131,13 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
 
 
 def start_servers(context: Any, lineup: list[Contender], base_path: str, canned: bytes,
-                  workdir: Path) -> list[Running]:
-    started = []
-    for contender in lineup:
-        parent, child = context.Pipe()
-        log_name = "".join(c if c.isalnum() or c in "-=" else "_" for c in contender.label)
-        spec = servers.ServerSpec(contender.kind, base_path, MODEL_NAME, contender.threads,
-                                  contender.inter_op or 0, canned,
-                                  str(workdir / f"{log_name}.log"))
-        process = context.Process(target=servers.serve, args=(spec, child), daemon=True)
-        process.start()
-        started.append((contender, process, parent, spec.log_path))
-    running = []
-    for contender, process, conn, log_path in started:
-        if not conn.poll(300):
-            raise RuntimeError(f"{contender.label} did not start; see {log_path}")
-        status, value = conn.recv()
-        if status != "ready":
-            raise RuntimeError(f"{contender.label} failed to start: {value}; see {log_path}")
-        running.append(Running(contender, process, conn, value))
-    return running
-
-
-def stop_servers(running: list[Running]) -> None:
-    for server in running:
-        try:
-            server.conn.send("stop")
-        except OSError:
-            pass
-    for server in running:
-        server.process.join(10)
-        if server.process.is_alive():
-            server.process.terminate()
+                  workdir: Path) -> list[harness.Running]:
+    specs = [(contender.label,
+              servers.ServerSpec(contender.kind, base_path, MODEL_NAME, contender.threads,
+                                 contender.inter_op or 0, canned,
+                                 str(workdir / f"{harness.log_name(contender.label)}.log")))
+             for contender in lineup]
+    return harness.start_servers(context, specs)
 
 
 def check_response(label: str, response: bytes) -> None:
@@ -193,75 +148,30 @@ def check_response(label: str, response: bytes) -> None:
         raise RuntimeError(f"{label} answered y={values}, expected [3.0]")
 
 
-def to_cell(result: loadgen.LoadResult, seconds: float) -> Cell:
-    latencies = sorted(result.latencies)
-    count = len(latencies)
-
-    def percentile(q: float) -> float:
-        return latencies[min(int(q * count), count - 1)] * 1e3 if count else float("nan")
-
-    server_cpu = (result.server_cpu / count * 1e6
-                  if result.server_cpu is not None and count else None)
-    other = None
-    if result.machine_cpu is not None and result.server_cpu is not None:
-        other = max(result.machine_cpu - result.server_cpu - result.client_cpu, 0.0) / seconds
-    return Cell(count / seconds, percentile(0.50), percentile(0.99), server_cpu,
-                result.client_cpu / seconds, other, len(result.errors))
+def measure_cell(server: harness.Running, load_conns: list[Any], request: bytes,
+                 concurrency: int, args: argparse.Namespace) -> harness.Cell:
+    return harness.measure_cell(server, load_conns, request, concurrency,
+                                args.seconds / args.rounds, args.warmup, check_response)
 
 
-def measure_cell(server: Running, load_conns: list[Any], request: bytes, concurrency: int,
-                 args: argparse.Namespace) -> Cell:
-    """One window of load from every load process (``concurrency`` split between them)."""
-    window = args.seconds / args.rounds
-    start_at = time.perf_counter() + _CONNECT_SECONDS + args.warmup
-    shares = [concurrency // len(load_conns) + (i < concurrency % len(load_conns))
-              for i in range(len(load_conns))]
-    for conn, share in zip(load_conns, shares):
-        if share:
-            conn.send(loadgen.LoadSpec(f"127.0.0.1:{server.port}", server.process.pid, request,
-                                       share, start_at, window))
-    result = loadgen.merge([conn.recv() for conn, share in zip(load_conns, shares) if share])
-    check_response(server.contender.label, result.sample_response)
-    cell = to_cell(result, window)
-    if cell.errors:
-        print(f"  {server.contender.label} N={concurrency}: {cell.errors} errors, "
-              f"first: {result.errors[0]}", file=sys.stderr)
-    return cell
-
-
-def is_quiet(cell: Cell, args: argparse.Namespace) -> bool:
-    return cell.other_cpu_share is None or cell.other_cpu_share <= args.max_other
-
-
-def better(cell: Cell, than: Cell | None, args: argparse.Namespace) -> bool:
-    """Quiet windows beat noisy ones; then more req/s (noise only ever slows a cell down)."""
-    if than is None:
-        return True
-    if is_quiet(cell, args) != is_quiet(than, args):
-        return is_quiet(cell, args)
-    if not is_quiet(cell, args):
-        return (cell.other_cpu_share or 0) < (than.other_cpu_share or 0)
-    return cell.requests_per_second > than.requests_per_second
-
-
-def run_grid(running: list[Running], load_conns: list[Any], request: bytes,
-             args: argparse.Namespace) -> dict[tuple[str, int], Cell]:
+def run_grid(running: list[harness.Running], load_conns: list[Any], request: bytes,
+             args: argparse.Namespace) -> dict[tuple[str, int], harness.Cell]:
     """Every (server, concurrency) cell once per round, servers rotated between rounds; a
     window where other processes took more than --max-other cores is measured again."""
-    best: dict[tuple[str, int], Cell] = {}
+    best: dict[tuple[str, int], harness.Cell] = {}
     retries_left = retry_budget = max(2, len(running) * len(args.concurrency) * args.rounds // 10)
     for round_index in range(args.rounds):
         shift = round_index % len(running)
         order = running[shift:] + running[:shift]
         for concurrency in args.concurrency:
             for server in order:
-                key = (server.contender.label, concurrency)
+                key = (server.label, concurrency)
                 cell = measure_cell(server, load_conns, request, concurrency, args)
-                while not is_quiet(cell, args) and retries_left > 0:
+                while not harness.is_quiet(cell, args.max_other) and retries_left > 0:
                     retries_left -= 1
                     retry = measure_cell(server, load_conns, request, concurrency, args)
-                    cell = retry if better(retry, cell, args) else cell
-                if better(cell, best.get(key), args):
+                    cell = retry if harness.better(retry, cell, args.max_other) else cell
+                if harness.better(cell, best.get(key), args.max_other):
                     best[key] = cell
     print(f"  {retry_budget - retries_left} noisy windows measured again", file=sys.stderr)
     return best
@@ -278,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     began = time.monotonic()
     context = multiprocessing.get_context("spawn")
     workdir = Path(tempfile.mkdtemp(prefix="pyserving-bench-"))
-    running: list[Running] = []
+    running: list[harness.Running] = []
     load_processes: list[Any] = []
     load_conns: list[Any] = []
     finished = False
@@ -293,12 +203,8 @@ def main(argv: list[str] | None = None) -> None:
         progress(began, f"starting {len(lineup)} server processes")
         running = start_servers(context, lineup, base_path, in_process.canned_response,
                                 workdir)
-        for _ in range(args.load_processes):
-            conn, child = context.Pipe()
-            load_processes.append(context.Process(target=loadgen.serve_load, args=(child,),
-                                                  daemon=True))
-            load_processes[-1].start()
-            load_conns.append(conn)
+        load_processes, load_conns = harness.start_load_processes(context,
+                                                                  args.load_processes)
         progress(began, f"measuring {len(lineup) * len(args.concurrency)} cells "
                         f"x {args.rounds} rounds")
         cells = run_grid(running, load_conns, in_process.request, args)
@@ -306,11 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         report.print_conclusion(in_process, cells, lineup, args)
         finished = True
     finally:
-        for conn in load_conns:
-            conn.send(None)
-        for process in load_processes:
-            process.join(10)
-        stop_servers(running)
+        harness.stop_load_processes(load_processes, load_conns)
+        harness.stop_servers(running)
         if finished:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -20,7 +20,7 @@ def _session_name(inter_op: int) -> str:
     return f"inter_op={inter_op}"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
             for line in handle:
@@ -36,7 +36,7 @@ def print_header(args: argparse.Namespace, cores: int | None) -> None:
     import tensorflow as tf
 
     print(f"pyserving Predict overhead, {datetime.datetime.now():%Y-%m-%d %H:%M}")
-    print(f"machine: {cores} cores, {_cpu_model()}; Python {platform.python_version()}, "
+    print(f"machine: {cores} cores, {cpu_model()}; Python {platform.python_version()}, "
           f"grpcio {grpc.__version__}, TensorFlow {tf.__version__}")
     print(f"model: half_plus_two ({args.model}), request x=[[2.0]] (float_val); "
           f"{args.threads} gRPC threads (pyserving's default) unless [threads=...]")
