@@ -206,7 +206,13 @@ class ModelServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.health.shut_down()
+        # grpc_health's set() can block on a Watch stream whose client is leaving (the stream's
+        # close callback waits for the same lock); bound the wait: the gRPC stop below cancels
+        # such streams, which releases it.
+        notifier = threading.Thread(target=self.health.shut_down, name="health-shutdown",
+                                    daemon=True)
+        notifier.start()
+        notifier.join(timeout=1.0)
         if grace is None:
             grace = self.options.shutdown_grace_period_seconds
         self.configurator.stop()
