@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
@@ -127,6 +127,7 @@ class ServerMetrics:
     def __init__(self, manager: ModelManager,
                  queue_depths: Callable[[], Mapping[str, int]] = dict) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         registry = self.registry
         self._request_count = Gauge(
             ":tensorflow:serving:request_count", "The total number of requests.",
@@ -171,17 +172,26 @@ class ServerMetrics:
         """The metrics page: (body, Content-Type) in Prometheus' text format."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus-client validates and locks on
+        every labels() call, which the per-request path need not pay."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_request(self, model: str, api: str, entrypoint: str, code: grpc.StatusCode,
                         seconds: float) -> None:
         """One finished request: counted with its status; its latency only when OK, as in
         TF Serving. ``api`` is "Predict", "Classify", "Regress" (gRPC) or the REST method."""
-        self._request_count.labels(model, code.name).inc()
+        self._child(self._request_count, model, code.name).inc()
         if code == grpc.StatusCode.OK:
-            self._request_latency.labels(model, api, entrypoint).observe(seconds * 1e6)
+            self._child(self._request_latency, model, api, entrypoint).observe(seconds * 1e6)
 
     @contextlib.contextmanager
     def in_flight(self, model: str, api: str, entrypoint: str) -> Iterator[None]:
-        gauge = self._in_flight.labels(model, api, entrypoint)
+        gauge = self._child(self._in_flight, model, api, entrypoint)
         gauge.inc()
         try:
             yield
