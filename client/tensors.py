@@ -40,11 +40,25 @@ DTYPE_NAMES = {
 DEFAULT_MAX_DECODED_BYTES = 2**31
 _MAX_DIMS = 64  # numpy's limit; TensorFlow allows 254
 _MAX_NUMPY_BYTES = np.iinfo(np.intp).max
+_MAX_ELEMENTS = 2**63 - 1  # TensorShape's limit: a larger product is not a shape
 _LITTLE_ENDIAN = sys.byteorder == "little"  # wire order of tensor_content and packed fields
 
 
 class TensorParseError(ValueError):
     """The proto does not describe a tensor TensorFlow could build."""
+
+
+class TensorTooLargeError(TensorParseError):
+    """A valid tensor whose decoded size is over the caller's limit (checked before any
+    allocation: a few bytes of proto can declare terabytes)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype_name: str, nbytes: int,
+                 max_bytes: int) -> None:
+        super().__init__(f"{dtype_name} tensor of shape {list(shape)} needs {nbytes} bytes, "
+                         f"more than {max_bytes}")
+        self.shape = shape
+        self.dtype_name = dtype_name
+        self.nbytes = nbytes
 
 
 @dataclass(frozen=True)
@@ -162,8 +176,10 @@ def ndarray_from_tensor_proto(proto: Any, *,
     for size in shape:
         count *= size
         span *= size or 1
+    if count > _MAX_ELEMENTS:
+        raise TensorParseError(f"tensor of shape {list(shape)} has more than 2**63-1 elements")
     if count * itemsize > max_bytes:
-        raise TensorParseError(f"tensor of shape {list(shape)} exceeds {max_bytes} bytes")
+        raise TensorTooLargeError(shape, DTYPE_NAMES[proto.dtype], count * itemsize, max_bytes)
     if count == 0:  # TensorFlow reads neither field of an empty tensor
         if span * itemsize > _MAX_NUMPY_BYTES:
             raise TensorParseError(f"tensor of shape {list(shape)} is too large for numpy")

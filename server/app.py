@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -22,7 +23,8 @@ from pyserving.server.batching_config import BatchingOptions, read_batching_para
 from pyserving.server.configurator import ModelConfigurator
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
-from pyserving.server.grpc_services import add_services
+from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
+from pyserving.server.grpc_services import PredictionService, add_services
 from pyserving.server.health import ServingHealth, add_health_and_reflection
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
@@ -32,6 +34,7 @@ from pyserving.server.predict import Predictor
 from pyserving.server.rest import RestOptions, RestServer
 from pyserving.server.servable import Servable, SignatureDef, load_servable, run_unbatched
 from pyserving.server.source import FileSystemSource
+from pyserving.server.tls import server_credentials
 from pyserving.server.warmup import Warmup
 
 log = logging.getLogger(__name__)
@@ -57,11 +60,22 @@ def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
     return arguments
 
 
-def _bind(server: grpc.Server, address: str) -> int:
+def _bind(server: grpc.Server | grpc.aio.Server, address: str,
+          credentials: grpc.ServerCredentials | None) -> int:
+    """Listen on one address, over TLS when given credentials; a Unix socket is owner-only."""
+    # gRPC has no option for a Unix socket's mode and listens as soon as it binds, so the
+    # umask makes the socket 0600 from the start (a later chmod would leave a window).
+    umask = os.umask(0o177) if address.startswith("unix:") else None
     try:
+        if credentials is not None:
+            return server.add_secure_port(address, credentials)
         return server.add_insecure_port(address)
     except RuntimeError as error:
-        raise unavailable(f"Failed to bind gRPC server to {address}: {error}") from None
+        tls = " with the TLS credentials of --ssl_config_file" if credentials else ""
+        raise unavailable(f"Failed to bind gRPC server to {address}{tls}: {error}") from None
+    finally:
+        if umask is not None:
+            os.umask(umask)
 
 
 class ModelServer:
@@ -81,6 +95,7 @@ class ModelServer:
         runner = self._run_batched if options.enable_batching else run_unbatched
         predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
                               check_method_name=options.enable_signature_method_name_check,
+                              max_tensor_bytes=options.max_request_tensor_bytes,
                               runner=runner)
         inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
                                      runner=runner)
@@ -95,7 +110,8 @@ class ModelServer:
         self.monitoring = PrometheusSettings()  # read in start(): --monitoring_config_file
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.configurator = ModelConfigurator(self.manager, self._source)
-        self.core = ServingCore(self.manager, self.configurator, predictor, inference)
+        self.core = ServingCore(self.manager, self.configurator, predictor, inference,
+                                options.max_in_flight_requests_per_model)
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
@@ -162,20 +178,32 @@ class ModelServer:
 
     def _open_grpc(self) -> None:
         options = self.options
-        channel_options = list(_DEFAULT_GRPC_OPTIONS)
-        channel_options += parse_channel_arguments(options.grpc_channel_arguments)
+        # gRPC keeps the first value of a repeated key: the flag's go first to override ours.
+        channel_options = parse_channel_arguments(options.grpc_channel_arguments)
+        channel_options += _DEFAULT_GRPC_OPTIONS
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
-        server = grpc.server(self._executor, options=channel_options)
-        add_services(server, self.core, self.metrics)
+        max_rpcs = options.grpc_max_concurrent_rpcs or None
+        if self.batcher is not None:
+            # Batching: requests wait for their batch as futures on grpc.aio, not as threads.
+            server = LoopServer(self._executor, channel_options, max_rpcs)
+            run = functools.partial(self.batcher.run_async, executor=self._executor)
+            prediction = AsyncPredictionService(self.core, run, self.metrics)
+        else:
+            server = grpc.server(self._executor, options=channel_options,
+                                 maximum_concurrent_rpcs=max_rpcs)
+            prediction = PredictionService(self.core, self.metrics)
+        add_services(server, self.core, prediction)
         add_health_and_reflection(server, self.health)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
         self._server = server
         if options.port or not options.grpc_socket_path:
-            self.port = _bind(server, f"{self._host}:{options.port}")
+            self.port = _bind(server, f"{self._host}:{options.port}",
+                              server_credentials(options.ssl_config_file))
         if options.grpc_socket_path:
-            _bind(server, f"unix:{os.path.abspath(options.grpc_socket_path)}")
+            _bind(server, f"unix:{os.path.abspath(options.grpc_socket_path)}",
+                  server_credentials(options.ssl_config_file))
         server.start()
 
     def _open_rest(self) -> None:

@@ -6,23 +6,29 @@ request waits in its queue until the open batch is full or ``batch_timeout_micro
 inputs are concatenated on dimension 0 (padded up to an allowed batch size), and each caller
 gets its own slice of every output. A failing batch is re-run request by request, so one bad
 input never fails its batch-mates.
+
+Callers wait either in their thread (``run``) or as an asyncio future (``run_async``, the
+grpc.aio path): a finished batch wakes each event loop once for all of its requests.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
 import os
 import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
+from concurrent.futures import Executor
 from typing import Callable, Sequence
 
 import grpc
 import numpy as np
 
 from pyserving.server import request_context
+from pyserving.server.batch_padding import pad_to_common_shape, round_up
 from pyserving.server.batching_config import BatchingOptions, read_batching_parameters
 from pyserving.server.errors import ServingError, failed_precondition, invalid_argument
 from pyserving.server.servable import Servable, SignatureDef
@@ -35,20 +41,69 @@ Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
 
 
-@dataclass(eq=False)
 class _Task:
-    feeds: list[np.ndarray]
-    size: int
-    context: request_context.RequestContext
-    enqueued: float = field(default_factory=time.monotonic)
-    done: threading.Event = field(default_factory=threading.Event)
-    outputs: list[np.ndarray] | None = None
-    error: ServingError | None = None
+    """One request (or one part of a split request) waiting for its batch."""
 
-    def finish(self, outputs: list[np.ndarray] | None = None,
-               error: ServingError | None = None) -> None:
-        self.outputs, self.error = outputs, error
-        self.done.set()
+    __slots__ = ("feeds", "size", "context", "enqueued", "outputs", "error", "_done", "future",
+                 "loop")
+
+    def __init__(self, feeds: list[np.ndarray], size: int,
+                 context: request_context.RequestContext,
+                 future: asyncio.Future | None = None) -> None:
+        self.feeds = feeds
+        self.size = size
+        self.context = context
+        self.enqueued = time.monotonic()
+        self.outputs: list[np.ndarray] | None = None
+        self.error: ServingError | None = None
+        self.future = future
+        if future is None:
+            self.loop = None
+            self._done = threading.Lock()  # held until the batch thread releases it
+            self._done.acquire()
+        else:
+            self.loop = future.get_loop()
+            self._done = None
+
+    def wait(self) -> list[np.ndarray]:
+        self._done.acquire()
+        if self.error is not None:
+            raise self.error
+        return self.outputs
+
+    def dropped(self) -> ServingError | None:
+        """Why the task must not run any more (deadline passed, caller gone), else None."""
+        if self.context.expired():
+            return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                "Deadline exceeded before the batch ran")
+        if (self.future is not None and self.future.cancelled()) \
+                or not self.context.is_active():
+            return ServingError(grpc.StatusCode.CANCELLED, "Request cancelled before the batch ran")
+        return None
+
+
+def _wake(tasks: Sequence[_Task]) -> None:
+    """Hand finished tasks to their callers: threads one by one, each event loop once."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Task]] = {}
+    for task in tasks:
+        if task.loop is None:
+            task._done.release()
+        else:
+            by_loop.setdefault(task.loop, []).append(task)
+    for loop, waiting in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, waiting)
+        except RuntimeError:  # the loop closed: its callers are gone
+            pass
+
+
+def _resolve(tasks: list[_Task]) -> None:
+    for task in tasks:
+        if not task.future.done():
+            if task.error is not None:
+                task.future.set_exception(task.error)
+            else:
+                task.future.set_result(task.outputs)
 
 
 class _Queue:
@@ -64,8 +119,9 @@ class _Queue:
         self.open_size = 0
         self.open_since = 0.0
 
-    def add_all(self, tasks: Sequence[_Task]) -> None:
-        """Enqueue the parts of one request, all or none (the scheduler lock is held)."""
+    def add_all(self, tasks: Sequence[_Task]) -> bool:
+        """Enqueue the parts of one request, all or none (the scheduler lock is held); True
+        when that moved the queue's ready time, so a batch thread must look again."""
         batches, open_size = len(self.batches), self.open_size
         for task in tasks:
             if open_size + task.size > self.options.execution_batch_size:
@@ -74,15 +130,17 @@ class _Queue:
                                        "queue to which this task was submitted is full")
                 batches, open_size = batches + 1, 0
             open_size += task.size
+        before = self.ready_at()
         for task in tasks:
             self._add(task)
+        return self.ready_at() != before
 
     def _add(self, task: _Task) -> None:
         if self.open_size + task.size > self.options.execution_batch_size:
             self.batches.append([])
             self.open_size = 0
         if not self.batches[-1]:
-            self.open_since = time.monotonic()
+            self.open_since = task.enqueued
         self.batches[-1].append(task)
         self.open_size += task.size
 
@@ -103,6 +161,12 @@ class _Queue:
             self.open_size = 0
         return batch
 
+    def idle(self) -> bool:
+        return len(self.batches) == 1 and not self.batches[0]
+
+    def waiting(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
 
 class Batcher:
     """Runs signature calls through per-signature batch queues on a shared thread pool."""
@@ -115,8 +179,8 @@ class Batcher:
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
             weakref.WeakKeyDictionary()
         self._lock = threading.Condition()
-        self._queues: weakref.WeakKeyDictionary[Servable, dict[tuple, _Queue]] = \
-            weakref.WeakKeyDictionary()
+        self._queues: dict[tuple, _Queue] = {}
+        self._queue_list: list[_Queue] = []  # the same queues, scanned on every wake-up
         self._stopped = False
         self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
                          for i in range(options.num_batch_threads)]
@@ -126,31 +190,56 @@ class Batcher:
     def run(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
             fetches: Sequence[str]) -> list[np.ndarray]:
         """Like ``servable.run``, batched with concurrent calls of the same shape."""
+        planned = self._plan(servable, signature, feeds, fetches)
+        if planned is None:
+            return servable.run(feeds, fetches)
+        queue, parts = planned
+        context = request_context.current.get()
+        tasks = [_Task(arrays, size, context) for arrays, size in parts]
+        self._enqueue(queue, tasks)
+        if len(tasks) == 1:
+            return tasks[0].wait()
+        return _joined([task.wait() for task in tasks])
+
+    async def run_async(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
+                        fetches: Sequence[str], executor: Executor) -> list[np.ndarray]:
+        """``run`` for a coroutine: waits as a future; unbatchable calls run on ``executor``."""
+        loop = asyncio.get_running_loop()
+        planned = self._plan(servable, signature, feeds, fetches)
+        if planned is None:
+            return await loop.run_in_executor(executor, contextvars.copy_context().run,
+                                              servable.run, feeds, fetches)
+        queue, parts = planned
+        context = request_context.current.get()
+        tasks = [_Task(arrays, size, context, loop.create_future()) for arrays, size in parts]
+        self._enqueue(queue, tasks)
+        if len(tasks) == 1:
+            return await tasks[0].future
+        return _joined(await asyncio.gather(*(task.future for task in tasks)))
+
+    def _plan(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
+              fetches: Sequence[str]
+              ) -> tuple[_Queue, list[tuple[list[np.ndarray], int]]] | None:
+        """The queue and the parts (arrays, rows) of a call, or None to run it unbatched."""
         options = self._options_for(servable)
         if options is None or not feeds or not _batchable(signature, feeds):
-            return servable.run(feeds, fetches)
+            return None
         size = int(feeds[0][1].shape[0])
         limit = options.execution_batch_size
-        if size > limit and (not options.enable_large_batch_splitting
-                             or size > options.max_batch_size):
+        if size <= limit:
+            return self._queue(servable, options, feeds, fetches), \
+                [([array for _, array in feeds], size)]
+        if not options.enable_large_batch_splitting or size > options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{options.max_batch_size}")
-        queue = self._queue(servable, options, feeds, fetches)
-        context = request_context.current.get()
-        tasks = [_Task([array[start:start + limit] for _, array in feeds],
-                       min(limit, size - start), context) for start in range(0, size, limit)]
-        if len(tasks) == 1:
-            tasks[0].feeds = [array for _, array in feeds]
+        parts = [([array[start:start + limit] for _, array in feeds], min(limit, size - start))
+                 for start in range(0, size, limit)]
+        return self._queue(servable, options, feeds, fetches), parts
+
+    def _enqueue(self, queue: _Queue, tasks: list[_Task]) -> None:
         with self._lock:
-            queue.add_all(tasks)
-            self._lock.notify(len(tasks))
-        for task in tasks:
-            task.done.wait()
-            if task.error is not None:
-                raise task.error
-        if len(tasks) == 1:
-            return tasks[0].outputs
-        return [np.concatenate([task.outputs[i] for task in tasks]) for i in range(len(fetches))]
+            if queue.add_all(tasks):  # else the batch threads' current wait still holds
+                self._lock.notify(len(tasks))
 
     def prepare(self, servable: Servable) -> None:
         """Read a loading version's batching_params.pbtxt (per-model parameters), so a bad
@@ -177,13 +266,17 @@ class Batcher:
     def _queue(self, servable: Servable, options: BatchingOptions, feeds: Feeds,
                fetches: Sequence[str]) -> _Queue:
         pad = options.pad_variable_length_inputs
-        key = (tuple(name for name, _ in feeds), tuple(fetches),
+        names = tuple(name for name, _ in feeds)
+        key = (servable, names, tuple(fetches),
                tuple((a.dtype.str, a.ndim if pad else a.shape[1:]) for _, a in feeds))
+        queue = self._queues.get(key)
+        if queue is not None:
+            return queue
         with self._lock:
-            queues = self._queues.setdefault(servable, {})
-            queue = queues.get(key)
+            queue = self._queues.get(key)
             if queue is None:
-                queue = queues[key] = _Queue(servable, key[0], key[1], options)
+                queue = self._queues[key] = _Queue(servable, names, key[2], options)
+                self._queue_list.append(queue)
             return queue
 
     def _work(self) -> None:
@@ -199,67 +292,85 @@ class Batcher:
             self._execute(queue, batch)
 
     def _next_ready(self) -> _Queue | None:
+        """The queue whose first batch has been ready longest (the lock is held)."""
         now = time.monotonic()
         best, best_at = None, None
-        for queues in list(self._queues.values()):
-            for queue in queues.values():
-                at = queue.ready_at()
-                if self._stopped and at is not None:
-                    at = 0.0  # stopping: run what is queued now, so no caller waits forever
-                if at is not None and at <= now and (best_at is None or at < best_at):
-                    best, best_at = queue, at
+        retired = False
+        for queue in self._queue_list:
+            at = queue.ready_at()
+            if at is None:
+                retired = retired or queue.servable.retired
+                continue
+            if self._stopped:
+                at = 0.0  # stopping: run what is queued now, so no caller waits forever
+            if at <= now and (best_at is None or at < best_at):
+                best, best_at = queue, at
+        if retired:
+            self._forget_retired()
         return best
 
+    def _forget_retired(self) -> None:
+        """Drop the empty queues of unloaded versions (the lock is held)."""
+        self._queue_list = [q for q in self._queue_list
+                            if not (q.idle() and q.servable.retired)]
+        kept = set(map(id, self._queue_list))
+        self._queues = {key: q for key, q in self._queues.items() if id(q) in kept}
+
     def _wait_time(self) -> float | None:
-        times = [q.ready_at() for qs in list(self._queues.values()) for q in qs.values()]
-        pending = [t for t in times if t is not None]
+        pending = [at for at in map(_Queue.ready_at, self._queue_list) if at is not None]
         return max(min(pending) - time.monotonic(), 0.0) if pending else None
 
     def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
-        live = []
+        live, dropped = [], []
         for task in batch:
-            if task.context.expired():
-                task.finish(error=ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                               "Deadline exceeded before the batch ran"))
-            elif not task.context.is_active():
-                task.finish(error=ServingError(grpc.StatusCode.CANCELLED,
-                                               "Request cancelled before the batch ran"))
-            else:
-                live.append(task)
+            task.error = task.dropped()
+            (live if task.error is None else dropped).append(task)
+        _wake(dropped)
         if not live:
             return
+        started = time.monotonic()
         try:
             outputs, padded = self._run_batch(queue, live)
         except ServingError as error:
             if len(live) == 1:
-                live[0].finish(error=error)
+                live[0].error = error
+                _wake(live)
                 return
             log.info("batch of %d failed (%s); running its requests one by one", len(live), error)
             for task in live:
                 self._execute(queue, [task])
             return
-        waits = [time.monotonic() - task.enqueued for task in live]
         start = 0
         for task in live:
-            task.finish([output[start:start + task.size] for output in outputs])
+            task.outputs = [output[start:start + task.size] for output in outputs]
             start += task.size
-        for observer in self._observers:
-            observer(queue.servable.name, start, padded, waits)
+        _wake(live)
+        if self._observers:
+            waits = [started - task.enqueued for task in live]
+            for observer in self._observers:
+                observer(queue.servable.name, start, padded, waits)
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[list[np.ndarray], int]:
         size = sum(task.size for task in tasks)
-        padded = _round_up(size, queue.options.allowed_batch_sizes)
+        padded = round_up(size, queue.options.allowed_batch_sizes)
         feeds = []
         for i, name in enumerate(queue.feed_names):
             parts = [task.feeds[i] for task in tasks]
             if queue.options.pad_variable_length_inputs:
-                parts = _pad_to_common_shape(parts)
+                parts = pad_to_common_shape(parts)
             merged = parts[0] if len(parts) == 1 else np.concatenate(parts)
             if padded > size:
                 filler = np.repeat(merged[:1], padded - size, axis=0)
                 merged = np.concatenate([merged, filler])
             feeds.append((name, merged))
-        outputs = queue.servable.run(feeds, queue.fetches)
+        # TF Serving bounds a batch's run by the latest deadline of its requests.
+        deadlines = [task.context.deadline for task in tasks]
+        latest = None if None in deadlines else max(deadlines)
+        token = request_context.current.set(request_context.RequestContext(latest))
+        try:
+            outputs = queue.servable.run(feeds, queue.fetches)
+        finally:
+            request_context.current.reset(token)
         for output in outputs:
             if output.ndim == 0:
                 raise failed_precondition("Batched output tensor has 0 dimensions")
@@ -273,9 +384,10 @@ class Batcher:
         """Tasks (requests, or their parts when split) waiting in each model's queues."""
         depths: dict[str, int] = {}
         with self._lock:
-            for servable, queues in list(self._queues.items()):
-                waiting = sum(len(batch) for queue in queues.values() for batch in queue.batches)
-                depths[servable.name] = depths.get(servable.name, 0) + waiting
+            for queue in self._queue_list:
+                name = queue.servable.name
+                depths[name] = depths.get(name, 0) + queue.waiting()
+            self._forget_retired()
         return depths
 
     def stop(self) -> None:
@@ -284,6 +396,11 @@ class Batcher:
             self._lock.notify_all()
         for thread in self._threads:
             thread.join()
+
+
+def _joined(parts: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """The outputs of a split request's parts, concatenated back in order."""
+    return [np.concatenate([outputs[i] for outputs in parts]) for i in range(len(parts[0]))]
 
 
 def _batchable(signature: SignatureDef, feeds: Feeds) -> bool:
@@ -297,33 +414,3 @@ def _batchable(signature: SignatureDef, feeds: Feeds) -> bool:
         if not shape.unknown_rank and len(shape.dim) == 0:
             return False
     return True
-
-
-def _round_up(size: int, allowed: Sequence[int]) -> int:
-    for candidate in allowed:
-        if candidate >= size:
-            return candidate
-    return size
-
-
-def _pad_to_common_shape(parts: list[np.ndarray]) -> list[np.ndarray]:
-    """Pad every array to the largest size of each non-batch dimension, with its first
-    element (TF Serving's AddPadding)."""
-    target = np.max([part.shape[1:] for part in parts], axis=0)
-    padded = []
-    for part in parts:
-        widths = [(0, 0)] + [(0, int(t - s)) for t, s in zip(target, part.shape[1:])]
-        if any(w for _, w in widths):
-            fill = part.flat[0] if part.size else 0
-            part = np.pad(part, widths, constant_values=fill) if part.dtype != object else \
-                _pad_objects(part, widths, fill)
-        padded.append(part)
-    return padded
-
-
-def _pad_objects(part: np.ndarray, widths: list[tuple[int, int]], fill: object) -> np.ndarray:
-    shape = tuple(s + w for s, (_, w) in zip(part.shape, widths))
-    out = np.empty(shape, dtype=object)
-    out.fill(fill)
-    out[tuple(slice(0, s) for s in part.shape)] = part
-    return out

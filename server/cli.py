@@ -7,37 +7,71 @@ import os
 import signal
 import sys
 import threading
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from pyserving.server.options import explicitly_set_inert_flags, parse_options
+from pyserving.server.options import ServerOptions, explicitly_set_inert_flags, parse_options
+from pyserving.server.workers import WorkerFlagError, supervise, worker_count
+
+if TYPE_CHECKING:
+    from pyserving.server.app import ModelServer
 
 VERSION = "0.1.0"
 # tensorflow_model_server returns -1 from main when it cannot start.
 EXIT_START_FAILED = 255
+STARTUP_FAILED = "Failed to start server. Error: "
 
 
-def _configure_logging() -> None:
+def configure_logging(tag: str = "") -> None:
+    """Log lines to stderr; ``tag`` (e.g. "worker 1") names the process in each line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    prefix = f"{tag} " if tag else ""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s] %(message)s",
+        format=f"%(asctime)s.%(msecs)03d %(levelname)s {prefix}%(name)s] %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S")
 
 
+class ServerLifecycle:
+    """Hooks around one ModelServer's life in ``run_server`` (a worker process uses them)."""
+
+    def built(self, server: "ModelServer") -> None:
+        """The server exists; start() comes next."""
+
+    def serving(self, server: "ModelServer") -> None:
+        """start() returned: the models are loaded and the ports open."""
+
+    def stopping(self, server: "ModelServer") -> None:
+        """A stop signal arrived; stop() comes next."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     options, unknown = parse_options(argv)
     if options.version:
         import tensorflow as tf
 
         print(f"TensorFlow ModelServer: pyserving-{VERSION}\nTensorFlow Library: {tf.__version__}")
         return 0
-    _configure_logging()
+    configure_logging()
     log = logging.getLogger("pyserving")
     for argument in unknown:
         log.warning("unknown argument: %s (ignored)", argument)
     for name in explicitly_set_inert_flags(options):
         log.warning("--%s is accepted for compatibility but not implemented yet; ignored", name)
+    try:
+        workers = worker_count(options)
+    except WorkerFlagError as error:
+        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
+        return EXIT_START_FAILED
+    if workers > 1:
+        return supervise(options, argv, workers)
+    return run_server(options)
 
+
+def run_server(options: ServerOptions, lifecycle: ServerLifecycle | None = None) -> int:
+    """Start a ModelServer, serve until SIGTERM/SIGINT, stop it; returns the exit code."""
+    lifecycle = lifecycle or ServerLifecycle()
+    log = logging.getLogger("pyserving")
     # TensorFlow is imported only now, so --help and bad flags answer at once.
     from pyserving.server.app import ModelServer
     from pyserving.server.config import ConfigParseError
@@ -46,8 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         server = ModelServer(options)
     except ServingError as error:
-        print(f"Failed to start server. Error: {error}", file=sys.stderr)
+        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
         return EXIT_START_FAILED
+    lifecycle.built(server)
     stop_requested = threading.Event()
 
     def _shutdown(signum: int, _frame: object) -> None:
@@ -67,12 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.start()
     except ConfigParseError as error:
         print(error.detail, file=sys.stderr)
-        print(f"Failed to start server. Error: {error}", file=sys.stderr)
+        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
         return EXIT_START_FAILED
     except ServingError as error:
-        print(f"Failed to start server. Error: {error}", file=sys.stderr)
+        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
         return EXIT_START_FAILED
+    lifecycle.serving(server)
     stop_requested.wait()
+    lifecycle.stopping(server)
     server.stop()
     return 0
 

@@ -1,11 +1,17 @@
 """The serving core: the calls every transport (gRPC now, REST later) makes.
 
 Each call takes and returns TF Serving's request/response protos, resolves the ModelSpec
-through the manager and hands the servable to the request kind's runner.
+through the manager and hands the servable to the request kind's runner. Calls that run the
+model are admitted first: past its in-flight limit a model fails fast with UNAVAILABLE.
 """
 
 from __future__ import annotations
 
+from typing import Any, Awaitable, Callable, Sequence
+
+import numpy as np
+
+from pyserving.server.admission import InFlightLimit
 from pyserving.server.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -20,18 +26,24 @@ from pyserving.server.configurator import ModelConfigurator
 from pyserving.server.errors import ERROR_CODE_NUMBERS, invalid_argument
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import ModelManager
-from pyserving.server.predict import Predictor
-from pyserving.server.servable import Servable
+from pyserving.server.predict import CLASSIFY_METHOD, REGRESS_METHOD, Predictor
+from pyserving.server.servable import Servable, SignatureDef
 
 SIGNATURE_DEF_FIELD = "signature_def"
+
+# How the async calls run a signature: (servable, signature, feeds, fetches) -> outputs.
+AsyncRunner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Sequence[str]],
+                       Awaitable[list[np.ndarray]]]
 
 
 class ServingCore:
     """Prediction and model-status calls over a ModelManager."""
 
     def __init__(self, manager: ModelManager, configurator: ModelConfigurator,
-                 predictor: Predictor, inference: ExampleInference) -> None:
+                 predictor: Predictor, inference: ExampleInference,
+                 max_in_flight_per_model: int = 0) -> None:
         self.manager = manager
+        self.in_flight = InFlightLimit(max_in_flight_per_model)
         self._configurator = configurator
         self._predictor = predictor
         self._inference = inference
@@ -48,27 +60,61 @@ class ServingCore:
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable:
+        with self.servable_for(request.model_spec) as servable, \
+                self.in_flight.admit(servable.name):
             return self._predictor.predict(servable, request)
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable:
+        with self.servable_for(request.model_spec) as servable, \
+                self.in_flight.admit(servable.name):
             return self._inference.classify(servable, request)
 
     def regress(self, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable:
+        with self.servable_for(request.model_spec) as servable, \
+                self.in_flight.admit(servable.name):
             return self._inference.regress(servable, request)
+
+    async def predict_async(self, request: predict_pb2.PredictRequest,
+                            run: AsyncRunner) -> predict_pb2.PredictResponse:
+        """``predict`` for an event loop: the TensorFlow call is awaited through ``run``."""
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        with self.servable_for(request.model_spec) as servable, \
+                self.in_flight.admit(servable.name):
+            plan = self._predictor.plan(servable, request)
+            values = await run(servable, plan.signature, plan.feeds, plan.fetches)
+            return self._predictor.respond(servable, request, plan, values)
+
+    async def classify_async(self, request: classification_pb2.ClassificationRequest,
+                             run: AsyncRunner) -> classification_pb2.ClassificationResponse:
+        return await self._infer_async(request, run, CLASSIFY_METHOD,
+                                       classification_pb2.ClassificationResponse())
+
+    async def regress_async(self, request: regression_pb2.RegressionRequest,
+                            run: AsyncRunner) -> regression_pb2.RegressionResponse:
+        return await self._infer_async(request, run, REGRESS_METHOD,
+                                       regression_pb2.RegressionResponse())
+
+    async def _infer_async(self, request: Any, run: AsyncRunner, method: str,
+                           response: Any) -> Any:
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
+        with self.servable_for(request.model_spec) as servable, \
+                self.in_flight.admit(servable.name):
+            plan = self._inference.plan(servable, request, method)
+            values = await run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
+            return self._inference.respond(servable, request, plan, values, response)
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        with self.servable_for(spec) as servable:
+        with self.servable_for(spec) as servable, self.in_flight.admit(servable.name):
             return self._inference.multi_inference(servable, request)
 
     def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest

@@ -28,7 +28,9 @@ def status_message(message: str) -> str:
 def _request_context(context: grpc.ServicerContext) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
-    return RequestContext(deadline, context.is_active)
+    # grpc.aio runs plain handlers with a context that cannot tell whether the caller left.
+    is_active = getattr(context, "is_active", None)
+    return RequestContext(deadline, is_active) if is_active else RequestContext(deadline)
 
 
 def _unary(call: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
@@ -89,7 +91,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_services(server: grpc.Server, core: ServingCore,
-                 metrics: ServerMetrics | None = None) -> None:
+                 prediction: PredictionService | None = None) -> None:
+    """PredictionService (``prediction``, else a plain one) and ModelService on ``server``."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, metrics), server)
+        prediction or PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)

@@ -2,9 +2,13 @@
 
 Health: "" (the whole server) is SERVING once the start-up models are loaded and NOT_SERVING
 from the start of shutdown; each model name is SERVING while it has an AVAILABLE version.
+With ``--workers N``, "" is SERVING only while every worker process is serving (each worker
+hears it from its supervisor's readiness record); model statuses are each worker's own.
 """
 
 from __future__ import annotations
+
+import threading
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,12 +36,29 @@ class ServingHealth:
         self._manager = manager
         self.servicer = health.HealthServicer()
         self.servicer.set(health.OVERALL_HEALTH, NOT_SERVING)
+        self._started = False
+        self._peers_ready = True
+        self._overall_lock = threading.Lock()
 
     def mark_serving(self) -> None:
         """Start-up is done: the server and every model with an AVAILABLE version serve."""
         for name in self._manager.model_names():
             self._update(name)
-        self.servicer.set(health.OVERALL_HEALTH, SERVING)
+        with self._overall_lock:
+            self._started = True
+            self._set_overall()
+
+    def set_peers_ready(self, ready: bool) -> None:
+        """Whether the other processes serving the same ports (``--workers N``) all serve;
+        "" is SERVING only while they do and this server has started."""
+        with self._overall_lock:
+            if ready != self._peers_ready:
+                self._peers_ready = ready
+                self._set_overall()
+
+    def _set_overall(self) -> None:
+        serving = self._started and self._peers_ready
+        self.servicer.set(health.OVERALL_HEALTH, SERVING if serving else NOT_SERVING)
 
     def observe_model_event(self, event: ModelEvent) -> None:
         self._update(event.model)

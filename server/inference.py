@@ -6,7 +6,7 @@ serialized, as one DT_STRING vector, to the signature's single input.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -172,17 +172,20 @@ def _check_method(signature: SignatureDef, method: str, check_method_name: bool)
                                f"Was: {signature.method_name}")
 
 
-def _run_tasks(servable: Servable, tasks: list[_Task], request_input: Any, run: Runner
-               ) -> tuple[int, dict[str, np.ndarray]]:
+class InferencePlan(NamedTuple):
+    """Validated example-input signatures: what to feed and fetch for them."""
+    tasks: list[_Task]
+    num_examples: int
+    feeds: list[tuple[str, np.ndarray]]
+    fetches: list[str]
+
+
+def _plan_tasks(tasks: list[_Task], request_input: Any) -> InferencePlan:
     examples = serialized_examples(request_input)
     input_names = sorted({task.input_name for task in tasks})
     fetches = sorted({name for task in tasks for name in task.output_names})
-    feeds = [(name, examples) for name in input_names]
-    if len(tasks) == 1:
-        values = run(servable, tasks[0].signature, feeds, fetches)
-    else:
-        values = servable.run(feeds, fetches)
-    return len(examples), dict(zip(fetches, values))
+    return InferencePlan(tasks, len(examples), [(name, examples) for name in input_names],
+                         fetches)
 
 
 def _set_model_spec(spec: Any, name: str, signature_name: str, version: int) -> None:
@@ -209,16 +212,25 @@ class ExampleInference:
         return self._single(servable, request, REGRESS_METHOD,
                             regression_pb2.RegressionResponse())
 
-    def _single(self, servable: Servable, request: Any, method: str, response: Any) -> Any:
-        spec = request.model_spec
-        signature = _signature(servable, spec.signature_name,
+    def plan(self, servable: Servable, request: Any, method: str) -> InferencePlan:
+        """Validate a Classification/RegressionRequest and serialize its examples."""
+        signature = _signature(servable, request.model_spec.signature_name,
                                missing="No signature was found with the name: ")
         _check_method(signature, method, self._check_method_name)
-        task = _Task(signature, method)
-        num_examples, outputs = _run_tasks(servable, [task], request.input, self._run)
+        return _plan_tasks([_Task(signature, method)], request.input)
+
+    def respond(self, servable: Servable, request: Any, plan: InferencePlan,
+                values: list[np.ndarray], response: Any) -> Any:
+        """Fill ``response`` from the fetched values of a single-signature plan."""
+        spec = request.model_spec
         _set_model_spec(response.model_spec, spec.name, spec.signature_name, servable.version)
-        task.fill(num_examples, outputs, response.result)
+        plan.tasks[0].fill(plan.num_examples, dict(zip(plan.fetches, values)), response.result)
         return response
+
+    def _single(self, servable: Servable, request: Any, method: str, response: Any) -> Any:
+        plan = self.plan(servable, request, method)
+        values = self._run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
+        return self.respond(servable, request, plan, values, response)
 
     def multi_inference(self, servable: Servable,
                         request: inference_pb2.MultiInferenceRequest
@@ -245,7 +257,11 @@ class ExampleInference:
                                    f"Unsupported signature method_name: {task.method_name}")
             _check_method(signature, task.method_name, self._check_method_name)
             tasks.append(_Task(signature, task.method_name))
-        num_examples, outputs = _run_tasks(servable, tasks, request.input, self._run)
+        plan = _plan_tasks(tasks, request.input)
+        run = self._run if len(tasks) == 1 else run_unbatched
+        outputs = dict(zip(plan.fetches, run(servable, tasks[0].signature, plan.feeds,
+                                             plan.fetches)))
+        num_examples = plan.num_examples
         response = inference_pb2.MultiInferenceResponse()
         for task, request_task in zip(tasks, request.tasks):
             result = response.results.add()

@@ -4,6 +4,11 @@ user looks for; one registry per ModelServer, rendered by prometheus-client.
 TF Serving exports ``/tensorflow/serving/request_count`` as ``:tensorflow:serving:request_count``
 (slashes become colons) and its counters without a ``_total`` suffix, so its counters are
 prometheus-client Gauges here: the series names stay exactly TF Serving's.
+
+With ``--workers N`` every worker process keeps its values in prometheus-client's multiprocess
+files (``use_multiprocess_dir``) and any worker's page sums them: counters and histograms over
+every worker that ran (a restarted worker's counts stay), in-flight requests over live workers.
+Version states and batch queue depths are computed at scrape time by the answering worker.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from pyserving.server.errors import ServingError, invalid_argument
@@ -41,6 +47,20 @@ def _exponential(scale: float, growth: float, count: int) -> list[float]:
 _LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # microseconds, ~20 minutes
 _QUEUING_BUCKETS = _exponential(100, 1.2, 52)  # microseconds, ~1 second
 _SIZE_BUCKETS = _exponential(1, 2, 14)
+# How a Gauge's per-process values merge with --workers N: TF Serving's counters add up over
+# every process that ever ran; a live value over the processes running now.
+_COUNTER, _LIVE = "sum", "livesum"
+_multiprocess_dir: str | None = None
+
+
+def use_multiprocess_dir(path: str) -> None:
+    """Make this process one of several whose metrics add up (``--workers N``): values go to
+    files in ``path`` and every page reads all of them. Call before any ServerMetrics."""
+    global _multiprocess_dir
+    # prometheus-client reads the directory from the environment when it creates a file.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    values.ValueClass = values.MultiProcessValue()
+    _multiprocess_dir = path
 
 
 def _monitoring_config_class() -> type:
@@ -128,10 +148,14 @@ class ServerMetrics:
                  queue_depths: Callable[[], Mapping[str, int]] = dict) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        registry = self.registry
+        registry: CollectorRegistry | None = self.registry
+        if _multiprocess_dir is not None:
+            # The metrics below write files; the page is the sum of every worker's files.
+            MultiProcessCollector(self.registry, path=_multiprocess_dir)
+            registry = None
         self._request_count = Gauge(
             ":tensorflow:serving:request_count", "The total number of requests.",
-            ["model_name", "status"], registry=registry)
+            ["model_name", "status"], registry=registry, multiprocess_mode=_COUNTER)
         self._request_latency = Histogram(
             ":tensorflow:serving:request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
@@ -139,11 +163,11 @@ class ServerMetrics:
         self._load_attempts = Gauge(
             ":tensorflow:cc:saved_model:load_attempt_count",
             "The number of times a SavedModel was successfully loaded.",
-            ["model_path", "status"], registry=registry)
+            ["model_path", "status"], registry=registry, multiprocess_mode=_COUNTER)
         self._load_latency = Gauge(
             ":tensorflow:cc:saved_model:load_latency",
             "Latency in microseconds for SavedModels that were successfully loaded.",
-            ["model_path"], registry=registry)
+            ["model_path"], registry=registry, multiprocess_mode=_COUNTER)
         self._queuing_latency = Histogram(
             ":tensorflow:serving:batching_session:queuing_latency",
             "Distribution of wall time spent (in microseconds) in queuing",
@@ -162,11 +186,11 @@ class ServerMetrics:
             ["execution_batch_size"], buckets=_SIZE_BUCKETS, registry=registry)
         self._in_flight = Gauge(
             "pyserving_inflight_requests", "Requests being handled now.",
-            ["model_name", "API", "entrypoint"], registry=registry)
+            ["model_name", "API", "entrypoint"], registry=registry, multiprocess_mode=_LIVE)
         self._model_loads = Histogram(
             "pyserving_model_load_seconds", "Wall time of successful model version loads.",
             ["model_name"], registry=registry)
-        registry.register(_StateCollector(manager, queue_depths))
+        self.registry.register(_StateCollector(manager, queue_depths))
 
     def render(self) -> tuple[bytes, str]:
         """The metrics page: (body, Content-Type) in Prometheus' text format."""

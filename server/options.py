@@ -38,6 +38,10 @@ class ServerOptions:
     rest_api_enable_cors_support: bool = _flag(False, "Enable CORS headers in REST responses.")
     rest_api_max_request_bytes: int = _flag(
         2**30, "pyserving: largest HTTP/REST request body accepted; larger ones get HTTP 413.")
+    max_request_tensor_bytes: int = _flag(
+        2**31, "pyserving: most bytes the input tensors of one Predict (gRPC or REST) may "
+               "decode to, checked against their declared shapes before allocating; larger "
+               "requests get INVALID_ARGUMENT 'tensor parsing error'.")
     enable_batching: bool = _flag(False, "Enable dynamic request batching.")
     allow_version_labels_for_unavailable_models: bool = _flag(
         False, "Allow assigning version labels to versions that are not available yet.")
@@ -68,7 +72,9 @@ class ServerOptions:
                                                     "(0 = auto).")
     tensorflow_inter_op_parallelism: int = _flag(0, "Ops that may run at once (0 = auto).")
     use_alts_credentials: bool = _flag(False, "Use Google ALTS credentials.")
-    ssl_config_file: str = _flag("", "Text-format SSLConfig for a secure gRPC port.")
+    ssl_config_file: str = _flag("", "Text-format SSLConfig (PEM server_key, server_cert, "
+                                     "custom_ca; client_verify): serve gRPC over TLS, or mutual "
+                                     "TLS with client_verify.")
     platform_config_file: str = _flag("", "Text-format PlatformConfigMap.")
     per_process_gpu_memory_fraction: float = _flag(
         0.0, "Fraction of each GPU's memory this process may take, 0.0 to 1.0; 0 lets "
@@ -105,6 +111,16 @@ class ServerOptions:
     shutdown_grace_period_seconds: float = _flag(
         10.0, "pyserving: on SIGTERM/SIGINT, seconds in-flight RPCs get to finish before the "
               "server stops and unloads its models.")
+    workers: str = _flag(
+        "1", "pyserving: server processes sharing the gRPC and REST ports (SO_REUSEPORT), each "
+             "with its own models and batching; 'auto' starts one per CPU core.")
+    max_in_flight_requests_per_model: int = _flag(
+        256, "pyserving: requests (Predict, Classify, Regress, MultiInference; gRPC and REST "
+             "together) one model may have in flight; more fail at once with UNAVAILABLE. "
+             "0 = unlimited.")
+    grpc_max_concurrent_rpcs: int = _flag(
+        1024, "pyserving: RPCs the gRPC server accepts at once (all services); more are "
+              "answered RESOURCE_EXHAUSTED by gRPC. 0 = unlimited.")
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -117,7 +133,7 @@ class ServerOptions:
 # Flags that parse and keep their meaning for launch scripts, but change nothing yet.
 INERT_FLAGS = frozenset({
     "flush_filesystem_caches",
-    "use_alts_credentials", "ssl_config_file", "platform_config_file",
+    "use_alts_credentials", "platform_config_file",
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model", "num_tflite_pools",
     "num_tflite_interpreters_per_pool", "xla_cpu_compilation_enabled",
     "xla_gpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",

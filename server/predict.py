@@ -6,11 +6,16 @@ saved_model::GetInputValues, in the same order.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from pyserving.client.tensors import TensorParseError, fill_tensor_proto, ndarray_from_tensor_proto
+from pyserving.client.tensors import (
+    TensorParseError,
+    TensorTooLargeError,
+    fill_tensor_proto,
+    ndarray_from_tensor_proto,
+)
 from pyserving.server.apis import predict_pb2
 from pyserving.server.errors import failed_precondition, internal, invalid_argument
 from pyserving.server.servable import Runner, Servable, SignatureDef, run_unbatched
@@ -19,6 +24,9 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+# TensorFlow's numpy bridge (TF_SessionRun from Python) segfaults on string arrays of more
+# dimensions than numpy 1's NPY_MAXDIMS; TF Serving, without numpy, has no such limit.
+_MAX_STRING_RANK = 32
 
 
 def _joined(keys: Any) -> str:
@@ -51,11 +59,21 @@ def _verify_inputs_size(signature: SignatureDef, inputs: Any) -> None:
             f"Missing but required: {{{_joined(signature_keys - request_keys)}}}.")
 
 
+def _too_large(alias: str, error: TensorTooLargeError, max_bytes: int, taken: int) -> str:
+    # TF Serving's text first (its Tensor::FromProto fails when the allocation does).
+    others = f" on top of the {taken} bytes of the request's other tensors" if taken else ""
+    return (f"tensor parsing error: {alias}: {error.dtype_name} tensor of shape "
+            f"{list(error.shape)} needs {error.nbytes} bytes{others}; a request's tensors may "
+            f"take at most {max_bytes} bytes (--max_request_tensor_bytes)")
+
+
 def input_feeds(signature: SignatureDef, inputs: Any,
                 max_bytes: int) -> list[tuple[str, np.ndarray]]:
-    """Decode the request's tensors (or the signature's defaults) into (feed name, array)."""
+    """Decode the request's tensors (or the signature's defaults) into (feed name, array);
+    together they may take at most ``max_bytes``, checked before each is allocated."""
     feeds = []
     used = 0
+    taken = 0
     for alias, info in signature.inputs.items():
         if alias in inputs:
             proto = inputs[alias]
@@ -69,9 +87,16 @@ def input_feeds(signature: SignatureDef, inputs: Any,
                 f"{{{_joined(inputs.keys())}}}, or default input alias set: "
                 f"{_joined(signature.defaults.keys())}")
         try:
-            feeds.append((info.name, ndarray_from_tensor_proto(proto, max_bytes=max_bytes)))
+            array = ndarray_from_tensor_proto(proto, max_bytes=max_bytes - taken)
+        except TensorTooLargeError as error:
+            raise invalid_argument(_too_large(alias, error, max_bytes, taken)) from None
         except TensorParseError:
             raise invalid_argument(f"tensor parsing error: {alias}") from None
+        if array.ndim > _MAX_STRING_RANK and array.dtype.kind == "O":
+            raise invalid_argument(f"tensor parsing error: {alias}: string tensors of more than "
+                                   f"{_MAX_STRING_RANK} dimensions are not supported")
+        taken += array.nbytes
+        feeds.append((info.name, array))
     if inputs and used != len(inputs):
         seen = [alias for alias in signature.inputs if alias in inputs]
         raise invalid_argument(
@@ -96,6 +121,15 @@ def output_aliases(signature: SignatureDef, output_filter: Any) -> list[str]:
     return list(output_filter)
 
 
+class PredictPlan(NamedTuple):
+    """A validated PredictRequest: what to feed and fetch, and how to name the outputs."""
+    signature_name: str
+    signature: SignatureDef
+    feeds: list[tuple[str, np.ndarray]]
+    aliases: list[str]
+    fetches: list[str]
+
+
 class Predictor:
     """Runs PredictRequests against servables."""
 
@@ -106,8 +140,8 @@ class Predictor:
         self._check_method_name = check_method_name
         self._max_tensor_bytes = max_tensor_bytes
 
-    def predict(self, servable: Servable,
-                request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    def plan(self, servable: Servable, request: predict_pb2.PredictRequest) -> PredictPlan:
+        """Validate the request against its signature and decode its tensors."""
         name, signature = find_predict_signature(servable, request.model_spec.signature_name)
         if self._check_method_name:
             _verify_method_name(signature)
@@ -115,14 +149,25 @@ class Predictor:
         feeds = input_feeds(signature, request.inputs, self._max_tensor_bytes)
         aliases = output_aliases(signature, request.output_filter)
         fetches = [signature.outputs[alias].name for alias in aliases]
-        values = self._run(servable, signature, feeds, fetches)
+        return PredictPlan(name, signature, feeds, aliases, fetches)
+
+    def respond(self, servable: Servable, request: predict_pb2.PredictRequest,
+                plan: PredictPlan, values: list[np.ndarray]) -> predict_pb2.PredictResponse:
+        """The PredictResponse for the fetched values of a plan."""
         response = predict_pb2.PredictResponse()
         spec = response.model_spec
         spec.name = request.model_spec.name
-        spec.signature_name = name
+        spec.signature_name = plan.signature_name
         spec.version.value = servable.version
         outputs = response.outputs
-        for alias, value in zip(aliases, values):
+        signature_outputs = plan.signature.outputs
+        for alias, value in zip(plan.aliases, values):
             fill_tensor_proto(outputs[alias], value, as_content=self._as_tensor_content,
-                              dtype_enum=signature.outputs[alias].dtype or None)
+                              dtype_enum=signature_outputs[alias].dtype or None)
         return response
+
+    def predict(self, servable: Servable,
+                request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        plan = self.plan(servable, request)
+        values = self._run(servable, plan.signature, plan.feeds, plan.fetches)
+        return self.respond(servable, request, plan, values)

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 import grpc
 from aiohttp import web
 
-from pyserving.server import request_context, rest_json, rest_responses
+from pyserving.server import request_context, rest_json, rest_json_parse, rest_responses
 from pyserving.server.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -73,6 +73,13 @@ _CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
 }
 _ORIGIN = re.compile(r"https?://")
+_share_port = False
+
+
+def share_port_with_other_processes() -> None:
+    """``--workers N``: REST servers of this process bind with SO_REUSEPORT, as gRPC does."""
+    global _share_port
+    _share_port = True
 
 
 @dataclass(frozen=True)
@@ -153,19 +160,19 @@ class RestHandler:
 
     def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = predict_pb2.PredictRequest(model_spec=spec)
-        document = rest_json.parse_json(body)
+        document = rest_json_parse.parse_json(body)
         fmt = rest_json.fill_predict_request(
             document, request, lambda name: self._signature_inputs(spec, name))
         return rest_responses.predict_response_json(self._core.predict(request), fmt)
 
     def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = classification_pb2.ClassificationRequest(model_spec=spec)
-        rest_json.fill_examples_request(rest_json.parse_json(body), request)
+        rest_json.fill_examples_request(rest_json_parse.parse_json(body), request)
         return rest_responses.classification_json(self._core.classify(request))
 
     def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = regression_pb2.RegressionRequest(model_spec=spec)
-        rest_json.fill_examples_request(rest_json.parse_json(body), request)
+        rest_json.fill_examples_request(rest_json_parse.parse_json(body), request)
         return rest_responses.regression_json(self._core.regress(request))
 
     def _status(self, spec: model_pb2.ModelSpec) -> bytes:
@@ -213,10 +220,11 @@ class RestServer:
 
     async def _open(self) -> int:
         app = web.Application(client_max_size=self._options.max_request_bytes)
-        app.router.add_route("*", "/{tail:.*}", self._serve)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self._serve)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._options.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self._host, self._options.port, reuse_address=True,
+                           reuse_port=_share_port or None)
         await site.start()
         return site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
 

@@ -1,27 +1,27 @@
 """TF Serving's REST request JSON -> request protos (tensorflow_serving/util/json_tensor.cc).
 
-Numeric tensors take a numpy fast path; anything it cannot vouch for is walked value by value
-as json_tensor.cc does, which also yields TF Serving's error texts.
+Takes the values ``rest_json_parse.parse_json`` gives. Numeric tensors take a numpy fast path;
+anything it cannot vouch for is walked value by value as json_tensor.cc does, which also yields
+TF Serving's error texts. Hostile values (too many dimensions, numbers out of range, values of
+mixed JSON types) get a 400, never a crash.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 from enum import Enum
 from typing import Any, Callable, Mapping
 
 import grpc
 import numpy as np
-import orjson
 
 from pyserving.client import tensors
 from pyserving.client.tensors import DTYPE_NAMES, fill_tensor_proto
 from pyserving.server.apis import example_pb2, feature_pb2, predict_pb2
 from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.rest_json_errors import debug_string, json_type_name, json_value_error
 
-_DEBUG_STRING_BYTES = 256
 _INT32 = (-2**31, 2**31 - 1)
 _INT64 = (-2**63, 2**63 - 1)
 INT_RANGES = {
@@ -30,26 +30,12 @@ INT_RANGES = {
     tensors.DT_UINT64: (0, 2**64 - 1),
 }
 FLOAT_TYPES = (tensors.DT_FLOAT, tensors.DT_DOUBLE)
+_MAX_RANK = 64  # numpy's limit (TensorFlow's is 254)
 
 
 class RequestFormat(Enum):
     ROW = "instances"
     COLUMNAR = "inputs"
-
-
-def parse_json(body: bytes) -> dict:
-    if not body:
-        raise invalid_argument("JSON Parse error: The document is empty")
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        try:  # NaN, Infinity and -Infinity tokens, as rapidjson's kParseNanAndInfFlag allows
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise invalid_argument(f"JSON Parse error: {error}") from None
-    if not isinstance(document, dict):
-        raise _format_error(document, "Is not object")
-    return document
 
 
 def signature_name(document: dict) -> str:
@@ -60,31 +46,8 @@ def signature_name(document: dict) -> str:
     return name
 
 
-def debug_string(value: Any) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text[:_DEBUG_STRING_BYTES]
-
-
-def _type_string(value: Any) -> str:
-    if value is None:
-        return "Null"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, dict):
-        return "Object"
-    if isinstance(value, list):
-        return "Array"
-    if isinstance(value, str):
-        return "String"
-    return "Number"
-
-
-def _format_error(value: Any, *parts: str) -> ServingError:
-    return invalid_argument(f"JSON Value: {debug_string(value)} " + "".join(parts))
-
-
 def _type_error(value: Any, dtype: int) -> ServingError:
-    return invalid_argument(f"JSON Value: {debug_string(value)} Type: {_type_string(value)} "
+    return invalid_argument(f"JSON Value: {debug_string(value)} Type: {json_type_name(value)} "
                             f"is not of expected type: {DTYPE_NAMES.get(dtype, dtype)}")
 
 
@@ -158,7 +121,24 @@ def _fill(value: Any, level: int, shape: list[int], dtype: int, out: list) -> No
         _fill(item, level + 1, shape, dtype, out)
 
 
-def _numeric_array(value: Any, dtype: int) -> np.ndarray | None:
+def _holds_bool(value: Any) -> bool:
+    """Whether a (nested) list holds a bool, which numpy would silently take as 0 or 1."""
+    pending = [value]
+    while pending:
+        items = pending.pop()
+        if not isinstance(items, list):
+            if isinstance(items, bool):
+                return True
+            continue
+        kinds = set(map(type, items))
+        if bool in kinds:
+            return True
+        if list in kinds:
+            pending.extend(item for item in items if isinstance(item, list))
+    return False
+
+
+def _numeric_array(value: Any, dtype: int, check_bools: bool) -> np.ndarray | None:
     """The fast path: numpy's own inference, accepted only when it proves the values fit."""
     if dtype not in FLOAT_TYPES and dtype not in INT_RANGES and dtype != tensors.DT_BOOL:
         return None
@@ -175,17 +155,20 @@ def _numeric_array(value: Any, dtype: int) -> np.ndarray | None:
         low, high = INT_RANGES[dtype]
         accepted = kind in "iu" and (array.size == 0 or (
             int(array.min()) >= low and int(array.max()) <= high))
-    if not accepted:
+    if not accepted or (kind != "b" and check_bools and _holds_bool(value)):
         return None
     return array.astype(tensors.numpy_dtype_for(dtype), copy=False)
 
 
-def tensor_from_json(value: Any, dtype: int) -> tuple[np.ndarray, int]:
-    """A JSON (nested list) value as an array of ``dtype``, and its number of values."""
-    array = _numeric_array(value, dtype)
+def tensor_from_json(value: Any, dtype: int, check_bools: bool = True
+                     ) -> tuple[np.ndarray, int]:
+    """A JSON (nested list) value as an array of ``dtype``, and its number of values;
+    ``check_bools=False`` when the body is known to hold no bool."""
+    array = _numeric_array(value, dtype, check_bools)
     if array is not None:
         return array, array.size
     shape = _dense_shape(value)
+    _check_rank(value, len(shape))
     values: list = []
     _fill(value, 0, shape, dtype, values)
     numpy_dtype = tensors.numpy_dtype_for(dtype)
@@ -197,6 +180,12 @@ def tensor_from_json(value: Any, dtype: int) -> tuple[np.ndarray, int]:
     return array.reshape(shape), len(values)
 
 
+def _check_rank(value: Any, rank: int) -> None:
+    if rank > _MAX_RANK:
+        raise invalid_argument(f"JSON Value: {debug_string(value)} is nested {rank} lists "
+                               f"deep; a tensor has at most {_MAX_RANK} dimensions")
+
+
 def _set_input(request: predict_pb2.PredictRequest, name: str, array: np.ndarray,
                dtype: int) -> None:
     fill_tensor_proto(request.inputs[name], array, dtype_enum=dtype,
@@ -204,10 +193,10 @@ def _set_input(request: predict_pb2.PredictRequest, name: str, array: np.ndarray
 
 
 def _instance_item(value: Any, name: str, inputs: Mapping[str, Any],
-                   seen: dict[str, tuple[int, tuple]]) -> np.ndarray:
+                   seen: dict[str, tuple[int, tuple]], check_bools: bool) -> np.ndarray:
     if name not in inputs:
         raise invalid_argument(f"JSON object: does not have named input: {name}")
-    array, size = tensor_from_json(value, inputs[name].dtype)
+    array, size = tensor_from_json(value, inputs[name].dtype, check_bools)
     if name not in seen:
         seen[name] = (size, array.shape)
     elif seen[name][0] != size:
@@ -231,13 +220,13 @@ def _is_element_object(value: Any) -> bool:
 
 
 def _fill_from_instances(request: predict_pb2.PredictRequest, instances: list,
-                         inputs: Mapping[str, Any]) -> None:
+                         inputs: Mapping[str, Any], check_bools: bool) -> None:
     if not isinstance(instances[0], dict) and len(inputs) > 1:
         raise invalid_argument("instances is a plain list, but expecting list of objects as "
                                "multiple input tensors required as per tensorinfo_map")
     first = sorted(inputs)[0]
     if not _is_element_object(instances[0]):
-        fast = _numeric_array(instances, inputs[first].dtype)
+        fast = _numeric_array(instances, inputs[first].dtype, check_bools)
         if fast is not None and fast.ndim >= 1:
             _set_input(request, first, fast, inputs[first].dtype)
             return
@@ -253,7 +242,7 @@ def _fill_from_instances(request: predict_pb2.PredictRequest, instances: list,
             for name, value in element.items():
                 try:
                     by_name.setdefault(name, []).append(
-                        _instance_item(value, name, inputs, seen))
+                        _instance_item(value, name, inputs, seen, check_bools))
                 except ServingError as error:
                     raise invalid_argument(
                         f"Failed to process element: {index} key: {name} of 'instances' list. "
@@ -267,16 +256,18 @@ def _fill_from_instances(request: predict_pb2.PredictRequest, instances: list,
                 raise invalid_argument(
                     f"Expecting value/list but got object at item {index} of input list")
             try:
-                by_name.setdefault(first, []).append(_instance_item(element, first, inputs, seen))
+                by_name.setdefault(first, []).append(
+                    _instance_item(element, first, inputs, seen, check_bools))
             except ServingError as error:
                 raise invalid_argument(f"Failed to process element: {index} of 'instances' "
                                        f"list. Error: {_status_string(error)}") from None
     for name, arrays in by_name.items():
+        _check_rank(instances, arrays[0].ndim + 1)  # the batch dimension comes on top
         _set_input(request, name, np.stack(arrays), inputs[name].dtype)
 
 
 def _fill_from_inputs(request: predict_pb2.PredictRequest, value: Any,
-                      inputs: Mapping[str, Any]) -> None:
+                      inputs: Mapping[str, Any], check_bools: bool) -> None:
     if not isinstance(value, dict) or _is_base64_object(value):
         if len(inputs) > 1:
             raise invalid_argument("inputs is a plain value/list, but expecting an object as "
@@ -286,30 +277,31 @@ def _fill_from_inputs(request: predict_pb2.PredictRequest, value: Any,
         if name not in value:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
         dtype = inputs[name].dtype
-        _set_input(request, name, tensor_from_json(value[name], dtype)[0], dtype)
+        _set_input(request, name, tensor_from_json(value[name], dtype, check_bools)[0], dtype)
 
 
 def fill_predict_request(document: dict, request: predict_pb2.PredictRequest,
                          signature_inputs: Callable[[str], Mapping[str, Any]]) -> RequestFormat:
     """FillPredictRequestFromJson: ``signature_inputs(name)`` gives the signature's inputs."""
     request.model_spec.signature_name = signature_name(document)
+    check_bools = getattr(document, "may_hold_bools", True)
     inputs = signature_inputs(request.model_spec.signature_name)
     if not inputs:
         raise invalid_argument("Failed to get input map for signature: "
                                f"{request.model_spec.signature_name or 'DEFAULT'}")
     if "instances" in document:
         if "inputs" in document:
-            raise _format_error(document, "Not formatted correctly expecting only one of "
-                                          "'inputs' or 'instances' keys to exist ")
+            raise json_value_error(document, "Not formatted correctly expecting only one of "
+                                             "'inputs' or 'instances' keys to exist ")
         instances = document["instances"]
         if not isinstance(instances, list):
-            raise _format_error(document, "Expecting 'instances' to be an list/array")
+            raise json_value_error(document, "Expecting 'instances' to be an list/array")
         if not instances:
-            raise _format_error(document, "No values in 'instances' array")
-        _fill_from_instances(request, instances, inputs)
+            raise json_value_error(document, "No values in 'instances' array")
+        _fill_from_instances(request, instances, inputs, check_bools)
         return RequestFormat.ROW
     if "inputs" in document:
-        _fill_from_inputs(request, document["inputs"], inputs)
+        _fill_from_inputs(request, document["inputs"], inputs, check_bools)
         return RequestFormat.COLUMNAR
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
@@ -322,6 +314,8 @@ def _feature_error(name: str, feature: feature_pb2.Feature) -> ServingError:
 
 def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> None:
     kind = feature.WhichOneof("kind")
+    if type(value) is int and value < _INT64[0]:
+        value = float(value)  # rapidjson holds it as a double
     if isinstance(value, bool) or (isinstance(value, int) and not isinstance(value, bool)):
         if kind not in (None, "int64_list"):
             raise _feature_error(name, feature)
@@ -341,12 +335,13 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
             else _decode_base64(value))
     else:
         raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: "
-                               f"{_type_string(value)}")
+                               f"{json_type_name(value)}")
 
 
 def _fill_example(value: Any, example: example_pb2.Example) -> None:
     if not isinstance(value, dict):
-        raise invalid_argument(f"Example must be JSON object but got JSON {_type_string(value)}")
+        raise invalid_argument(
+            f"Example must be JSON object but got JSON {json_type_name(value)}")
     for name, content in value.items():
         feature = feature_pb2.Feature()
         for item in content if isinstance(content, list) else [content]:
@@ -363,12 +358,12 @@ def fill_examples_request(document: dict, request: Any) -> None:
         _fill_example(document["context"], examples_input.example_list_with_context.context)
     examples = document.get("examples")
     if "examples" not in document:
-        raise _format_error(document, "When method is classify, key 'examples' is expected "
-                                      "and was not found")
+        raise json_value_error(document, "When method is classify, key 'examples' is expected "
+                                         "and was not found")
     if not isinstance(examples, list):
-        raise _format_error(document, "Expecting 'examples' value to be an list/array")
+        raise json_value_error(document, "Expecting 'examples' value to be an list/array")
     if not examples:
-        raise _format_error(document, "'examples' value is an empty array")
+        raise json_value_error(document, "'examples' value is an empty array")
     target = (examples_input.example_list_with_context.examples if has_context
               else examples_input.example_list.examples)
     for value in examples:

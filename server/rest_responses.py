@@ -160,4 +160,8 @@ def model_metadata_json(response: get_model_metadata_pb2.GetModelMetadataRespons
 
 
 def error_json(message: str) -> bytes:
-    return orjson.dumps({"error": message}, option=orjson.OPT_INDENT_2)
+    try:
+        return orjson.dumps({"error": message}, option=orjson.OPT_INDENT_2)
+    except orjson.JSONEncodeError:  # a lone surrogate echoed from the request
+        text = message.encode("utf-8", "replace").decode("utf-8")
+        return orjson.dumps({"error": text}, option=orjson.OPT_INDENT_2)

@@ -9,15 +9,19 @@ own message.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from typing import Callable, Sequence
 
+import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.client import pywrap_tf_session
 from tensorflow.python.saved_model import loader_impl
 
+from pyserving.server import request_context
 from pyserving.server.apis import config_pb2, meta_graph_pb2
 from pyserving.server.errors import ServingError, from_tensorflow, internal, not_found
 
@@ -62,15 +66,28 @@ class Servable:
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]:
-        """Run the session: feed tensor names to arrays, return the fetched tensors' values."""
+        """Run the session: feed tensor names to arrays, return the fetched tensors' values.
+
+        Within the current request's deadline (TensorFlow's RunOptions.timeout_in_ms, as TF
+        Serving sets it from the gRPC deadline); a request whose deadline passed or whose
+        caller went away is not run at all."""
         feed_dict = {self._endpoint(name): value for name, value in feeds}
         fetch_list = [self._endpoint(name) for name in fetches]
+        options = run_options_for(request_context.current.get())
         try:
             # Session.run's Python layer rejects feeds whose shape differs from the
             # placeholder's; TF Serving does not check shapes, so go to TF_SessionRun directly.
-            return self._session._call_tf_sessionrun(None, feed_dict, fetch_list, [], None)
+            return self._session._call_tf_sessionrun(options, feed_dict, fetch_list, [], None)
         except tf.errors.OpError as error:
             raise from_tensorflow(error) from None
+        finally:
+            if options is not None:
+                pywrap_tf_session.TF_DeleteBuffer(options)
+
+    @property
+    def retired(self) -> bool:
+        """True once unloading began: no new requests are admitted."""
+        return self._retired
 
     def try_acquire(self) -> bool:
         """Count a request in; False once the servable is being unloaded."""
@@ -102,6 +119,30 @@ class Servable:
         self._endpoints.clear()
 
 
+DEADLINE_PASSED = "Deadline exceeded before the TensorFlow run started"
+CALLER_GONE = "Request cancelled before the TensorFlow run started"
+_MAX_TIMEOUT_MS = 2**31 - 1  # TF Serving's DeadlineToTimeoutMillis saturates at INT_MAX
+
+
+def run_options_for(context: request_context.RequestContext) -> object | None:
+    """A TF_Buffer of RunOptions bounding the run by the request's deadline (the caller
+    deletes it), None without a deadline; raises when the request should not run at all."""
+    if context.deadline is None:
+        if context.is_active():
+            return None
+        raise ServingError(grpc.StatusCode.CANCELLED, CALLER_GONE)
+    remaining_ms = (context.deadline - time.monotonic()) * 1000
+    if remaining_ms <= 0:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_PASSED)
+    if not context.is_active():
+        raise ServingError(grpc.StatusCode.CANCELLED, CALLER_GONE)
+    if remaining_ms >= _MAX_TIMEOUT_MS:  # gRPC reports "no deadline" as centuries away
+        return None
+    # At least 1 ms: TensorFlow reads a timeout of 0 as "none".
+    options = config_pb2.RunOptions(timeout_in_ms=max(math.ceil(remaining_ms), 1))
+    return pywrap_tf_session.TF_NewBufferFromString(options.SerializeToString())
+
+
 _SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
@@ -124,7 +165,7 @@ def load_servable(name: str, version: int, path: str, tags: Sequence[str],
         raise from_tensorflow(error) from None
     except (OSError, RuntimeError, ValueError) as error:
         session.close()
-        raise ServingError(_load_error_code(error), str(error)) from None
+        raise _load_error(path, error) from None
     graph.finalize()
     servable = Servable(name, version, path, graph, session, meta_graph)
     log.info("loaded servable %s version %d from %s in %.0f ms with signatures %s", name,
@@ -143,9 +184,15 @@ def run_unbatched(servable: Servable, signature: SignatureDef,
     return servable.run(feeds, fetches)
 
 
-def _load_error_code(error: Exception):
-    import grpc
-
+def _load_error(path: str, error: Exception) -> ServingError:
+    """The error TF Serving's loader gives: a corrupt or truncated SavedModel file is
+    TensorFlow's DATA_LOSS (ReadBinaryProto / ReadTextProto), not a missing file."""
     if isinstance(error, OSError):
-        return grpc.StatusCode.NOT_FOUND
-    return grpc.StatusCode.INVALID_ARGUMENT
+        if str(error).startswith("Cannot parse file"):  # SavedModelLoader's wording
+            text = os.path.isfile(os.path.join(path, "saved_model.pbtxt")) and \
+                not os.path.isfile(os.path.join(path, "saved_model.pb"))
+            file = os.path.join(path, "saved_model.pbtxt" if text else "saved_model.pb")
+            return ServingError(grpc.StatusCode.DATA_LOSS,
+                                f"Can't parse {file} as {'text' if text else 'binary'} proto")
+        return ServingError(grpc.StatusCode.NOT_FOUND, str(error))
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error))

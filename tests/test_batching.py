@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 from pyserving.server.errors import ServingError
-from support import TESTDATA
+from support import TESTDATA, free_port
 
 TIMEOUT = 10.0
 SLOW_CALL_SECONDS = 0.4  # the "slow" signature's sleep
@@ -188,6 +188,68 @@ def test_concurrent_requests_share_calls_and_get_exactly_their_own_rows(batching
     assert rows_per_call == batch_per_call
     assert max(batch_per_call.values()) <= 8
     assert len(rows_per_call) < len(inputs)
+
+
+def test_waiting_requests_hold_no_thread_so_batches_outgrow_grpc_max_threads(
+        serve, rows_base, tmp_path, channel_to):
+    server = serve(model_base_path=str(rows_base), enable_batching=True, grpc_max_threads=2,
+                   batching_parameters_file=parameters(
+                       tmp_path, "max_batch_size { value: 16 }\n"
+                                 "batch_timeout_micros { value: 300000 }\n"))
+    stub = stub_for(server, channel_to)
+    inputs = [rows_of(caller, 1) for caller in range(16)]
+    results = predict_all(stub, [request_for(x) for x in inputs])
+    for x, result in zip(inputs, results):
+        np.testing.assert_array_equal(result["y"], x * 10)
+    assert max(int(result["batch"][0]) for result in results) > 2
+
+
+def test_every_other_rpc_still_answers_on_a_batching_server(batching_server, channel_to):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    channel = channel_to(batching_server("max_batch_size { value: 4 }\n").grpc_target)
+    metadata = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    metadata.model_spec.name = "default"
+    assert Stub(channel).GetModelMetadata(metadata, timeout=TIMEOUT).model_spec.version.value == 1
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "default"
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status,
+                                                                               timeout=TIMEOUT)
+    assert response.model_version_status[0].state == AVAILABLE
+    code, message = rpc_error(lambda: Stub(channel).GetModelMetadata(
+        get_model_metadata_pb2.GetModelMetadataRequest(), timeout=TIMEOUT))
+    assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="default"),
+                        timeout=TIMEOUT).status == health_pb2.HealthCheckResponse.SERVING
+    code, message = rpc_error(lambda: Stub(channel).Predict(predict_pb2.PredictRequest(),
+                                                            timeout=TIMEOUT))
+    assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+
+
+def test_rest_requests_are_batched_too(serve, rows_base, tmp_path):
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = serve(model_base_path=str(rows_base), enable_batching=True, grpc_max_threads=8,
+                   rest_api_port=free_port(), batching_parameters_file=parameters(
+                       tmp_path, "max_batch_size { value: 8 }\n"
+                                 "batch_timeout_micros { value: 200000 }\n"))
+
+    def predict(caller: int) -> dict:
+        body = json.dumps({"instances": rows_of(caller, 1).tolist()}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.rest_port}/v1/models/default:predict", data=body)
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return json.loads(response.read())["predictions"][0]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(predict, range(6)))
+    for caller, result in enumerate(results):
+        assert result["y"] == (rows_of(caller, 1)[0] * 10).tolist()
+    assert max(result["batch"] for result in results) > 1
 
 
 def test_tf_serving_batching_config_file_serves(testdata_model, serve, channel_to):

@@ -1,0 +1,133 @@
+"""gRPC on grpc.aio, used with --enable_batching: a request waiting for its batch is an asyncio
+future, not a blocked worker thread, so batches are not capped by --grpc_max_threads and a
+finished batch wakes the event loop once for all of its requests (bench/README.md measures it).
+
+Predict, Classify and Regress are coroutines on the server's event loop (resolve, decode, await
+the batcher, encode); every other RPC keeps its plain handler, which grpc.aio runs on the
+server's thread pool, so slow calls (metadata, config reloads) never block the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from concurrent.futures import Executor
+from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
+
+import grpc
+
+from pyserving.server import request_context
+from pyserving.server.core import AsyncRunner, ServingCore
+from pyserving.server.errors import ServingError
+from pyserving.server.grpc_services import PredictionService, status_message
+from pyserving.server.metrics import GRPC, ServerMetrics
+from pyserving.server.request_context import RequestContext
+
+T = TypeVar("T")
+
+
+class LoopServer:
+    """A ``grpc.aio.Server`` on its own event-loop thread, driven like a ``grpc.Server``."""
+
+    def __init__(self, executor: Executor, options: Sequence[tuple[str, Any]],
+                 maximum_concurrent_rpcs: int | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio",
+                                        daemon=True)
+        self._thread.start()
+
+        async def create() -> grpc.aio.Server:
+            return grpc.aio.server(migration_thread_pool=executor, options=options,
+                                   maximum_concurrent_rpcs=maximum_concurrent_rpcs)
+        self._server = self._run(create())
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def _call(self, function: Callable[..., T], *args: Any) -> T:
+        async def call() -> T:
+            return function(*args)
+        return self._run(call())
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        self._call(self._server.add_generic_rpc_handlers, handlers)
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self._call(self._server.add_registered_method_handlers, service, handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._call(self._server.add_insecure_port, address)
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        return self._call(self._server.add_secure_port, address, credentials)
+
+    def start(self) -> None:
+        self._run(self._server.start())
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop taking RPCs, cancel those left after ``grace`` seconds, end the loop."""
+        stopped = threading.Event()
+
+        async def stop() -> None:
+            try:
+                await self._server.stop(grace)
+            finally:
+                self.loop.stop()
+
+        def finish() -> None:
+            self._thread.join()
+            self.loop.close()
+            stopped.set()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop)
+        threading.Thread(target=finish, name="grpc-aio-stop", daemon=True).start()
+        return stopped
+
+
+def _async_unary(call: Callable[[Any], Awaitable[Any]], metrics: ServerMetrics | None,
+                 api: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    """The coroutine handler of one RPC: request context, status mapping and metrics."""
+
+    @functools.wraps(call)
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        request_context.current.set(RequestContext(deadline))  # each RPC has its own Task
+        model = request.model_spec.name
+        started = time.monotonic()
+        code = grpc.StatusCode.OK
+        try:
+            if metrics is None:
+                return await call(request)
+            with metrics.in_flight(model, api, GRPC):
+                return await call(request)
+        except ServingError as error:
+            code = error.code
+            await context.abort(error.code, status_message(error.message))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            if metrics is not None:
+                metrics.observe_request(model, api, GRPC, code, time.monotonic() - started)
+    return handler
+
+
+class AsyncPredictionService(PredictionService):
+    """tensorflow.serving.PredictionService whose Predict, Classify and Regress await
+    ``run`` (the batcher) on the event loop."""
+
+    def __init__(self, core: ServingCore, run: AsyncRunner,
+                 metrics: ServerMetrics | None = None) -> None:
+        super().__init__(core, metrics)
+        self.Predict = _async_unary(functools.partial(core.predict_async, run=run),
+                                    metrics, "Predict")
+        self.Classify = _async_unary(functools.partial(core.classify_async, run=run),
+                                     metrics, "Classify")
+        self.Regress = _async_unary(functools.partial(core.regress_async, run=run),
+                                    metrics, "Regress")

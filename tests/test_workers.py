@@ -1,0 +1,377 @@
+"""--workers N: the CLI run as a process with two workers sharing the gRPC and REST ports.
+
+One server serves the module's tests in order (each worker imports TensorFlow, seconds on a
+busy two-core machine): both workers answer on the shared port, the metrics page adds up
+their requests, health is SERVING only while both are, a worker killed with SIGKILL fails
+only its own connections' RPCs and is restarted, and SIGTERM drains everything. Which worker
+holds a connection is read from /proc (the server side of each established connection).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from pyserving.server.options import ServerOptions
+from pyserving.server.workers import worker_count
+from support import TESTDATA
+
+SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
+START_TIMEOUT = 180.0  # two TensorFlow imports at once on a busy two-core machine
+RPC_TIMEOUT = 20.0
+GRACE_SECONDS = 5.0
+ALL_SERVING = re.compile(r"all 2 workers are serving; Running gRPC ModelServer at "
+                         r"0\.0\.0\.0:(\d+) \.\.\.")
+WORKER_STARTED = re.compile(r"worker (\d) started: pid (\d+)")
+STARTUP_FAILED = "Failed to start server. Error: "
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+MAX_CHANNELS = 40  # new connections tried before giving up on reaching a given worker
+
+
+class Supervisor:
+    """The `pyserving --workers=2` process; its stderr goes to a file."""
+
+    def __init__(self, args: list[str], workdir: Path) -> None:
+        self.stderr_path = workdir / "stderr.txt"
+        with open(self.stderr_path, "wb") as stderr:
+            self.popen = subprocess.Popen([*SERVER_COMMAND, *args], cwd=workdir,
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=stderr)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for_log(self, pattern: str | re.Pattern[str], after: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in stderr at or after character ``after``."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            match = re.compile(pattern).search(self.stderr(), after)
+            if match:
+                return match
+            if self.popen.poll() is not None:
+                pytest.fail(f"server exited with {self.popen.returncode}; stderr:\n"
+                            f"{self.stderr()}")
+            time.sleep(0.05)
+        pytest.fail(f"no {pattern!r} within {START_TIMEOUT} s; stderr:\n{self.stderr()}")
+
+    def worker_pids(self) -> dict[int, int]:
+        """The current pid of each worker index, as the supervisor logged them."""
+        return {int(index): int(pid) for index, pid in WORKER_STARTED.findall(self.stderr())}
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(GRACE_SECONDS + 30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def copy_model(root: Path) -> Path:
+    base = root / "half_plus_two"
+    shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu", base)
+    for path in [base, *base.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    return base
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Supervisor, int, int]]:
+    """(supervisor, gRPC port, REST port) of two workers serving half_plus_two as "default"."""
+    root = tmp_path_factory.mktemp("workers")
+    monitoring = root / "monitoring.txt"
+    monitoring.write_text("prometheus_config { enable: true }\n")
+    rest_port = free_port()
+    supervisor = Supervisor(["--workers=2", "--port=0", f"--rest_api_port={rest_port}",
+                             f"--monitoring_config_file={monitoring}",
+                             f"--shutdown_grace_period_seconds={GRACE_SECONDS}",
+                             f"--model_base_path={copy_model(root)}"], root)
+    try:
+        port = int(supervisor.wait_for_log(ALL_SERVING).group(1))
+        yield supervisor, port, rest_port
+    finally:
+        supervisor.stop()
+
+
+def open_channel(port: int) -> grpc.Channel:
+    """A channel with a connection of its own (channels share connections by default)."""
+    return grpc.insecure_channel(f"127.0.0.1:{port}",
+                                 options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def predict(channel: grpc.Channel, x: float = 2.0, wait_for_ready: bool = False) -> float:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(x)
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    response = stub.Predict(request, RPC_TIMEOUT, wait_for_ready=wait_for_ready)
+    return response.outputs["y"].float_val[0]
+
+
+def health(channel: grpc.Channel, service: str = "") -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT).status
+
+
+def connections_by_pid(port: int, pids: list[int]) -> dict[int, set[int]]:
+    """The socket inodes of each process's established connections on local port ``port``."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    established.add(int(fields[9]))
+    owned: dict[int, set[int]] = {}
+    for pid in pids:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                match = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
+            except OSError:  # closed meanwhile
+                continue
+            if match and int(match.group(1)) in established:
+                inodes.add(int(match.group(1)))
+        owned[pid] = inodes
+    return owned
+
+
+def connect(port: int, pids: list[int]) -> tuple[grpc.Channel, int]:
+    """A new channel, connected by a Predict; returns it and the worker pid it reached."""
+    before = connections_by_pid(port, pids)
+    channel = open_channel(port)
+    assert predict(channel) == 3.0
+    after = connections_by_pid(port, pids)
+    reached = [pid for pid in pids if after[pid] - before[pid]]
+    assert len(reached) == 1, (before, after)
+    return channel, reached[0]
+
+
+def channels_on_every_worker(port: int, pids: list[int]) -> dict[int, list[grpc.Channel]]:
+    """New channels until every worker holds at least one (SO_REUSEPORT hashes connections)."""
+    by_pid: dict[int, list[grpc.Channel]] = {pid: [] for pid in pids}
+    for _ in range(MAX_CHANNELS):
+        channel, pid = connect(port, pids)
+        by_pid[pid].append(channel)
+        if all(by_pid.values()) and sum(map(len, by_pid.values())) >= 4:
+            return by_pid
+    pytest.fail(f"{MAX_CHANNELS} connections did not reach every worker: "
+                f"{ {pid: len(channels) for pid, channels in by_pid.items()} }")
+
+
+def close_all(by_pid: dict[int, list[grpc.Channel]]) -> None:
+    for channels in by_pid.values():
+        for channel in channels:
+            channel.close()
+
+
+def request_count(rest_port: int) -> float:
+    """:tensorflow:serving:request_count{default, OK} from a metrics page (a new connection,
+    so any worker may answer)."""
+    url = f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics"
+    with urllib.request.urlopen(url, timeout=RPC_TIMEOUT) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == ":tensorflow:serving:request_count" and sample.labels == {
+                    "model_name": "default", "status": "OK"}:
+                return sample.value
+    return 0.0
+
+
+def test_both_workers_answer_on_the_logged_port(cluster: tuple[Supervisor, int, int]) -> None:
+    supervisor, port, _ = cluster
+    pids = list(supervisor.worker_pids().values())
+    assert len(set(pids)) == 2
+    by_pid = channels_on_every_worker(port, pids)
+    try:
+        for channels in by_pid.values():
+            for channel in channels:
+                assert predict(channel, x=4.0) == 4.0
+    finally:
+        close_all(by_pid)
+    # Every worker logs the line a single server logs, with the same port.
+    assert len(re.findall(rf"Running gRPC ModelServer at 0\.0\.0\.0:{port} \.\.\.",
+                          supervisor.stderr())) == 3
+
+
+def test_request_count_adds_up_over_workers(cluster: tuple[Supervisor, int, int]) -> None:
+    supervisor, port, rest_port = cluster
+    pids = list(supervisor.worker_pids().values())
+    before = request_count(rest_port)
+    by_pid = channels_on_every_worker(port, pids)  # one Predict per channel
+    try:
+        sent = sum(map(len, by_pid.values()))
+        for channels in by_pid.values():
+            for channel in channels:
+                for _ in range(3):
+                    predict(channel)
+        sent += 3 * sum(map(len, by_pid.values()))
+    finally:
+        close_all(by_pid)
+    # Each page comes over a new connection, from either worker: all show the sum.
+    assert [request_count(rest_port) for _ in range(4)] == [before + sent] * 4
+
+
+def test_health_is_serving_on_every_worker(cluster: tuple[Supervisor, int, int]) -> None:
+    supervisor, port, _ = cluster
+    by_pid = channels_on_every_worker(port, list(supervisor.worker_pids().values()))
+    try:
+        for channels in by_pid.values():
+            assert health(channels[0]) == SERVING
+            assert health(channels[0], "default") == SERVING
+    finally:
+        close_all(by_pid)
+
+
+def test_killed_worker_fails_only_its_rpcs_and_is_restarted(
+        cluster: tuple[Supervisor, int, int]) -> None:
+    supervisor, port, rest_port = cluster
+    pids = supervisor.worker_pids()
+    victim, survivor = pids[0], pids[1]
+    by_pid = channels_on_every_worker(port, [victim, survivor])
+    try:
+        watches = {pid: [health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=START_TIMEOUT)
+            for channel in channels] for pid, channels in by_pid.items()}
+        for streams in watches.values():
+            assert [next(stream).status for stream in streams] == [SERVING] * len(streams)
+        count_before = request_count(rest_port)
+        log_mark = len(supervisor.stderr())
+
+        os.kill(victim, signal.SIGKILL)
+        # The RPCs in flight on the killed worker's connections fail with UNAVAILABLE.
+        for stream in watches[victim]:
+            with pytest.raises(grpc.RpcError) as raised:
+                next(stream)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The other worker keeps serving its connections, but no longer calls the server
+        # SERVING while one worker is missing.
+        for stream in watches[survivor]:
+            assert next(stream).status == NOT_SERVING
+        for channel in by_pid[survivor]:
+            assert predict(channel) == 3.0
+            assert health(channel) == NOT_SERVING
+            assert health(channel, "default") == SERVING
+        supervisor.wait_for_log(rf"worker 0 \(pid {victim}\) was killed by SIGKILL; "
+                                r"restarting it in [\d.]+ s", log_mark)
+        # The killed worker's connections reconnect (to a live worker) and are served.
+        for channel in by_pid[victim]:
+            assert predict(channel, wait_for_ready=True) == 3.0
+
+        restarted = int(supervisor.wait_for_log(r"worker 0 started: pid (\d+)",
+                                                log_mark).group(1))
+        assert restarted not in (victim, survivor)
+        supervisor.wait_for_log(rf"worker 0 \(pid {restarted}\) is serving", log_mark)
+        for stream in watches[survivor]:
+            assert next(stream).status == SERVING
+        # The killed worker's requests still count.
+        assert request_count(rest_port) >= count_before
+    finally:
+        close_all(by_pid)
+    new_channels = channels_on_every_worker(port, [restarted, survivor])
+    try:
+        for channels in new_channels.values():
+            assert health(channels[0]) == SERVING
+    finally:
+        close_all(new_channels)
+
+
+def test_sigterm_stops_every_worker_and_exits_zero(cluster: tuple[Supervisor, int, int]
+                                                   ) -> None:
+    supervisor, _, _ = cluster
+    pids = list(supervisor.worker_pids().values())
+    started = time.monotonic()
+    supervisor.popen.send_signal(signal.SIGTERM)
+    assert supervisor.popen.wait(GRACE_SECONDS + 30) == 0
+    assert time.monotonic() - started < GRACE_SECONDS + 30
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
+    stderr = supervisor.stderr()
+    assert "all workers stopped" in stderr
+    assert "Traceback" not in stderr
+
+
+# Start-up: the flag's values, and a failing worker.
+
+def test_workers_auto_is_the_cpu_count() -> None:
+    assert worker_count(ServerOptions(workers="auto")) == len(os.sched_getaffinity(0))
+    assert worker_count(ServerOptions(workers="3")) == 3
+    assert worker_count(ServerOptions()) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_bad_workers_value_fails_start_up(value: str, tmp_path: Path) -> None:
+    result = subprocess.run([*SERVER_COMMAND, f"--workers={value}", "--port=0",
+                             f"--model_base_path={tmp_path}"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 255
+    assert (f"{STARTUP_FAILED}--workers must be a positive integer or 'auto', got '{value}'"
+            in result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_workers_cannot_share_a_unix_socket(tmp_path: Path) -> None:
+    result = subprocess.run([*SERVER_COMMAND, "--workers=2", "--port=0",
+                             f"--grpc_socket_path={tmp_path / 's.sock'}",
+                             f"--model_base_path={tmp_path}"], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 255
+    assert (f"{STARTUP_FAILED}--grpc_socket_path cannot be shared by several --workers; "
+            "use --port") in result.stderr
+
+
+def test_worker_start_up_failure_fails_the_server(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_dir"
+    supervisor = Supervisor(["--workers=2", "--port=0", f"--model_base_path={missing}"],
+                            tmp_path)
+    try:
+        assert supervisor.popen.wait(START_TIMEOUT) == 255
+    finally:
+        supervisor.stop()
+    stderr = supervisor.stderr()
+    assert STARTUP_FAILED in stderr
+    assert f"Could not find base path {missing} for servable default with error" in stderr
+    assert re.search(r"worker \d \(pid \d+\) exited with code 255 during start-up", stderr)
+    for pid in supervisor.worker_pids().values():
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
+
+
+def test_port_in_use_fails_start_up(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as taken:
+        taken.bind(("", 0))  # no SO_REUSEPORT: the workers cannot share it
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*SERVER_COMMAND, "--workers=2", f"--port={port}",
+                                 f"--model_base_path={tmp_path}"], capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode == 255
+    assert (f"{STARTUP_FAILED}UNAVAILABLE: Failed to reserve port 0.0.0.0:{port} for 2 "
+            "workers: Address already in use") in result.stderr
