@@ -37,6 +37,7 @@ bench: install-test
 	$(BIN)/python bench/predict_overhead.py
 	$(BIN)/python bench/batching_throughput.py
 	$(BIN)/python bench/memory_cycles.py
+	$(BIN)/python bench/workers_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

@@ -1,12 +1,10 @@
-"""PROTOTYPE, NOT PYSERVING'S CODE PATH: batching behind grpc.aio, to size a proposed change.
+"""PROTOTYPE, NOT PYSERVING'S CODE PATH: the minimal batching behind grpc.aio that sized the
+change pyserving then made (server/grpc_aio.py, commit 71b6a10); kept as a comparison row.
 
-pyserving batches in its sync gRPC server: every waiting request holds a worker thread (so
---grpc_max_threads must exceed the requests in flight) and each one is woken by its own
-threading.Event, one GIL hand-off per request. Here the request waits as an asyncio future
-instead: the event loop decodes requests and queues them, one worker thread runs each batch
-through ``Servable.run``, and a finished batch wakes the loop once (call_soon_threadsafe)
-to resolve all its futures. Decoding, the TF call and encoding are pyserving's own
-(``input_feeds``, ``Servable.run``, ``fill_tensor_proto``); queueing follows
+The request decodes on the event loop and waits as an asyncio future; one worker thread runs
+each batch through ``Servable.run``, and a finished batch wakes the loop once to resolve all
+its futures. Decoding, the TF call and encoding are pyserving's own (``input_feeds``,
+``Servable.run``, ``fill_tensor_proto``); no metrics, admission or deadlines. Queueing follows
 BatchingParameters' max_batch_size, batch_timeout_micros and num_batch_threads.
 bench/batching_throughput.py runs it with ``--servers ...,aio-batched``.
 """
