@@ -73,6 +73,13 @@ class LoopServer:
         async def stop() -> None:
             try:
                 await self._server.stop(grace)
+                # RPCs gRPC cancelled may still wait on a batch: end them before the loop.
+                left = [task for task in asyncio.all_tasks()
+                        if task is not asyncio.current_task()]
+                for task in left:
+                    task.cancel()
+                if left:
+                    await asyncio.wait(left, timeout=1.0)
             finally:
                 self.loop.stop()
 

@@ -603,3 +603,32 @@ def version_states(server: object, channel_to: Callable[[str], grpc.Channel],
         if states == expected or time.monotonic() > until:
             return states
         time.sleep(0.05)
+
+
+def test_stop_lets_queued_and_running_batches_finish_within_the_grace_period(batching_server,
+                                                                             channel_to):
+    server = batching_server(SINGLE_SLOW_QUEUE)
+    stub = stub_for(server, channel_to)
+    running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
+    time.sleep(0.1)
+    queued = stub.Predict.future(request_for([2], "slow"), TIMEOUT)
+    time.sleep(0.05)
+    server.stop(grace=5.0)
+
+    assert outputs_of(running.result())["y"].tolist() == [2.0]
+    assert outputs_of(queued.result())["y"].tolist() == [4.0]
+    assert not server.serving
+
+
+def test_stop_after_the_grace_period_fails_what_is_left_and_returns(batching_server,
+                                                                    channel_to):
+    server = batching_server(SINGLE_SLOW_QUEUE)
+    stub = stub_for(server, channel_to)
+    futures = [stub.Predict.future(request_for([n], "slow"), TIMEOUT) for n in range(4)]
+    time.sleep(0.1)
+    started = time.monotonic()
+    server.stop(grace=0.1)
+
+    assert time.monotonic() - started < 3.0
+    codes = [future.exception().code() for future in futures if future.exception()]
+    assert codes and set(codes) <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
