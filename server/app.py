@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -20,7 +20,7 @@ from pyserving.server import config as model_config
 from pyserving.server import device
 from pyserving.server.batching import Batcher, Feeds
 from pyserving.server.batching_config import BatchingOptions, read_batching_parameters
-from pyserving.server.configurator import ModelConfigurator
+from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
@@ -79,10 +79,17 @@ def _bind(server: grpc.Server | grpc.aio.Server, address: str,
 
 
 class ModelServer:
-    """Loads the configured models once and serves them over gRPC until stopped."""
+    """Loads the configured models once and serves them over gRPC until stopped.
 
-    def __init__(self, options: ServerOptions, *, host: str = "0.0.0.0") -> None:
+    ``on_configured`` runs in start() once the start-up model config is applied, before the
+    ports open; ``on_reload`` hears of each config a ReloadConfig request applied.
+    """
+
+    def __init__(self, options: ServerOptions, *, host: str = "0.0.0.0",
+                 on_configured: Callable[["ModelServer"], None] | None = None,
+                 on_reload: AppliedObserver | None = None) -> None:
         self.options = options
+        self._on_configured = on_configured
         self._host = host
         self._server: grpc.Server | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -111,7 +118,7 @@ class ModelServer:
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
-                                options.max_in_flight_requests_per_model)
+                                options.max_in_flight_requests_per_model, on_reload)
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
@@ -159,6 +166,8 @@ class ModelServer:
             self.monitoring = read_monitoring_config(self.options.monitoring_config_file)
             self.batcher = _batcher(self.options, self.metrics)
             self.configurator.apply(model_config.model_server_config(self.options))
+            if self._on_configured is not None:
+                self._on_configured(self)
             self._source.start()
             if self.options.model_config_file:
                 self.configurator.watch_file(self.options.model_config_file,

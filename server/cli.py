@@ -14,6 +14,7 @@ from pyserving.server.workers import WorkerFlagError, supervise, worker_count
 
 if TYPE_CHECKING:
     from pyserving.server.app import ModelServer
+    from pyserving.server.config import ModelServerConfig
 
 VERSION = "0.1.0"
 # tensorflow_model_server returns -1 from main when it cannot start.
@@ -36,6 +37,12 @@ class ServerLifecycle:
 
     def built(self, server: "ModelServer") -> None:
         """The server exists; start() comes next."""
+
+    def configured(self, server: "ModelServer") -> None:
+        """In start(): the start-up model config is applied; the ports open next."""
+
+    def reloaded(self, config: "ModelServerConfig") -> None:
+        """A ReloadConfig request applied ``config``; the request returns next."""
 
     def serving(self, server: "ModelServer") -> None:
         """start() returned: the models are loaded and the ports open."""
@@ -78,7 +85,8 @@ def run_server(options: ServerOptions, lifecycle: ServerLifecycle | None = None)
     from pyserving.server.errors import ServingError
 
     try:
-        server = ModelServer(options)
+        server = ModelServer(options, on_configured=lifecycle.configured,
+                             on_reload=lifecycle.reloaded)
     except ServingError as error:
         print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
         return EXIT_START_FAILED

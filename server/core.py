@@ -22,7 +22,7 @@ from pyserving.server.apis import (
     predict_pb2,
     regression_pb2,
 )
-from pyserving.server.configurator import ModelConfigurator
+from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.errors import ERROR_CODE_NUMBERS, invalid_argument
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import ModelManager
@@ -37,14 +37,17 @@ AsyncRunner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]]
 
 
 class ServingCore:
-    """Prediction and model-status calls over a ModelManager."""
+    """Prediction and model-status calls over a ModelManager; ``on_reload`` hears of each
+    config a ReloadConfig request applied, before the request returns."""
 
     def __init__(self, manager: ModelManager, configurator: ModelConfigurator,
                  predictor: Predictor, inference: ExampleInference,
-                 max_in_flight_per_model: int = 0) -> None:
+                 max_in_flight_per_model: int = 0,
+                 on_reload: AppliedObserver | None = None) -> None:
         self.manager = manager
         self.in_flight = InFlightLimit(max_in_flight_per_model)
         self._configurator = configurator
+        self._on_reload = on_reload
         self._predictor = predictor
         self._inference = inference
 
@@ -160,5 +163,5 @@ class ServingCore:
             raise invalid_argument("ServerModelConfig type not supported by "
                                    "HandleReloadConfigRequest. Only ModelConfigList is "
                                    "currently supported")
-        self._configurator.apply(request.config)
+        self._configurator.apply(request.config, on_applied=self._on_reload)
         return model_management_pb2.ReloadConfigResponse()

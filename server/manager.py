@@ -330,6 +330,10 @@ class ModelManager:
             raise not_found(f"Could not find any versions of model {name}")
         return [states[v] for v in sorted(states, reverse=True)]
 
+    def available_versions(self, name: str) -> set[int]:
+        """The versions of ``name`` that requests can use now."""
+        return set(self._serving.servables.get(name, {}))
+
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._aspired)

@@ -3,8 +3,10 @@
 One server serves the module's tests in order (each worker imports TensorFlow, seconds on a
 busy two-core machine): both workers answer on the shared port, the metrics page adds up
 their requests, health is SERVING only while both are, a worker killed with SIGKILL fails
-only its own connections' RPCs and is restarted, and SIGTERM drains everything. Which worker
-holds a connection is read from /proc (the server side of each established connection).
+only its own connections' RPCs and is restarted, a config reload sent to one worker is
+served by every worker (restarted ones included), and SIGTERM drains everything. Which
+worker holds a connection is read from /proc (the server side of each established
+connection).
 """
 
 from __future__ import annotations
@@ -20,14 +22,20 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Mapping
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tensorflow.core.framework import types_pb2
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from pyserving.server.options import ServerOptions
 from pyserving.server.workers import worker_count
@@ -44,12 +52,16 @@ STARTUP_FAILED = "Failed to start server. Error: "
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_CHANNELS = 40  # new connections tried before giving up on reaching a given worker
+FOLLOW_TIMEOUT = 20.0  # workers follow a reload within about a second, plus its loads
+AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+HPT = "hpt"  # saved_model_half_plus_two_2_versions: versions 123 and 124
 
 
 class Supervisor:
     """The `pyserving --workers=2` process; its stderr goes to a file."""
 
     def __init__(self, args: list[str], workdir: Path) -> None:
+        self.workdir = workdir
         self.stderr_path = workdir / "stderr.txt"
         with open(self.stderr_path, "wb") as stderr:
             self.popen = subprocess.Popen([*SERVER_COMMAND, *args], cwd=workdir,
@@ -92,9 +104,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def copy_model(root: Path) -> Path:
-    base = root / "half_plus_two"
-    shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu", base)
+def copy_model(root: Path, testdata: str = "saved_model_half_plus_two_cpu",
+               name: str = "half_plus_two") -> Path:
+    base = root / name
+    shutil.copytree(TESTDATA / testdata, base)
     for path in [base, *base.rglob("*")]:
         path.chmod(path.stat().st_mode | stat.S_IWUSR)
     return base
@@ -302,6 +315,136 @@ def test_killed_worker_fails_only_its_rpcs_and_is_restarted(
             assert health(channels[0]) == SERVING
     finally:
         close_all(new_channels)
+
+
+# Config reloads: sent to one worker, served by all.
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of saved_model_half_plus_two_2_versions for the reloads of this module."""
+    return copy_model(tmp_path_factory.mktemp("reload"), "saved_model_half_plus_two_2_versions",
+                      HPT)
+
+
+def reload(channel: grpc.Channel, supervisor: Supervisor, hpt_base: Path, *, policy: str = "",
+           labels: Mapping[str, int] | None = None) -> None:
+    """Reload "default" (as started) and "hpt" (policy "all", or TF Serving's latest 1)."""
+    request = model_management_pb2.ReloadConfigRequest()
+    models = request.config.model_config_list.config
+    models.add(name="default", base_path=str(supervisor.workdir / "half_plus_two"),
+               model_platform="tensorflow")
+    hpt = models.add(name=HPT, base_path=str(hpt_base), model_platform="tensorflow")
+    if policy == "all":
+        hpt.model_version_policy.all.SetInParent()
+    hpt.version_labels.update(labels or {})
+    model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request,
+                                                                               RPC_TIMEOUT)
+
+
+def hpt_versions(channel: grpc.Channel) -> dict[int, int]:
+    """GetModelStatus of "hpt": version -> state ({} while the worker does not know it)."""
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = HPT
+    try:
+        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+            request, RPC_TIMEOUT)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error
+        return {}
+    return {status.version: status.state for status in response.model_version_status}
+
+
+def labelled_version(channel: grpc.Channel, label: str) -> int | str:
+    """The version of "hpt" that answers a Predict for ``label`` (or the error's text)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = HPT
+    request.model_spec.version_label = label
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].float_val.append(2.0)
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    try:
+        return stub.Predict(request, RPC_TIMEOUT).model_spec.version.value
+    except grpc.RpcError as error:
+        return error.details()
+
+
+def on_every_channel(by_pid: dict[int, list[grpc.Channel]],
+                     check: Callable[[grpc.Channel], object], expected: object) -> None:
+    """Wait until ``check`` gives ``expected`` on every channel of every worker."""
+    deadline = time.monotonic() + FOLLOW_TIMEOUT
+    for channels in by_pid.values():
+        for channel in channels:
+            while (result := check(channel)) != expected and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert result == expected
+
+
+def test_reload_on_one_worker_is_served_by_every_worker(
+        cluster: tuple[Supervisor, int, int], two_versions: Path) -> None:
+    supervisor, port, _ = cluster
+    receiver, other = supervisor.worker_pids().values()
+    by_pid = channels_on_every_worker(port, [receiver, other])
+    try:
+        reload(by_pid[receiver][0], supervisor, two_versions)
+        # As on one server, the reload returns once the new model serves on its worker ...
+        assert hpt_versions(by_pid[receiver][0]) == {124: AVAILABLE}
+        # ... and the other worker follows.
+        on_every_channel(by_pid, hpt_versions, {124: AVAILABLE})
+
+        # A version policy and labels, sent to the other worker this time.
+        reload(by_pid[other][0], supervisor, two_versions, policy="all")
+        on_every_channel({other: by_pid[other]}, hpt_versions,
+                         {124: AVAILABLE, 123: AVAILABLE})
+        reload(by_pid[other][0], supervisor, two_versions, policy="all",
+               labels={"stable": 123, "canary": 124})
+        on_every_channel(by_pid, hpt_versions, {124: AVAILABLE, 123: AVAILABLE})
+        on_every_channel(by_pid, lambda channel: labelled_version(channel, "stable"), 123)
+        on_every_channel(by_pid, lambda channel: labelled_version(channel, "canary"), 124)
+    finally:
+        close_all(by_pid)
+
+
+def test_failing_reload_is_not_shared(cluster: tuple[Supervisor, int, int],
+                                      two_versions: Path) -> None:
+    supervisor, port, _ = cluster
+    receiver, other = supervisor.worker_pids().values()
+    by_pid = channels_on_every_worker(port, [receiver, other])
+    try:
+        # Applied elsewhere, this config would unload version 123.
+        with pytest.raises(grpc.RpcError) as raised:
+            reload(by_pid[receiver][0], supervisor, two_versions,
+                   labels={"stable": 123, "canary": 125})
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert raised.value.details() == ("Request to assign label to version 125 of model hpt, "
+                                          "which is not currently available for inference")
+        time.sleep(2.0)  # the other worker would have followed by now
+        for channels in by_pid.values():
+            for channel in channels:
+                assert hpt_versions(channel) == {124: AVAILABLE, 123: AVAILABLE}
+                assert labelled_version(channel, "stable") == 123
+    finally:
+        close_all(by_pid)
+
+
+def test_restarted_worker_serves_the_reloaded_config(cluster: tuple[Supervisor, int, int]
+                                                     ) -> None:
+    supervisor, port, _ = cluster
+    log_mark = len(supervisor.stderr())
+    pids = supervisor.worker_pids()
+    victim, survivor = pids[1], pids[0]
+    os.kill(victim, signal.SIGKILL)
+    restarted = int(supervisor.wait_for_log(r"worker 1 started: pid (\d+)", log_mark).group(1))
+    supervisor.wait_for_log(rf"worker 1 \(pid {restarted}\) is serving", log_mark)
+    by_pid = channels_on_every_worker(port, [restarted, survivor])
+    try:
+        # At once: the restarted worker applied the shared config before it took connections.
+        for channel in by_pid[restarted]:
+            assert hpt_versions(channel) == {124: AVAILABLE, 123: AVAILABLE}
+            assert labelled_version(channel, "stable") == 123
+            assert labelled_version(channel, "canary") == 124
+    finally:
+        close_all(by_pid)
 
 
 def test_sigterm_stops_every_worker_and_exits_zero(cluster: tuple[Supervisor, int, int]
