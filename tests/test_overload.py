@@ -1,15 +1,17 @@
 """Overload and deadlines over real channels: in-flight limits fail fast, deadlines bound and
-skip TensorFlow runs, a cancelled caller frees its slot, and a flood leaves no threads behind.
+skip TensorFlow runs, a cancelled caller frees its slot, a flood leaves no threads behind
+(tests/test_flood_memory.py floods the CLI server with 1 MB requests).
 
 The test model counts its runs in a variable and takes as long as it is told: "sleep" sleeps
 for max(ms) milliseconds (cheap on the CPU), "spin" loops max(n) times in a tf.while_loop, so
-run times, and whether a request ran at all, are visible from responses.
+run times, and whether a request ran at all, are visible from responses. "carry" sleeps like
+"sleep" and also takes a [batch, bytes] uint8 payload it only measures: a large request with a
+small response.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -26,6 +28,7 @@ from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
+from support import free_port
 
 MODEL = "slow"
 TIMEOUT = 20.0
@@ -55,6 +58,12 @@ class _Slow(tf.Module):
                               [tf.constant(0, tf.int64)])[0]
         return {"call": tf.fill(tf.shape(n), call), "spins": tf.fill(tf.shape(n), spins)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
+                                  tf.TensorSpec([None, None], tf.uint8)])
+    def carry(self, ms: tf.Tensor, payload: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"ms": self.sleep(ms)["ms"],
+                "bytes": tf.fill(tf.shape(ms), tf.shape(payload, tf.int64)[1])}
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
     def count(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"calls": tf.fill(tf.shape(x), self.calls.read_value())}
@@ -65,30 +74,30 @@ def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = _Slow()
     path = tmp_path_factory.mktemp("slow") / "1"
     tf.saved_model.save(module, str(path), signatures={
-        "serving_default": module.sleep, "spin": module.spin, "calls": module.count})
+        "serving_default": module.sleep, "spin": module.spin, "calls": module.count,
+        "carry": module.carry})
     return path
 
 
 @pytest.fixture
-def slow_server(serve: Callable[..., object], slow_model: Path, tmp_path: Path
-                ) -> Callable[..., object]:
-    """A server of the slow model (its own run counter) with these options."""
+def slow_base(slow_model: Path, tmp_path: Path) -> Path:
+    """A base path whose version 1 is the slow model."""
     base = tmp_path / MODEL
     base.mkdir()
     (base / "1").symlink_to(slow_model)
+    return base
+
+
+@pytest.fixture
+def slow_server(serve: Callable[..., object], slow_base: Path) -> Callable[..., object]:
+    """A server of the slow model (its own run counter) with these options."""
 
     def start(**options: object) -> object:
         options.setdefault("grpc_max_threads", 16)
-        return serve(model_name=MODEL, model_base_path=str(base),
+        return serve(model_name=MODEL, model_base_path=str(slow_base),
                      file_system_poll_wait_seconds=0, **options)
 
     return start
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(url: str, body: object) -> tuple[int, object]:
