@@ -18,6 +18,7 @@ from google.protobuf import (
     wrappers_pb2,
 )
 
+from pyserving.server.config import read_text_file
 from pyserving.server.errors import invalid_argument
 
 _FIELDS = (  # name, number, wrapper type (None: a plain scalar field)
@@ -135,9 +136,4 @@ def parse_batching_parameters(text: str, path: str) -> BatchingOptions:
 
 
 def read_batching_parameters(path: str) -> BatchingOptions:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise invalid_argument(f"{path}; {error.strerror}") from None
-    return parse_batching_parameters(text, path)
+    return parse_batching_parameters(read_text_file(path), path)

@@ -38,13 +38,18 @@ def single_model_config(name: str, base_path: str) -> ModelServerConfig:
     return config
 
 
-def read_model_config_file(path: str) -> ModelServerConfig:
-    """Parse a text-format ModelServerConfig file, failing the way TF Serving does."""
+def read_text_file(path: str) -> str:
+    """A text file a flag names; a missing or unreadable one fails as TF Serving's readers do."""
     try:
         with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read()
     except OSError as error:
         raise invalid_argument(f"{path}; {error.strerror}") from None
+
+
+def read_model_config_file(path: str) -> ModelServerConfig:
+    """Parse a text-format ModelServerConfig file, failing the way TF Serving does."""
+    text = read_text_file(path)
     config = ModelServerConfig()
     try:
         text_format.Parse(text, config)

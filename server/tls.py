@@ -12,7 +12,7 @@ import logging
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from pyserving.server.config import ConfigParseError
+from pyserving.server.config import ConfigParseError, read_text_file
 from pyserving.server.errors import invalid_argument
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,7 @@ def parse_ssl_config(text: str, path: str) -> object:
 
 
 def read_ssl_config(path: str) -> object:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise invalid_argument(f"{path}; {error.strerror}") from None
-    return parse_ssl_config(text, path)
+    return parse_ssl_config(read_text_file(path), path)
 
 
 def _check_pem(config: object, field: str, marker: str, path: str) -> None:
