@@ -1,8 +1,12 @@
 """Shared constants and small helpers of the test suite."""
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TESTDATA = Path(os.environ.get("PYSERVING_TESTDATA",
@@ -14,3 +18,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM a server process and wait for it to drain; kill it if it does not exit."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def write_to_terminal(request: pytest.FixtureRequest, line: str) -> None:
+    """Print a summary line past pytest's output capture (e.g. how many cases a fuzzer ran)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pyserving.client import (
 )
 from pyserving.client.apis import example_pb2, model_server_config_pb2, predict_pb2
 from pyserving.client.requests import tensor_proto
-from support import TESTDATA
+from support import TESTDATA, free_port
 
 TWO = "half_plus_two"  # saved_model_half_plus_two_cpu: version 123
 VERSIONS = "two_versions"  # saved_model_half_plus_two_2_versions: 123 (stable), 124 (canary)
@@ -313,12 +312,6 @@ def test_resource_exhausted_is_retried_when_asked(fake):
     with PredictionClient(target, retries=policy) as client:
         client.predict("m", {"x": [1.0]})
     assert service.calls == 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_a_server_that_comes_up_is_reached_by_retries(serve, testdata_model):

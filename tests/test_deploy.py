@@ -13,7 +13,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from support import REPO, TESTDATA
+from support import REPO, TESTDATA, free_port
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 ENTRYPOINT = REPO / "deploy" / "docker" / "entrypoint.sh"
@@ -396,12 +395,6 @@ def run_entrypoint(tmp_path: Path) -> Iterator[Callable[..., EntrypointProcess]]
     yield run
     for process in processes:
         process.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
-from support import TESTDATA
+from support import TESTDATA, free_port
 
 MODEL = "checked"
 TIMEOUT = 20.0
@@ -143,12 +142,6 @@ def wait_for_states(channel: grpc.Channel, expected: dict[int, int]) -> dict[int
         if time.monotonic() > deadline:
             pytest.fail(f"states {expected} not reached: {found}")
         time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(url: str, body: object) -> tuple[int, object]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from test_overload import MODEL, TIMEOUT, Stub, slow_base, slow_model  # noqa: F
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 from pyserving.server import ServerOptions
+from support import stop_process
 
 MB = 2**20
 FLOOD_SECONDS = 3.0
@@ -88,12 +88,7 @@ def cli_slow_server(slow_base: Path, tmp_path: Path) -> Iterator[tuple[subproces
             time.sleep(0.05)
         yield process, f"127.0.0.1:{match[1]}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def carry_request(ms: int) -> predict_pb2.PredictRequest:

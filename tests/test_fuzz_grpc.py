@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from support import TESTDATA
+from support import TESTDATA, write_to_terminal
 
 MODEL = "saved_model_half_plus_two_cpu"
 TENSOR_CAP = 16 * 2**20  # --max_request_tensor_bytes of the fuzzed server
@@ -114,16 +114,12 @@ def target(tmp_path_factory: pytest.TempPathFactory,
     yield Target(channel)
     channel.close()
     server.stop(grace=None)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        p99, slowest = np.percentile(SECONDS, [99, 100]) if SECONDS else (0.0, 0.0)
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(
-                f"\ngRPC fuzzing: {sum(CASES.values())} cases "
-                f"({', '.join(f'{k} {v}' for k, v in sorted(CASES.items()))}); "
-                f"answers: {dict(CODES.most_common())}; "
-                f"answered in p99 {p99 * 1000:.1f} ms, slowest {slowest * 1000:.0f} ms")
+    p99, slowest = np.percentile(SECONDS, [99, 100]) if SECONDS else (0.0, 0.0)
+    write_to_terminal(request, (
+        f"\ngRPC fuzzing: {sum(CASES.values())} cases "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(CASES.items()))}); "
+        f"answers: {dict(CODES.most_common())}; "
+        f"answered in p99 {p99 * 1000:.1f} ms, slowest {slowest * 1000:.0f} ms"))
 
 
 def valid_predict() -> bytes:

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import TESTDATA
+from support import TESTDATA, write_to_terminal
 
 MODEL = "saved_model_half_plus_two_cpu"
 BODY_LIMIT = 2**20  # --rest_api_max_request_bytes of the fuzzed server
@@ -126,16 +126,12 @@ def target(tmp_path_factory: pytest.TempPathFactory,
     yield connection
     connection.close()
     server.stop(grace=None)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        p99, slowest = np.percentile(SECONDS, [99, 100]) if SECONDS else (0.0, 0.0)
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(
-                f"\nREST fuzzing: {sum(CASES.values())} cases "
-                f"({', '.join(f'{k} {v}' for k, v in sorted(CASES.items()))}); "
-                f"HTTP statuses: {dict(STATUSES.most_common())}; "
-                f"answered in p99 {p99 * 1000:.1f} ms, slowest {slowest * 1000:.0f} ms")
+    p99, slowest = np.percentile(SECONDS, [99, 100]) if SECONDS else (0.0, 0.0)
+    write_to_terminal(request, (
+        f"\nREST fuzzing: {sum(CASES.values())} cases "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(CASES.items()))}); "
+        f"HTTP statuses: {dict(STATUSES.most_common())}; "
+        f"answered in p99 {p99 * 1000:.1f} ms, slowest {slowest * 1000:.0f} ms"))
 
 
 VALID_BODY = b'{"instances": [1.0, 2.0, 5.0]}'

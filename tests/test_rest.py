@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import stat
 import time
 import urllib.error
@@ -17,16 +16,10 @@ import grpc
 import numpy as np
 import pytest
 
-from support import TESTDATA
+from support import TESTDATA, free_port
 
 TF1_MODEL = "saved_model_half_plus_two_cpu"
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def call(port: int, path: str, body: Any = None, *, method: str | None = None,

@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -33,7 +31,7 @@ import numpy as np
 import pytest
 
 from pyserving.client import PredictionClient, PredictionError
-from support import TESTDATA
+from support import TESTDATA, free_port, stop_process
 
 SECONDS = float(os.environ.get("PYSERVING_SOAK_SECONDS", "45"))
 WARMUP_SECONDS = min(12.0, SECONDS / 4)
@@ -101,12 +99,6 @@ class Tally:
             self.requests[kind] += 1
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def soak_server(tmp_path: Path):
     half, three = tmp_path / "half", tmp_path / "three"
@@ -135,12 +127,7 @@ def soak_server(tmp_path: Path):
             time.sleep(0.1)
         yield process, f"127.0.0.1:{match.group(1)}", rest_port, half, three, log
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 class Swapper(threading.Thread):

@@ -39,7 +39,7 @@ from tensorflow_serving.apis import (
 
 from pyserving.server.options import ServerOptions
 from pyserving.server.workers import worker_count
-from support import TESTDATA
+from support import TESTDATA, free_port
 
 SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
 START_TIMEOUT = 180.0  # two TensorFlow imports at once on a busy two-core machine
@@ -96,12 +96,6 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def copy_model(root: Path, testdata: str = "saved_model_half_plus_two_cpu",
