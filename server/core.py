@@ -60,36 +60,30 @@ class ServingCore:
             return self.manager.acquire(spec.name, label=spec.version_label)
         return self.manager.acquire(spec.name)
 
-    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    def _serving(self, request: Any) -> "_Admitted":
+        """The servable a Predict/Classify/Regress request names, counted in and admitted."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable, \
-                self.in_flight.admit(servable.name):
+        return _Admitted(self.servable_for(request.model_spec), self.in_flight)
+
+    def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        with self._serving(request) as servable:
             return self._predictor.predict(servable, request)
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable, \
-                self.in_flight.admit(servable.name):
+        with self._serving(request) as servable:
             return self._inference.classify(servable, request)
 
     def regress(self, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable, \
-                self.in_flight.admit(servable.name):
+        with self._serving(request) as servable:
             return self._inference.regress(servable, request)
 
     async def predict_async(self, request: predict_pb2.PredictRequest,
                             run: AsyncRunner) -> predict_pb2.PredictResponse:
         """``predict`` for an event loop: the TensorFlow call is awaited through ``run``."""
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable, \
-                self.in_flight.admit(servable.name):
+        with self._serving(request) as servable:
             plan = self._predictor.plan(servable, request)
             values = await run(servable, plan.signature, plan.feeds, plan.fetches)
             return self._predictor.respond(servable, request, plan, values)
@@ -106,10 +100,7 @@ class ServingCore:
 
     async def _infer_async(self, request: Any, run: AsyncRunner, method: str,
                            response: Any) -> Any:
-        if not request.HasField("model_spec"):
-            raise invalid_argument("Missing ModelSpec")
-        with self.servable_for(request.model_spec) as servable, \
-                self.in_flight.admit(servable.name):
+        with self._serving(request) as servable:
             plan = self._inference.plan(servable, request, method)
             values = await run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
             return self._inference.respond(servable, request, plan, values, response)
@@ -117,7 +108,7 @@ class ServingCore:
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        with self.servable_for(spec) as servable, self.in_flight.admit(servable.name):
+        with _Admitted(self.servable_for(spec), self.in_flight) as servable:
             return self._inference.multi_inference(servable, request)
 
     def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
@@ -165,3 +156,26 @@ class ServingCore:
                                    "currently supported")
         self._configurator.apply(request.config, on_applied=self._on_reload)
         return model_management_pb2.ReloadConfigResponse()
+
+
+class _Admitted:
+    """``with``: an acquired servable plus its model's in-flight slot; both are freed on exit
+    (the servable also when admission fails)."""
+
+    __slots__ = ("_servable", "_limit", "_slot")
+
+    def __init__(self, servable: Servable, limit: InFlightLimit) -> None:
+        self._servable = servable
+        self._limit = limit
+        try:
+            self._slot = limit.admit(servable.name)
+        except BaseException:
+            servable.release()
+            raise
+
+    def __enter__(self) -> Servable:
+        return self._servable
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._limit.release(self._slot)
+        self._servable.release()
