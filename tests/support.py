@@ -1,9 +1,12 @@
 """Shared constants and small helpers of the test suite."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,13 @@ def write_to_terminal(request: pytest.FixtureRequest, line: str) -> None:
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():
             reporter.write_line(line)
+
+
+def post_json(url: str, body: object, timeout: float = 20.0) -> tuple[int, object]:
+    """(HTTP status, decoded JSON body) of a JSON POST, error statuses included."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

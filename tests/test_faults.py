@@ -10,7 +10,6 @@ half-written cases; tests/test_batching.py the single failing request in a batch
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -20,8 +19,6 @@ import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +36,7 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
-from support import TESTDATA, free_port
+from support import TESTDATA, free_port, post_json
 
 MODEL = "checked"
 TIMEOUT = 20.0
@@ -144,15 +141,6 @@ def wait_for_states(channel: grpc.Channel, expected: dict[int, int]) -> dict[int
         time.sleep(0.05)
 
 
-def post(url: str, body: object) -> tuple[int, object]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 # --- a failing op fails only its own request -------------------------------------------------
 
 
@@ -188,8 +176,8 @@ def test_failing_requests_of_grpc_and_rest_callers_in_one_batch_fail_alone(
     url = f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}:predict"
     grpc_inputs = [[1.0], [float("nan"), 2.0], [3.0, 4.0], [float("inf")]]
     with ThreadPoolExecutor(2) as pool:
-        rest_good = pool.submit(post, url, {"instances": [7.0, 8.0]})
-        rest_bad = pool.submit(post, url, {"instances": [float("nan")]})
+        rest_good = pool.submit(post_json, url, {"instances": [7.0, 8.0]})
+        rest_bad = pool.submit(post_json, url, {"instances": [float("nan")]})
         futures = [stub.Predict.future(checked_request(x), TIMEOUT) for x in grpc_inputs]
         assert rest_good.result() == (200, {"predictions": [14.0, 16.0]})
         status, body = rest_bad.result()

@@ -11,11 +11,8 @@ small response.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -28,7 +25,7 @@ from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
-from support import free_port
+from support import free_port, post_json
 
 MODEL = "slow"
 TIMEOUT = 20.0
@@ -98,16 +95,6 @@ def slow_server(serve: Callable[..., object], slow_base: Path) -> Callable[..., 
                      file_system_poll_wait_seconds=0, **options)
 
     return start
-
-
-def post(url: str, body: object) -> tuple[int, object]:
-    """(HTTP status, decoded JSON body) of a POST."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def stub_for(server: object, channel_to: Callable[[str], grpc.Channel]) -> Stub:
@@ -182,16 +169,17 @@ def test_limit_counts_grpc_and_rest_together(slow_server, channel_to):
     stub = stub_for(server, channel_to)
     url = f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}:predict"
     with ThreadPoolExecutor(2) as pool:
-        over_rest = pool.submit(post, url, {"instances": [1500]})
+        over_rest = pool.submit(post_json, url, {"instances": [1500]})
         over_grpc = stub.Predict.future(sleep_request(1500), TIMEOUT)
         wait_until(lambda: server.core.in_flight.in_flight(MODEL) == 2)
-        assert post(url, {"instances": [10]}) == (503, {"error": LIMIT_MESSAGE.format(limit=2)})
+        assert post_json(url, {"instances": [10]}) == (
+            503, {"error": LIMIT_MESSAGE.format(limit=2)})
         with pytest.raises(grpc.RpcError) as raised:
             stub.Predict(sleep_request(10), TIMEOUT)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
         assert over_rest.result()[0] == 200
         assert over_grpc.code() == grpc.StatusCode.OK
-    assert post(url, {"instances": [10]})[0] == 200
+    assert post_json(url, {"instances": [10]})[0] == 200
 
 
 def test_cancelled_caller_frees_its_slot(slow_server, channel_to):
@@ -298,7 +286,7 @@ def test_rest_timeout_stops_the_run(slow_server):
     slow_server(rest_api_port=rest_port, rest_api_timeout_in_ms=500, rest_api_num_threads=1)
     url = f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}:predict"
     started = time.monotonic()
-    assert post(url, {"signature_name": "spin", "instances": [10**10]})[0] == 504
+    assert post_json(url, {"signature_name": "spin", "instances": [10**10]})[0] == 504
     # One REST thread: this one runs only once TensorFlow gave up the first run.
-    assert post(url, {"instances": [1]})[0] == 200
+    assert post_json(url, {"instances": [1]})[0] == 200
     assert time.monotonic() - started < 5.0
