@@ -91,8 +91,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_services(server: grpc.Server, core: ServingCore,
-                 prediction: PredictionService | None = None) -> None:
-    """PredictionService (``prediction``, else a plain one) and ModelService on ``server``."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        prediction or PredictionService(core), server)
+                 prediction: PredictionService) -> None:
+    """``prediction`` (sync or grpc.aio flavour) and ModelService on ``server``."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
