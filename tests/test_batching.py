@@ -79,16 +79,24 @@ class _Rows(tf.Module):
             tf_data_testing.sleep(int(SLOW_CALL_SECONDS * 5e5)))
         return {"y": slept.get_single_element() * 2.0, **self._seen(x)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+    def nap(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Sleeps max(x) seconds in all (in two halves, as in slow).
+        micros = tf.cast(tf.reduce_max(x) * 5e5, tf.int64)
+        slept = tf.data.Dataset.from_tensors(x).apply(tf_data_testing.sleep(micros))
+        return {"y": slept.get_single_element() * 2.0, **self._seen(x)}
+
 
 @pytest.fixture(scope="module")
 def rows_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Version 1 of the test model: signatures serving_default (y = 10 x on [n, 2]), total
-    (a scalar sum), ragged ([n, m]: row_sum and echo) and slow (y = 2 x after a 0.4 s sleep)."""
+    (a scalar sum), ragged ([n, m]: row_sum and echo), slow (y = 2 x after a 0.4 s sleep) and
+    nap (y = 2 x after sleeping max(x) seconds)."""
     module = _Rows()
     path = tmp_path_factory.mktemp("rows") / "1"
     tf.saved_model.save(module, str(path), signatures={
         "serving_default": module.rows, "total": module.total, "ragged": module.ragged,
-        "slow": module.slow})
+        "slow": module.slow, "nap": module.nap})
     return path
 
 
@@ -166,12 +174,22 @@ def start_error(start: Callable[[], object]) -> ServingError:
 # --- batching and isolation ----------------------------------------------------------------
 
 
+ON_THE_LOOP = "may now run on the gRPC event loop"
+BACK_ON_THREADS = "run on the batch threads for"
+
+
+@pytest.mark.parametrize("inline_micros", [0, 1_000_000], ids=["batch threads", "event loop"])
 def test_concurrent_requests_share_calls_and_get_exactly_their_own_rows(batching_server,
-                                                                       channel_to):
+                                                                       channel_to, caplog,
+                                                                       inline_micros):
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
     server = batching_server("max_batch_size { value: 8 }\n"
                              "batch_timeout_micros { value: 100000 }\n"
-                             "num_batch_threads { value: 2 }\n")
+                             "num_batch_threads { value: 2 }\n",
+                             inline_batch_max_micros=inline_micros)
     stub = stub_for(server, channel_to)
+    predict_all(stub, [request_for(rows_of(99, 1))])  # a first batch, on a batch thread
+    assert (ON_THE_LOOP in caplog.text) == bool(inline_micros)
     sizes = [1 + caller % 3 for caller in range(12)]
     inputs = [rows_of(caller, size) for caller, size in enumerate(sizes)]
     results = predict_all(stub, [request_for(x) for x in inputs])
@@ -632,3 +650,111 @@ def test_stop_after_the_grace_period_fails_what_is_left_and_returns(batching_ser
     assert time.monotonic() - started < 3.0
     codes = [future.exception().code() for future in futures if future.exception()]
     assert codes and set(codes) <= {grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE}
+
+
+# --- batches on the event loop -------------------------------------------------------------
+
+
+def latency_of(call: Callable[[], object]) -> float:
+    started = time.monotonic()
+    call()
+    return time.monotonic() - started
+
+
+def test_a_slow_signature_never_blocks_the_event_loop(batching_server, channel_to, caplog):
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    server = batching_server("max_batch_size { value: 4 }\n")  # the default limit: 500 us
+    stub = stub_for(server, channel_to)
+    for _ in range(2):
+        stub.Predict(request_for([1], "slow"), TIMEOUT)
+    slow = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
+    time.sleep(0.1)
+    fast = latency_of(lambda: stub.Predict(request_for(rows_of(1, 1)), TIMEOUT))
+
+    assert outputs_of(slow.result())["y"].tolist() == [2.0]
+    assert fast < SLOW_CALL_SECONDS / 2
+    assert ON_THE_LOOP not in caplog.text
+
+
+def test_a_queue_whose_batches_slow_down_goes_back_to_the_batch_threads(batching_server,
+                                                                        channel_to, caplog):
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    server = batching_server("max_batch_size { value: 4 }\n",
+                             inline_batch_max_micros=100_000)
+    stub = stub_for(server, channel_to)
+    stub.Predict(request_for([0], "nap"), TIMEOUT)  # fast, on a batch thread: the loop takes it
+    assert ON_THE_LOOP in caplog.text
+
+    # On the loop, a 1 s batch holds up every other request, then sends the queue back.
+    napping = stub.Predict.future(request_for([1], "nap"), TIMEOUT)
+    time.sleep(0.2)
+    held_up = latency_of(lambda: stub.Predict(request_for(rows_of(1, 1)), TIMEOUT))
+    assert outputs_of(napping.result())["y"].tolist() == [2.0]
+    assert held_up > 0.4
+    assert BACK_ON_THREADS in caplog.text
+
+    # Back on a batch thread, the same batch leaves the loop free.
+    napping = stub.Predict.future(request_for([1], "nap"), TIMEOUT)
+    time.sleep(0.2)
+    fast = latency_of(lambda: stub.Predict(request_for(rows_of(2, 1)), TIMEOUT))
+    assert outputs_of(napping.result())["y"].tolist() == [2.0]
+    assert fast < 0.4
+
+
+def test_rest_and_grpc_callers_share_batches_run_on_the_event_loop(serve, rows_base, tmp_path,
+                                                                  channel_to, caplog):
+    import json
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    server = serve(model_base_path=str(rows_base), enable_batching=True,
+                   rest_api_port=free_port(), inline_batch_max_micros=1_000_000,
+                   batching_parameters_file=parameters(
+                       tmp_path, "max_batch_size { value: 8 }\n"
+                                 "batch_timeout_micros { value: 300000 }\n"))
+    stub = stub_for(server, channel_to)
+    stub.Predict(request_for(rows_of(99, 1)), TIMEOUT)
+    assert ON_THE_LOOP in caplog.text
+
+    def rest_predict(caller: int) -> dict:
+        body = json.dumps({"instances": rows_of(caller, 1).tolist()}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.rest_port}/v1/models/default:predict", data=body)
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return json.loads(response.read())["predictions"][0]
+
+    grpc_futures = [stub.Predict.future(request_for(rows_of(caller, 1)), TIMEOUT)
+                    for caller in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        rest_results = list(pool.map(rest_predict, range(3, 6)))
+    grpc_results = [outputs_of(future.result()) for future in grpc_futures]
+    for caller, result in enumerate(grpc_results):
+        np.testing.assert_array_equal(result["y"], rows_of(caller, 1) * 10)
+    for caller, result in enumerate(rest_results, start=3):
+        assert result["y"] == (rows_of(caller, 1)[0] * 10).tolist()
+    grpc_calls = {int(result["call"][0]) for result in grpc_results}
+    assert grpc_calls & {result["call"] for result in rest_results}
+
+
+def test_stop_lets_batches_queued_on_the_event_loop_finish(batching_server, channel_to,
+                                                          caplog):
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    server = batching_server("max_batch_size { value: 8 }\n"
+                             "batch_timeout_micros { value: 1000000 }\n",
+                             inline_batch_max_micros=1_000_000)
+    stub = stub_for(server, channel_to)
+    stub.Predict(request_for(rows_of(99, 8)), TIMEOUT)  # a full batch: runs at once
+    assert ON_THE_LOOP in caplog.text
+    queued = [stub.Predict.future(request_for(rows_of(caller, 1)), TIMEOUT)
+              for caller in range(3)]
+    time.sleep(0.2)
+    started = time.monotonic()
+    server.stop(grace=5.0)
+
+    for caller, future in enumerate(queued):
+        result = outputs_of(future.result())
+        np.testing.assert_array_equal(result["y"], rows_of(caller, 1) * 10)
+        assert result["batch"].tolist() == [3]  # their batch ran at its timeout
+    assert time.monotonic() - started < 3.0
+    assert not server.serving
