@@ -758,3 +758,26 @@ def test_stop_lets_batches_queued_on_the_event_loop_finish(batching_server, chan
         assert result["batch"].tolist() == [3]  # their batch ran at its timeout
     assert time.monotonic() - started < 3.0
     assert not server.serving
+
+
+@pytest.mark.parametrize("inline_micros", [0, 1_000_000], ids=["batch threads", "event loop"])
+def test_a_batch_that_breaks_unexpectedly_fails_its_callers_and_batching_goes_on(
+        batching_server, channel_to, monkeypatch, inline_micros):
+    from pyserving.server.servable import Servable
+
+    server = batching_server("max_batch_size { value: 4 }\n",
+                             inline_batch_max_micros=inline_micros)
+    stub = stub_for(server, channel_to)
+    stub.Predict(request_for(rows_of(1, 1)), TIMEOUT)
+    stub.Predict(request_for(rows_of(2, 1)), TIMEOUT)
+    run = Servable.run
+
+    def broken(self: Servable, *args: object) -> object:
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(Servable, "run", broken)
+    code, message = rpc_error(lambda: stub.Predict(request_for(rows_of(3, 1)), TIMEOUT))
+    assert (code, message) == (grpc.StatusCode.INTERNAL, "Batch failed: injected fault")
+    monkeypatch.setattr(Servable, "run", run)
+    result = outputs_of(stub.Predict(request_for(rows_of(4, 1)), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], rows_of(4, 1) * 10)
