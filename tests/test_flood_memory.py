@@ -26,7 +26,8 @@ from pyserving.server import ServerOptions
 from support import stop_process
 
 MB = 2**20
-FLOOD_SECONDS = 3.0
+FLOOD_SECONDS = 3.0  # at least; longer while fewer requests than the flood's target went out
+MAX_FLOOD_SECONDS = 12.0
 FLOOD_CLIENTS = 4
 OUTSTANDING_PER_CLIENT = 512  # 2048 unanswered at most: twice what gRPC accepts by default
 FLOOD_MS = 1000  # the model run of each admitted request
@@ -112,12 +113,20 @@ class Flood:
     """What a flood's requests got: answers by code, how fast the rejections came, wrong
     results, and the requests the clients gave up on (cancelled, unanswered)."""
 
+    at_least: int  # requests to send, FLOOD_SECONDS or longer (up to MAX_FLOOD_SECONDS)
+    started: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
     sent: int = 0
     codes: Counter = field(default_factory=Counter)
     rejection_seconds: list[float] = field(default_factory=list)
     wrong: list[object] = field(default_factory=list)
     given_up: int = 0
+
+    def over(self) -> bool:
+        """Whether the clients stop sending: a slow box needs longer to reach the target."""
+        elapsed = time.monotonic() - self.started
+        return elapsed >= MAX_FLOOD_SECONDS or (elapsed >= FLOOD_SECONDS
+                                                and self.sent >= self.at_least)
 
     def record(self, future: grpc.Future, seconds: float) -> None:
         code = None if future.cancelled() else future.code()
@@ -133,9 +142,10 @@ class Flood:
                 self.wrong.append(answer)
 
 
-def _flood_client(target: str, request: bytes, until: float, flood: Flood) -> None:
-    """One connection sending ``request`` until ``until`` with at most OUTSTANDING_PER_CLIENT
-    unanswered; what is still unanswered GIVE_UP_SECONDS later, it cancels."""
+def _flood_client(target: str, request: bytes, flood: Flood) -> None:
+    """One connection sending ``request`` until the flood is over with at most
+    OUTSTANDING_PER_CLIENT unanswered; what is still unanswered GIVE_UP_SECONDS later, it
+    cancels."""
     channel = grpc.insecure_channel(target, [("grpc.use_local_subchannel_pool", 1)])
     predict = channel.unary_unary(PREDICT,
                                   response_deserializer=predict_pb2.PredictResponse.FromString)
@@ -151,15 +161,17 @@ def _flood_client(target: str, request: bytes, until: float, flood: Flood) -> No
             slots.release()
 
     try:
-        while time.monotonic() < until:
-            slots.acquire()
+        while not flood.over():
+            if not slots.acquire(timeout=0.1):
+                continue
             sent = time.monotonic()
             future = predict.future(request, timeout=TIMEOUT)
             with flood.lock:
                 flood.sent += 1
                 pending.add(future)
             future.add_done_callback(functools.partial(answered, sent))
-        while pending and time.monotonic() < until + GIVE_UP_SECONDS:
+        until = time.monotonic() + GIVE_UP_SECONDS
+        while pending and time.monotonic() < until:
             time.sleep(0.05)
         with flood.lock:
             unanswered = list(pending)
@@ -171,18 +183,18 @@ def _flood_client(target: str, request: bytes, until: float, flood: Flood) -> No
         channel.close()
 
 
-def flood(target: str) -> Flood:
+def flood(target: str, at_least: int) -> Flood:
     """FLOOD_CLIENTS connections sending 1 MB carry requests of FLOOD_MS as fast as they can
-    for FLOOD_SECONDS; returns once each request is answered or given up."""
+    for FLOOD_SECONDS, or until ``at_least`` went out; returns once each request is answered
+    or given up."""
     request = carry_request(FLOOD_MS).SerializeToString()  # once: the CPU goes to sending
-    result = Flood()
-    until = time.monotonic() + FLOOD_SECONDS
-    clients = [threading.Thread(target=_flood_client, args=(target, request, until, result),
+    result = Flood(at_least)
+    clients = [threading.Thread(target=_flood_client, args=(target, request, result),
                                 name=f"flood-{i}", daemon=True) for i in range(FLOOD_CLIENTS)]
     for client in clients:
         client.start()
     for client in clients:
-        client.join(FLOOD_SECONDS + GIVE_UP_SECONDS + TIMEOUT)
+        client.join(MAX_FLOOD_SECONDS + GIVE_UP_SECONDS + TIMEOUT)
     return result
 
 
@@ -195,7 +207,7 @@ def test_flood_of_1mb_requests_keeps_server_memory_and_threads_bounded(cli_slow_
         assert [carried(future.result()) for future in warm_up] == [([10], [MB])] * 32
         baseline = Usage.of(process.pid)
         with PeakUsage(process.pid) as sampler:
-            result = flood(target)
+            result = flood(target, at_least=limits.grpc_max_concurrent_rpcs + 256)
         assert carried(stub.Predict(carry_request(5), TIMEOUT)) == ([5], [MB])
     time.sleep(1.0)
     peak, settled = sampler.peak, Usage.of(process.pid)
