@@ -781,3 +781,25 @@ def test_a_batch_that_breaks_unexpectedly_fails_its_callers_and_batching_goes_on
     monkeypatch.setattr(Servable, "run", run)
     result = outputs_of(stub.Predict(request_for(rows_of(4, 1)), TIMEOUT))
     np.testing.assert_array_equal(result["y"], rows_of(4, 1) * 10)
+
+
+def test_expired_or_cancelled_requests_queued_on_the_event_loop_are_dropped(
+        batching_server, channel_to, caplog):
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    server = batching_server("max_batch_size { value: 8 }\n"
+                             "batch_timeout_micros { value: 600000 }\n",
+                             inline_batch_max_micros=1_000_000)
+    stub = stub_for(server, channel_to)
+    stub.Predict(request_for(rows_of(99, 8)), TIMEOUT)  # a full batch: runs at once
+    assert ON_THE_LOOP in caplog.text
+    expiring = stub.Predict.future(request_for(rows_of(1, 1)), 0.15)
+    cancelled = stub.Predict.future(request_for(rows_of(2, 1)), TIMEOUT)
+    last = stub.Predict.future(request_for(rows_of(3, 1)), TIMEOUT)
+    time.sleep(0.1)
+    cancelled.cancel()
+
+    assert expiring.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert cancelled.cancelled()
+    result = outputs_of(last.result())
+    np.testing.assert_array_equal(result["y"], rows_of(3, 1) * 10)
+    assert result["batch"].tolist() == [1]  # the expired and the cancelled rows never ran
