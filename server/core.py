@@ -7,9 +7,7 @@ model are admitted first: past its in-flight limit a model fails fast with UNAVA
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Sequence
-
-import numpy as np
+from typing import Any
 
 from pyserving.server.admission import InFlightLimit
 from pyserving.server.apis import (
@@ -27,13 +25,9 @@ from pyserving.server.errors import ERROR_CODE_NUMBERS, invalid_argument
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import ModelManager
 from pyserving.server.predict import CLASSIFY_METHOD, REGRESS_METHOD, Predictor
-from pyserving.server.servable import Servable, SignatureDef
+from pyserving.server.servable import AsyncRunner, Servable
 
 SIGNATURE_DEF_FIELD = "signature_def"
-
-# How the async calls run a signature: (servable, signature, feeds, fetches) -> outputs.
-AsyncRunner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Sequence[str]],
-                       Awaitable[list[np.ndarray]]]
 
 
 class ServingCore:
@@ -84,9 +78,7 @@ class ServingCore:
                             run: AsyncRunner) -> predict_pb2.PredictResponse:
         """``predict`` for an event loop: the TensorFlow call is awaited through ``run``."""
         with self._serving(request) as servable:
-            plan = self._predictor.plan(servable, request)
-            values = await run(servable, plan.signature, plan.feeds, plan.fetches)
-            return self._predictor.respond(servable, request, plan, values)
+            return await self._predictor.predict_async(servable, request, run)
 
     async def classify_async(self, request: classification_pb2.ClassificationRequest,
                              run: AsyncRunner) -> classification_pb2.ClassificationResponse:
@@ -101,9 +93,7 @@ class ServingCore:
     async def _infer_async(self, request: Any, run: AsyncRunner, method: str,
                            response: Any) -> Any:
         with self._serving(request) as servable:
-            plan = self._inference.plan(servable, request, method)
-            values = await run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
-            return self._inference.respond(servable, request, plan, values, response)
+            return await self._inference.single_async(servable, request, method, response, run)
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:

@@ -19,11 +19,12 @@ from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
 import grpc
 
 from pyserving.server import request_context
-from pyserving.server.core import AsyncRunner, ServingCore
+from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError
 from pyserving.server.grpc_services import PredictionService, status_message
 from pyserving.server.metrics import GRPC, ServerMetrics
 from pyserving.server.request_context import RequestContext
+from pyserving.server.servable import AsyncRunner
 
 T = TypeVar("T")
 

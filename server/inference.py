@@ -6,7 +6,8 @@ serialized, as one DT_STRING vector, to the signature's single input.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import time
+from typing import Any, Callable, NamedTuple
 
 import grpc
 import numpy as np
@@ -16,7 +17,17 @@ from pyserving.client.tensors import DTYPE_NAMES, dtype_enum_for
 from pyserving.server.apis import classification_pb2, inference_pb2, regression_pb2
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.predict import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD
-from pyserving.server.servable import Runner, Servable, SignatureDef, run_unbatched
+from pyserving.server.servable import (
+    AsyncRunner,
+    Runner,
+    RuntimeObserver,
+    Servable,
+    SignatureDef,
+    run_unbatched,
+)
+
+API_NAMES = {CLASSIFY_METHOD: "Classify", REGRESS_METHOD: "Regress"}
+ExamplesObserver = Callable[[str, int], None]  # model name, examples in a MultiInference
 
 
 def _debug_string(signature: SignatureDef) -> str:
@@ -198,9 +209,12 @@ class ExampleInference:
     """Runs Classification, Regression and MultiInference requests."""
 
     def __init__(self, *, check_method_name: bool = False,
-                 runner: Runner = run_unbatched) -> None:
+                 runner: Runner = run_unbatched, on_runtime: RuntimeObserver | None = None,
+                 on_examples: ExamplesObserver | None = None) -> None:
         self._check_method_name = check_method_name
         self._run = runner
+        self._on_runtime = on_runtime
+        self._on_examples = on_examples
 
     def classify(self, servable: Servable, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
@@ -229,8 +243,25 @@ class ExampleInference:
 
     def _single(self, servable: Servable, request: Any, method: str, response: Any) -> Any:
         plan = self.plan(servable, request, method)
+        started = time.monotonic()
         values = self._run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
+        self._ran(request, method, started)
         return self.respond(servable, request, plan, values, response)
+
+    async def single_async(self, servable: Servable, request: Any, method: str, response: Any,
+                           run: AsyncRunner) -> Any:
+        """Classify (``method`` CLASSIFY_METHOD) or Regress into ``response`` on an event
+        loop: the TensorFlow call is awaited through ``run``."""
+        plan = self.plan(servable, request, method)
+        started = time.monotonic()
+        values = await run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
+        self._ran(request, method, started)
+        return self.respond(servable, request, plan, values, response)
+
+    def _ran(self, request: Any, method: str, started: float) -> None:
+        if self._on_runtime is not None:
+            self._on_runtime(request.model_spec.name, API_NAMES[method],
+                             time.monotonic() - started)
 
     def multi_inference(self, servable: Servable,
                         request: inference_pb2.MultiInferenceRequest
@@ -262,6 +293,8 @@ class ExampleInference:
         outputs = dict(zip(plan.fetches, run(servable, tasks[0].signature, plan.feeds,
                                              plan.fetches)))
         num_examples = plan.num_examples
+        if self._on_examples is not None:
+            self._on_examples(model_name, num_examples)
         response = inference_pb2.MultiInferenceResponse()
         for task, request_task in zip(tasks, request.tasks):
             result = response.results.add()

@@ -47,6 +47,8 @@ def _exponential(scale: float, growth: float, count: int) -> list[float]:
 _LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # microseconds, ~20 minutes
 _QUEUING_BUCKETS = _exponential(100, 1.2, 52)  # microseconds, ~1 second
 _SIZE_BUCKETS = _exponential(1, 2, 14)
+_EXAMPLE_COUNT_BUCKETS = _exponential(1, 2, 15)
+RUNTIME = "TF1"  # TF Serving's runtime label for SavedModels run in a Session
 # How a Gauge's per-process values merge with --workers N: TF Serving's counters add up over
 # every process that ever ran; a live value over the processes running now.
 _COUNTER, _LIVE = "sum", "livesum"
@@ -160,6 +162,18 @@ class ServerMetrics:
             ":tensorflow:serving:request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
             ["model_name", "API", "entrypoint"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self._runtime_latency = Histogram(
+            ":tensorflow:serving:runtime_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+            ["model_name", "API", "runtime"], buckets=_LATENCY_BUCKETS, registry=registry)
+        self._example_counts = Histogram(
+            ":tensorflow:serving:request_example_counts",
+            "The number of tensorflow.Examples per request.",
+            ["model"], buckets=_EXAMPLE_COUNT_BUCKETS, registry=registry)
+        self._example_count_total = Gauge(
+            ":tensorflow:serving:request_example_count_total",
+            "The total number of tensorflow.Examples.",
+            ["model"], registry=registry, multiprocess_mode=_COUNTER)
         self._load_attempts = Gauge(
             ":tensorflow:cc:saved_model:load_attempt_count",
             "The number of times a SavedModel was successfully loaded.",
@@ -212,6 +226,16 @@ class ServerMetrics:
         self._child(self._request_count, model, code.name).inc()
         if code == grpc.StatusCode.OK:
             self._child(self._request_latency, model, api, entrypoint).observe(seconds * 1e6)
+
+    def observe_runtime(self, model: str, api: str, seconds: float) -> None:
+        """One successful TensorFlow run of a Predict/Classify/Regress (batch wait included,
+        as TF Serving's batching session counts it)."""
+        self._child(self._runtime_latency, model, api, RUNTIME).observe(seconds * 1e6)
+
+    def observe_examples(self, model: str, count: int) -> None:
+        """The tf.Examples of one successful MultiInference, as TF Serving counts them."""
+        self._child(self._example_counts, model).observe(count)
+        self._child(self._example_count_total, model).inc(count)
 
     @contextlib.contextmanager
     def in_flight(self, model: str, api: str, entrypoint: str) -> Iterator[None]:

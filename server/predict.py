@@ -6,6 +6,7 @@ saved_model::GetInputValues, in the same order.
 
 from __future__ import annotations
 
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,7 +19,14 @@ from pyserving.client.tensors import (
 )
 from pyserving.server.apis import predict_pb2
 from pyserving.server.errors import failed_precondition, internal, invalid_argument
-from pyserving.server.servable import Runner, Servable, SignatureDef, run_unbatched
+from pyserving.server.servable import (
+    AsyncRunner,
+    Runner,
+    RuntimeObserver,
+    Servable,
+    SignatureDef,
+    run_unbatched,
+)
 
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
@@ -134,8 +142,10 @@ class Predictor:
     """Runs PredictRequests against servables."""
 
     def __init__(self, *, as_tensor_content: bool = False, check_method_name: bool = False,
-                 max_tensor_bytes: int = 2**31, runner: Runner = run_unbatched) -> None:
+                 max_tensor_bytes: int = 2**31, runner: Runner = run_unbatched,
+                 on_runtime: RuntimeObserver | None = None) -> None:
         self._run = runner
+        self._on_runtime = on_runtime
         self._as_tensor_content = as_tensor_content
         self._check_method_name = check_method_name
         self._max_tensor_bytes = max_tensor_bytes
@@ -169,5 +179,20 @@ class Predictor:
     def predict(self, servable: Servable,
                 request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         plan = self.plan(servable, request)
+        started = time.monotonic()
         values = self._run(servable, plan.signature, plan.feeds, plan.fetches)
+        self._ran(request, started)
         return self.respond(servable, request, plan, values)
+
+    async def predict_async(self, servable: Servable, request: predict_pb2.PredictRequest,
+                            run: AsyncRunner) -> predict_pb2.PredictResponse:
+        """``predict`` for an event loop: the TensorFlow call is awaited through ``run``."""
+        plan = self.plan(servable, request)
+        started = time.monotonic()
+        values = await run(servable, plan.signature, plan.feeds, plan.fetches)
+        self._ran(request, started)
+        return self.respond(servable, request, plan, values)
+
+    def _ran(self, request: predict_pb2.PredictRequest, started: float) -> None:
+        if self._on_runtime is not None:
+            self._on_runtime(request.model_spec.name, "Predict", time.monotonic() - started)

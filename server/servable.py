@@ -13,7 +13,7 @@ import math
 import os
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -173,8 +173,15 @@ def load_servable(name: str, version: int, path: str, tags: Sequence[str],
     return servable
 
 
+# How a request's signature is run: (servable, signature, feeds, fetches) -> outputs; the async
+# form is awaited on an event loop (the batcher on grpc.aio).
 Runner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Sequence[str]],
                   list[np.ndarray]]
+AsyncRunner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Sequence[str]],
+                       Awaitable[list[np.ndarray]]]
+# Told of each successful run: model name, API ("Predict", "Classify", "Regress"), seconds
+# (TF Serving's runtime_latency: the TensorFlow call, batch queueing included).
+RuntimeObserver = Callable[[str, str, float], None]
 
 
 def run_unbatched(servable: Servable, signature: SignatureDef,

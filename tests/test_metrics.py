@@ -73,6 +73,49 @@ def test_request_count_and_latency_use_tf_serving_names(serve, testdata_model, c
     assert b':tensorflow:serving:request_count{model_name="default",status="OK"} 3.0' in body
 
 
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_runtime_latency_and_example_counts_use_tf_serving_names(serve, testdata_model,
+                                                                 channel_to, batching):
+    from test_inference import (
+        CLASSIFY_METHOD,
+        REGRESS_METHOD,
+        classify_request,
+        multi_request,
+        regress_request,
+    )
+
+    server = serve(model_base_path=testdata_model(MODEL), enable_batching=batching)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    for number in range(2):
+        stub.Predict(x_is(number), timeout=10)
+    stub.Classify(classify_request("classify_x_to_y", 1.0), timeout=10)
+    stub.Regress(regress_request("regress_x_to_y", 1.0, 2.0), timeout=10)
+    stub.MultiInference(multi_request(("default", "regress_x_to_y", REGRESS_METHOD),
+                                      ("default", "classify_x_to_y", CLASSIFY_METHOD),
+                                      xs=(1.0, 2.0, 3.0)), timeout=10)
+    bad = x_is(1.0)
+    bad.inputs["x"].dtype = types_pb2.DT_STRING
+    with pytest.raises(grpc.RpcError):  # fails before TensorFlow runs: no runtime sample
+        stub.Predict(bad, timeout=10)
+
+    samples = scrape(server)
+    for api, count in (("Predict", 2), ("Classify", 1), ("Regress", 1)):
+        labels = {"model_name": "default", "API": api, "runtime": "TF1"}
+        assert value(samples, ":tensorflow:serving:runtime_latency_count", **labels) == count
+        assert value(samples, ":tensorflow:serving:runtime_latency_sum", **labels) > 0
+        assert value(samples, ":tensorflow:serving:runtime_latency_bucket", le="+Inf",
+                     **labels) == count
+    assert value(samples, ":tensorflow:serving:request_example_counts_count",
+                 model="default") == 1
+    assert value(samples, ":tensorflow:serving:request_example_counts_sum",
+                 model="default") == 3
+    assert value(samples, ":tensorflow:serving:request_example_count_total",
+                 model="default") == 3
+    body, _ = server.metrics.render()
+    assert b"# TYPE :tensorflow:serving:runtime_latency histogram" in body
+    assert b':tensorflow:serving:request_example_count_total{model="default"} 3.0' in body
+
+
 def test_load_metrics_and_version_state(serve, testdata_model):
     base_path = testdata_model("saved_model_half_plus_two_2_versions")
     server = serve(model_base_path=base_path, model_name="two")
