@@ -99,6 +99,18 @@ def write_slow_warmup(version_dir: Path, ms: int, times: int = 1) -> None:
             writer.write(record.SerializeToString())
 
 
+def is_open_here(path: Path) -> bool:
+    """Whether this process (the in-process server) has ``path`` open."""
+    fds = Path("/proc/self/fd")
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:  # closed meanwhile
+            continue
+    return False
+
+
 def checked_request(x: list[float], model: str = MODEL) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
@@ -284,8 +296,11 @@ def test_version_removed_during_its_load_ends_and_the_old_one_keeps_serving(
     def states() -> dict[int, int]:
         return {v: s.state for v, s in statuses(channel, MODEL).items()}
 
+    # Remove it once its warmup replay (3 s) is under way: removed earlier, the missing
+    # warmup file would make the load finish before the next poll could see the removal.
+    warmup = base / "2" / "assets.extra" / "tf_serving_warmup_requests"
     deadline = time.monotonic() + WAIT_SECONDS
-    while states().get(2) != State.LOADING:
+    while states().get(2) != State.LOADING or not is_open_here(warmup):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     shutil.rmtree(base / "2")
