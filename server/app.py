@@ -100,21 +100,21 @@ class ModelServer:
         self._session_config = device.session_config(options)
         # Made in start(), so a bad batching flag or file is a start-up error like any other.
         self.batcher: Batcher | None = None
-        runner = self._run_batched if options.enable_batching else run_unbatched
-        predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
-                              check_method_name=options.enable_signature_method_name_check,
-                              max_tensor_bytes=options.max_request_tensor_bytes,
-                              runner=runner, on_runtime=self._observe_runtime)
-        inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
-                                     runner=runner, on_runtime=self._observe_runtime,
-                                     on_examples=self._observe_examples)
-        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup) \
-            if options.enable_model_warmup else None
         self.manager = ModelManager(self._load, _load_policy(options),
                                     allow_labels_for_unavailable=(
                                         options.allow_version_labels_for_unavailable_models),
                                     observers=[self._on_model_event])
         self.metrics = ServerMetrics(self.manager, self._queue_depths)
+        runner = self._run_batched if options.enable_batching else run_unbatched
+        predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
+                              check_method_name=options.enable_signature_method_name_check,
+                              max_tensor_bytes=options.max_request_tensor_bytes,
+                              runner=runner, on_runtime=self.metrics.observe_runtime)
+        inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
+                                     runner=runner, on_runtime=self.metrics.observe_runtime,
+                                     on_examples=self.metrics.observe_examples)
+        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup) \
+            if options.enable_model_warmup else None
         self.health = ServingHealth(self.manager)
         self.monitoring = PrometheusSettings()  # read in start(): --monitoring_config_file
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
@@ -125,12 +125,6 @@ class ModelServer:
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
         return self.batcher.run(servable, signature, feeds, fetches)
-
-    def _observe_runtime(self, model: str, api: str, seconds: float) -> None:
-        self.metrics.observe_runtime(model, api, seconds)
-
-    def _observe_examples(self, model: str, count: int) -> None:
-        self.metrics.observe_examples(model, count)
 
     def _on_model_event(self, event: ModelEvent) -> None:
         _keep_models_out_of_gc_scans(event)

@@ -737,15 +737,23 @@ def test_rest_and_grpc_callers_share_batches_run_on_the_event_loop(serve, rows_b
     assert grpc_calls & {result["call"] for result in rest_results}
 
 
-def test_stop_lets_batches_queued_on_the_event_loop_finish(batching_server, channel_to,
-                                                          caplog):
+def loop_batching_server(batching_server, channel_to, caplog, timeout_micros: int
+                         ) -> tuple[object, Stub]:
+    """A server whose default queue runs on the event loop (batches of 8 cut at
+    ``timeout_micros``): a first full batch ran on a thread and moved the queue."""
     caplog.set_level(logging.INFO, logger="pyserving.server.batching")
     server = batching_server("max_batch_size { value: 8 }\n"
-                             "batch_timeout_micros { value: 1000000 }\n",
+                             f"batch_timeout_micros {{ value: {timeout_micros} }}\n",
                              inline_batch_max_micros=1_000_000)
     stub = stub_for(server, channel_to)
     stub.Predict(request_for(rows_of(99, 8)), TIMEOUT)  # a full batch: runs at once
     assert ON_THE_LOOP in caplog.text
+    return server, stub
+
+
+def test_stop_lets_batches_queued_on_the_event_loop_finish(batching_server, channel_to,
+                                                          caplog):
+    server, stub = loop_batching_server(batching_server, channel_to, caplog, 1_000_000)
     queued = [stub.Predict.future(request_for(rows_of(caller, 1)), TIMEOUT)
               for caller in range(3)]
     time.sleep(0.2)
@@ -785,13 +793,7 @@ def test_a_batch_that_breaks_unexpectedly_fails_its_callers_and_batching_goes_on
 
 def test_expired_or_cancelled_requests_queued_on_the_event_loop_are_dropped(
         batching_server, channel_to, caplog):
-    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
-    server = batching_server("max_batch_size { value: 8 }\n"
-                             "batch_timeout_micros { value: 600000 }\n",
-                             inline_batch_max_micros=1_000_000)
-    stub = stub_for(server, channel_to)
-    stub.Predict(request_for(rows_of(99, 8)), TIMEOUT)  # a full batch: runs at once
-    assert ON_THE_LOOP in caplog.text
+    _, stub = loop_batching_server(batching_server, channel_to, caplog, 600_000)
     expiring = stub.Predict.future(request_for(rows_of(1, 1)), 0.15)
     cancelled = stub.Predict.future(request_for(rows_of(2, 1)), TIMEOUT)
     last = stub.Predict.future(request_for(rows_of(3, 1)), TIMEOUT)
