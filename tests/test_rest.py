@@ -48,7 +48,8 @@ def _copy(name: str, target: Path) -> str:
 
 
 def _build_multi_model(base: Path) -> str:
-    """Two inputs (float x, string text), three outputs incl. *_bytes; a wide signature."""
+    """Two inputs (float x, string text), three outputs incl. *_bytes; a wide signature, one
+    with a scalar output and one that echoes strings."""
     import tensorflow as tf
 
     class Multi(tf.Module):
@@ -62,9 +63,18 @@ def _build_multi_model(base: Path) -> str:
         def wide(self, x: tf.Tensor) -> dict:
             return {"y": x * 2.0}
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def scalar(self, x: tf.Tensor) -> dict:
+            return {"total": tf.reduce_sum(x), "x": tf.identity(x)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def strings(self, text: tf.Tensor) -> dict:
+            return {"text": tf.identity(text)}
+
     module = Multi()
     tf.saved_model.save(module, str(base / "1"),
-                        signatures={"serving_default": module.serve, "wide": module.wide})
+                        signatures={"serving_default": module.serve, "wide": module.wide,
+                                    "scalar": module.scalar, "strings": module.strings})
     return str(base)
 
 
@@ -170,26 +180,101 @@ def test_signature_name_selects_signature_and_single_output_drops_its_name(port:
         (200, {"predictions": [[3.0] * 100]})
 
 
+# --- response bytes: rapidjson's PrettyWriter and json_tensor.cc's WriteDecimal -----------------
+
+def _bytes_of(port: int, path: str, body: Any = None) -> bytes:
+    status, payload, headers = call(port, path, body)
+    assert status == 200, payload
+    assert headers["Content-Type"] == "application/json"
+    return payload
+
+
+def test_row_format_bytes_are_tf_servings(port: int) -> None:
+    # TF Serving's documented answer: rows on one line, the array closed on its own line.
+    assert _bytes_of(port, "/v1/models/default:predict", {"instances": [1.0, 2.0, 5.0]}) == \
+        b'{\n    "predictions": [2.5, 3.0, 4.5\n    ]\n}'
+
+
+def test_columnar_format_bytes_put_each_value_on_its_own_line(port: int) -> None:
+    assert _bytes_of(port, "/v1/models/default:predict", {"inputs": [1.0, 2.0, 5.0]}) == \
+        b'{\n    "outputs": [\n        2.5,\n        3.0,\n        4.5\n    ]\n}'
+
+
+def test_floats_have_six_digits_or_all_nine(port: int) -> None:
+    # 0.5 * 17999996 + 2 = 9e+06 exactly (%g); 0.5 * 0.3333333 + 2 needs max_digits10.
+    body = {"instances": [17999996.0, 0.3333333, 0.1, 1e7]}
+    assert _bytes_of(port, "/v1/models/default:predict", body) == \
+        b'{\n    "predictions": [9e+06, 2.16666675, 2.05, 5000002.0\n    ]\n}'
+
+
 def test_nan_and_infinity_tokens_round_trip(port: int) -> None:
     body = b'{"instances": [NaN, Infinity, -Infinity]}'
-    status, payload, _ = call(port, "/v1/models/default:predict", body)
+    assert _bytes_of(port, "/v1/models/default:predict", body) == \
+        b'{\n    "predictions": [NaN, Infinity, -Infinity\n    ]\n}'
+
+
+def test_row_format_bytes_with_several_outputs_and_b64(port: int) -> None:
+    body = b'{"instances": [{"x": [NaN, 1.0], "text": "a"}, {"x": [0.1, 0.2], "text": "b"}]}'
+    row = ('\n        {{\n            "echo_bytes": {{\n                "b64": "{}"\n'
+           '            }},\n            "length": 1,\n            "sum": {}\n        }}')
+    expected = ('{\n    "predictions": [' + row.format("YQ==", "NaN") + ","
+                + row.format("Yg==", "0.3") + "\n    ]\n}")
+    assert _bytes_of(port, "/v1/models/multi:predict", body) == expected.encode()
+
+
+def test_columnar_format_bytes_with_several_outputs(port: int) -> None:
+    body = b'{"inputs": {"x": [[1.0, 2.0]], "text": ["a\\"\\n\\u0001"]}}'
+    assert _bytes_of(port, "/v1/models/multi:predict", body) == (
+        b'{\n    "outputs": {\n        "echo_bytes": [\n            {\n                "b64": '
+        b'"YSIKAQ=="\n            }\n        ],\n        "length": [\n            4\n        ],'
+        b'\n        "sum": [\n            3.0\n        ]\n    }\n}')
+
+
+def test_scalar_output_is_a_bare_value_in_columnar_format(port: int) -> None:
+    body = {"signature_name": "scalar", "inputs": [1.0, 2.5]}
+    assert _bytes_of(port, "/v1/models/multi:predict", body) == (
+        b'{\n    "outputs": {\n        "total": 3.5,\n        "x": [\n            1.0,\n'
+        b'            2.5\n        ]\n    }\n}')
+
+
+def test_string_outputs_are_escaped_as_rapidjson_does(port: int) -> None:
+    body = {"signature_name": "strings", "instances": ['q"\\\t\u001f\u00e9']}
+    assert _bytes_of(port, "/v1/models/multi:predict", body) == \
+        '{\n    "predictions": ["q\\"\\\\\\t\\u001F\u00e9"\n    ]\n}'.encode()
+
+
+def test_classify_and_regress_bytes(port: int) -> None:
+    classify = {"signature_name": "classify_x_to_y", "examples": [{"x": 20.0}, {"x": 1.0}]}
+    assert _bytes_of(port, "/v1/models/default:classify", classify) == \
+        b'{\n    "results": [[["", 12.0]], [["", 2.5]]\n    ]\n}'
+    regress = {"signature_name": "regress_x_to_y", "examples": [{"x": 80.0}, {"x": 0.5}]}
+    assert _bytes_of(port, "/v1/models/default:regress", regress) == \
+        b'{\n    "results": [42.0, 2.25]\n}'
+
+
+def test_error_bytes(port: int) -> None:
+    status, payload, headers = call(port, "/v1/models/nope:predict", {"instances": [1.0]})
+    assert (status, headers["Content-Type"]) == (404, "application/json")
+    assert payload == b'{\n    "error": "Servable not found for request: Latest(nope)"\n}'
+
+
+def test_status_bytes_are_protobufs_json_printer(port: int) -> None:
+    status, payload, _ = call(port, "/v1/models/default")
     assert status == 200
-    assert payload.replace(b" ", b"") == b'{"predictions":[NaN,Infinity,-Infinity]}'
+    assert payload == (b'{\n "model_version_status": [\n  {\n   "version": "123",\n   "state": '
+                       b'"AVAILABLE",\n   "status": {\n    "error_code": "OK",\n    '
+                       b'"error_message": ""\n   }\n  }\n ]\n}\n')
 
 
-def test_nan_next_to_other_outputs_keeps_float32_shortest(port: int) -> None:
-    body = b'{"inputs": {"x": [[NaN, 1.0], [0.1, 0.2]], "text": ["a", "b"]}}'
-    status, payload, _ = call(port, "/v1/models/multi:predict", body)
+def test_metadata_bytes_join_two_printed_protos(port: int) -> None:
+    status, payload, _ = call(port, "/v1/models/default/metadata")
     assert status == 200
-    compact = payload.replace(b" ", b"")
-    assert b'"sum":[NaN,0.3]' in compact and b'"length":[1,1]' in compact
-
-
-def test_floats_are_printed_shortest_round_trip(port: int) -> None:
-    status, payload, _ = call(port, "/v1/models/default:predict", {"instances": [0.1, 1e7]})
-    assert status == 200
-    assert json.loads(payload) == {"predictions": [2.05, 5000002.0]}
-    assert b"2.05," in payload.replace(b" ", b"")
+    assert payload.startswith(b'{\n"model_spec":{\n "name": "default",\n "version": "123",\n'
+                              b' "signature_name": ""\n}\n,\n"metadata": {"signature_def": {\n'
+                              b' "signature_def": {\n  "')
+    assert payload.endswith(b'\n  }\n }\n}\n}\n}\n')
+    # fields in field-number order: TensorInfo name (1), dtype (2), tensor_shape (3)
+    assert b'"name": "x:0",\n     "dtype": "DT_FLOAT",\n     "tensor_shape": {' in payload
 
 
 def test_integer_values_convert_to_float_inputs(port: int) -> None:

@@ -179,7 +179,7 @@ def client_loop(target: str, rest_port: int, stop: threading.Event, tally: Tally
 
     def rest_predict() -> None:
         with urllib.request.urlopen(rest, timeout=30) as response:
-            assert response.read().replace(b" ", b"") == b'{"predictions":[[2.5],[3.0]]}'
+            assert response.read() == b'{\n    "predictions": [[2.5], [3.0]\n    ]\n}'
 
     with PredictionClient(target, timeout=30, retries=0) as client:
         calls = {
