@@ -322,8 +322,15 @@ def test_path_outside_v1_is_not_found(port: int) -> None:
     ("/v1/models/default:predict", {"signature_name": "serving_default"}, 400,
      "Missing 'inputs' or 'instances' key"),
     ("/v1/models/default:predict", {"inputs": [1.0], "instances": [1.0]}, 400,
-     "JSON Value: {\"inputs\":[1.0],\"instances\":[1.0]} Not formatted correctly expecting only "
-     "one of 'inputs' or 'instances' keys to exist "),
+     "JSON Value: {\n    \"inputs\": [1.0],\n    \"instances\": [1.0]\n} Not formatted "
+     "correctly expecting only one of 'inputs' or 'instances' keys to exist "),
+    # rapidjson's writer refuses NaN and stops there; large values stop past 256 bytes
+    ("/v1/models/default:predict", {"instances": 5, "a": [1e21, 1.5e-7, float("nan"), 2]}, 400,
+     "JSON Value: {\n    \"instances\": 5,\n    \"a\": [1e21, 1.5e-7,  Expecting "
+     "'instances' to be an list/array"),
+    ("/v1/models/default:predict", {"instances": "x" * 300, "b": 1}, 400,
+     'JSON Value: {\n    "instances": "' + "x" * 300 + '" Expecting \'instances\' to be an '
+     "list/array"),
     ("/v1/foo", {}, 400, "Malformed request: POST /v1/foo"),
     ("/v1/models/default:predict", {"signature_name": "X", "instances": [1.0]}, 400,
      'Serving signature name: "X" not found in signature def'),
@@ -337,14 +344,14 @@ def test_path_outside_v1_is_not_found(port: int) -> None:
      "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
      "JSON Value: \"a\" Type: String is not of expected type: float"),
     ("/v1/models/default:predict", {"instances": []}, 400,
-     "JSON Value: {\"instances\":[]} No values in 'instances' array"),
+     "JSON Value: {\n    \"instances\": []\n} No values in 'instances' array"),
     ("/v1/models/multi:predict", {"inputs": {"x": [[1.0, 2.0]]}}, 400,
      "Missing named input: text in 'inputs' object."),
     ("/v1/models/multi:predict", {"instances": [[1.0, 2.0]]}, 400,
      "instances is a plain list, but expecting list of objects as multiple input tensors "
      "required as per tensorinfo_map"),
     ("/v1/models/default:regress", {"signature_name": "regress_x_to_y"}, 400,
-     "JSON Value: {\"signature_name\":\"regress_x_to_y\"} When method is classify, key "
+     "JSON Value: {\n    \"signature_name\": \"regress_x_to_y\"\n} When method is classify, key "
      "'examples' is expected and was not found"),
 ])
 def test_error_messages_and_codes(port: int, path: str, body: Any, code: int,

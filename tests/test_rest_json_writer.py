@@ -110,3 +110,34 @@ def test_strings_are_escaped_as_rapidjson_escapes_them(text: str) -> None:
 def test_bytes_that_are_not_utf8_go_out_as_they_are() -> None:
     raw = b"\xff\xfe ok"
     assert writer.encode_document(writer.quote(writer.text_of(raw))) == b'"' + raw + b'"'
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1)
+    | st.text(st.characters(exclude_categories=("Cs",)), max_size=6),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=4), children, max_size=4), max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(value=json_values)
+def test_debug_string_is_rapidjsons_single_line_array_layout(value: object) -> None:
+    from pyserving.server.rest_json_errors import debug_string
+
+    expected = rapidjson.dumps(value, indent=4, write_mode=rapidjson.WM_SINGLE_LINE_ARRAY,
+                               ensure_ascii=False)
+    text = debug_string(value)
+    if len(expected.encode()) < 256:
+        assert text == expected
+    else:  # JsonWriterWithLimit: whole pieces, until one reaches 256 bytes
+        assert expected.startswith(text) and len(text.encode()) >= 256
+
+
+def test_debug_string_doubles_are_rapidjsons() -> None:
+    from pyserving.server.rest_json_errors import debug_string
+
+    # rapidjson's Grisu2 + Prettify (python-rapidjson prints floats with Python's repr)
+    assert debug_string([1.0, 0.1, 1e21, 1e20, 1.5e-7, 1e-6, -0.0, 5e-324, 2**64 + 0.0,
+                         2**64, -2**63 - 1]) == \
+        ("[1.0, 0.1, 1e21, 100000000000000000000.0, 1.5e-7, 0.000001, -0.0, 5e-324, "
+         "18446744073709552000.0, 18446744073709552000.0, -9223372036854776000.0]")
