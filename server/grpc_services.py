@@ -15,13 +15,14 @@ from pyserving.server.errors import ServingError
 from pyserving.server.metrics import GRPC, ServerMetrics
 from pyserving.server.request_context import RequestContext
 
-# TF Serving truncates long error messages (grpc_status_util.cc).
+# TF Serving truncates long error messages (grpc_status_util.cc), counting bytes.
 _MESSAGE_LIMIT = 1024
 
 
 def status_message(message: str) -> str:
-    if len(message) > _MESSAGE_LIMIT:
-        return message[:_MESSAGE_LIMIT] + "...TRUNCATED"
+    encoded = message.encode("utf-8", "replace")
+    if len(encoded) > _MESSAGE_LIMIT:  # a character cut in two is dropped
+        return encoded[:_MESSAGE_LIMIT].decode("utf-8", "ignore") + "...TRUNCATED"
     return message
 
 

@@ -226,6 +226,15 @@ def test_unrecognized_label(labelled_predictions: PredictionStub, name: str, lab
         grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: {label}")
 
 
+def test_long_messages_are_cut_at_1024_bytes(labelled_predictions: PredictionStub):
+    # grpc_status_util.cc: 1024 bytes of the message, then "...TRUNCATED"
+    prefix = "Servable not found for request: Latest("
+    for name, kept in (("n" * 2000, "n" * (1024 - len(prefix))),
+                       ("\u00e9" * 1000, "\u00e9" * ((1024 - len(prefix)) // 2))):
+        assert rpc_error(labelled_predictions.Predict, predict_x(model_spec(name))) == (
+            grpc.StatusCode.NOT_FOUND, prefix + kept + "...TRUNCATED")
+
+
 def test_metadata_of_version_123_matches_tf_serving(labelled_predictions: PredictionStub):
     document = json.loads((TESTDATA / f"{TWO_VERSIONS}_metadata.json").read_text())
     expected_spec = json_format.ParseDict(document["model_spec"], model_pb2.ModelSpec())
