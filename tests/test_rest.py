@@ -272,8 +272,67 @@ def test_error_messages_and_codes(port: int, path: str, body: Any, code: int,
 def test_empty_body_and_bad_json(port: int) -> None:
     assert call_json(port, "/v1/models/default:predict", b"") == \
         (400, {"error": "JSON Parse error: The document is empty"})
-    status, body = call_json(port, "/v1/models/default:predict", b"{nope")
-    assert status == 400 and body["error"].startswith("JSON Parse error: ")
+    assert call_json(port, "/v1/models/default:predict", b"{nope") == \
+        (400, {"error": "JSON Parse error: Missing a name for object member. at offset: 1"})
+
+
+# rapidjson 1.1.0's GetParseError_En text and GetErrorOffset, as json_tensor.cc ParseJson
+# reports them (kParseIterativeFlag | kParseNanAndInfFlag | kParseStopWhenDoneFlag).
+@pytest.mark.parametrize("body,error", [
+    (b"instances = [1, 2]", "Invalid value. at offset: 0"),
+    (b"   ", "The document is empty. at offset: 3"),
+    (b"]", "The document is empty. at offset: 0"),
+    (b"\xef\xbb\xbf  ", "The document is empty. at offset: 5"),
+    (b'{"instances": [1e400]}', "Number too big to be stored in double. at offset: 15"),
+    (b'{"instances": [' + b"9" * 400 + b"]}",
+     "Number too big to be stored in double. at offset: 15"),
+    (b'{"instances": ["\\ud800"]}', "The surrogate pair in string is invalid. at offset: 16"),
+    (b'{"instances": ["\\ud800\\u0041"]}',
+     "The surrogate pair in string is invalid. at offset: 16"),
+    (b'{"instances": [1.0, 2.0', "Missing a comma or ']' after an array element. at offset: 23"),
+    (b'{"instances": [1.0 2.0]}', "Missing a comma or ']' after an array element. at offset: 19"),
+    (b'{"instances": [1.0,]}', "Invalid value. at offset: 19"),
+    (b'{"instances": [1.0]', "Missing a comma or '}' after an object member. at offset: 19"),
+    (b'{"instances": [1.0],}', "Missing a name for object member. at offset: 20"),
+    (b'{"instances" [1.0]}', "Missing a colon after a name of object member. at offset: 13"),
+    (b'{instances: [1.0]}', "Missing a name for object member. at offset: 1"),
+    (b'{"instances": ["a\\q"]}', "Invalid escape character in string. at offset: 17"),
+    (b'{"instances": ["a\tb"]}', "Invalid escape character in string. at offset: 17"),
+    (b'{"instances": ["a', "Missing a closing quotation mark in string. at offset: 17"),
+    (b'{"instances": ["\\u12g4"]}',
+     "Incorrect hex digit after \\u escape in string. at offset: 16"),
+    (b'{"instances": [1.]}', "Miss fraction part in number. at offset: 17"),
+    (b'{"instances": [1e+]}', "Miss exponent in number. at offset: 18"),
+    (b'{"instances": [-]}', "Invalid value. at offset: 16"),
+    (b'{"instances": [nul]}', "Invalid value. at offset: 18"),
+    (b'{"instances": [Infinite]}', "Invalid value. at offset: 22"),
+])
+def test_invalid_json_gets_rapidjsons_message_and_offset(port: int, body: bytes,
+                                                          error: str) -> None:
+    assert call_json(port, "/v1/models/default:predict", body) == \
+        (400, {"error": f"JSON Parse error: {error}"})
+
+
+@pytest.mark.parametrize("body,predictions", [
+    (b'\xef\xbb\xbf{"instances": [2.0]}', [3.0]),  # a UTF-8 BOM is skipped
+    (b'{"instances": [2.0]} and anything after the document', [3.0]),
+    (b'{"instances": [2.0]}\x00{', [3.0]),
+    (b'{"instances": [Inf, 2.0, -Infinity]}', [float("inf"), 3.0, -float("inf")]),
+])
+def test_json_rapidjson_accepts(port: int, body: bytes, predictions: list) -> None:
+    assert call_json(port, "/v1/models/default:predict", body) == \
+        (200, {"predictions": predictions})
+
+
+@pytest.mark.parametrize("text,raw", [
+    (b"\xff\xfeA", b"\xff\xfeA"),  # no encoding validation: the raw bytes go through
+    (b"\\udc00", "\udc00".encode("utf-8", "surrogatepass")),  # a lone low surrogate is kept
+    (b"\\ud83d\\ude00", "\U0001f600".encode()),
+])
+def test_string_bytes_as_rapidjson_holds_them(port: int, text: bytes, raw: bytes) -> None:
+    body = b'{"instances": [{"x": [1.0, 2.0], "text": "' + text + b'"}]}'
+    assert call_json(port, "/v1/models/multi:predict", body) == (200, {"predictions": [
+        {"sum": 3.0, "length": len(raw), "echo_bytes": {"b64": base64.b64encode(raw).decode()}}]})
 
 
 def test_status_without_model_name(port: int) -> None:
