@@ -251,7 +251,8 @@ class RestServer:
             body, content_type = await self._loop.run_in_executor(self._executor,
                                                                   self._metrics_page[1])
             return web.Response(status=200, body=body, headers={"Content-Type": content_type})
-        if not _HANDLED_PATH.fullmatch(path):
+        target = _path_and_query(request)
+        if not _HANDLED_PATH.fullmatch(target):
             return web.Response(status=404, text="Not Found")  # no handler, as evhttp answers
         if request.content_length and request.content_length > self._options.max_request_bytes:
             return self._too_large(request.content_length)
@@ -262,7 +263,7 @@ class RestServer:
         if request.method == "OPTIONS":
             status, payload = self._preflight(request)
         else:
-            status, payload = await self._run(request.method, path, body)
+            status, payload = await self._run(request.method, target, body)
         return self._response(status, payload)
 
     def _preflight(self, request: web.Request) -> tuple[int, bytes]:
@@ -300,6 +301,13 @@ class RestServer:
         if self._options.enable_cors:
             headers.update(_CORS_HEADERS)
         return web.Response(status=status, body=payload, headers=headers)
+
+
+def _path_and_query(request: web.Request) -> str:
+    """What TF Serving's handlers match: the path with its '?query' and '#fragment', undecoded
+    (evhttp_request.cc ParsedEvRequest::decode), so a query string makes most routes miss."""
+    target = request.raw_path  # the request line's target, as sent
+    return target if target.startswith("/") else request.rel_url.raw_path_qs
 
 
 def _in_context(context: RequestContext, call: Callable[..., Any], *args: Any) -> Any:

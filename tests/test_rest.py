@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import shutil
 import stat
@@ -333,6 +334,33 @@ def test_string_bytes_as_rapidjson_holds_them(port: int, text: bytes, raw: bytes
     body = b'{"instances": [{"x": [1.0, 2.0], "text": "' + text + b'"}]}'
     assert call_json(port, "/v1/models/multi:predict", body) == (200, {"predictions": [
         {"sum": 3.0, "length": len(raw), "echo_bytes": {"b64": base64.b64encode(raw).decode()}}]})
+
+
+# TF Serving matches its routes against the path with the query (evhttp_request.cc).
+@pytest.mark.parametrize("method,path,code,message", [
+    ("POST", "/v1/models/default:predict?x=1", 400,
+     "Malformed request: POST /v1/models/default:predict?x=1"),
+    ("GET", "/v1/models/default/metadata?x=1", 400,
+     "Malformed request: GET /v1/models/default/metadata?x=1"),
+    ("GET", "/v1/models/default?x=1", 404, "Could not find any versions of model default?x=1"),
+    ("GET", "/v1/models?x", 400, "Malformed request: GET /v1/models?x"),
+    ("GET", "/v1/models/default?", 404, "Could not find any versions of model default?"),
+])
+def test_query_string_is_part_of_the_matched_path(port: int, method: str, path: str, code: int,
+                                                  message: str) -> None:
+    body = {"instances": [1.0]} if method == "POST" else None
+    assert call_json(port, path, body, method=method) == (code, {"error": message})
+
+
+def test_fragment_is_part_of_the_matched_path(port: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/v1/models/default#top")
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())) == \
+            (404, {"error": "Could not find any versions of model default#top"})
+    finally:
+        connection.close()
 
 
 def test_status_without_model_name(port: int) -> None:
