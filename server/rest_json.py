@@ -8,8 +8,6 @@ mixed JSON types) get a 400, never a crash.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from enum import Enum
 from typing import Any, Callable, Mapping
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from pyserving.client import tensors
 from pyserving.client.tensors import DTYPE_NAMES, fill_tensor_proto
+from pyserving.server import rest_base64
 from pyserving.server.apis import example_pb2, feature_pb2, predict_pb2
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.rest_json_errors import debug_string, json_type_name, json_value_error
@@ -74,10 +73,10 @@ def _decode_base64(value: Any) -> bytes:
     if not _is_base64_object(value):
         raise invalid_argument(f"JSON Value: {debug_string(value)} "
                                "not formatted correctly for base64 data")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid_argument("Unable to base64 decode") from None
+    decoded = rest_base64.unescape(value["b64"])
+    if decoded is None:
+        raise invalid_argument("Unable to base64 decode")
+    return decoded
 
 
 def _leaf(value: Any, dtype: int) -> Any:

@@ -165,6 +165,25 @@ def test_columnar_format_with_b64_input_and_bytes_output(port: int) -> None:
                                   "echo_bytes": [{"b64": base64.b64encode(raw).decode()}]}}
 
 
+# absl::Base64Unescape: padding optional, whitespace skipped, '.' pads too.
+@pytest.mark.parametrize("encoded,raw", [
+    ("aGVsbG8", b"hello"), ("aGVsbG8=", b"hello"), ("aGVs bG8=\n", b"hello"),
+    ("aGk.", b"hi"), ("aGVsbA", b"hell"), ("", b""),
+])
+def test_b64_is_decoded_as_absl_does(port: int, encoded: str, raw: bytes) -> None:
+    body = {"inputs": {"x": [[1.0, 1.0]], "text": [{"b64": encoded}]}}
+    status, result = call_json(port, "/v1/models/multi:predict", body)
+    assert (status, result["outputs"]["echo_bytes"]) == \
+        (200, [{"b64": base64.b64encode(raw).decode()}])
+
+
+@pytest.mark.parametrize("encoded", ["aGVsbG8==", "aGVsbA=", "a", "aGk=aGk=", "=", "aGk*"])
+def test_b64_absl_refuses(port: int, encoded: str) -> None:
+    body = {"inputs": {"x": [[1.0, 1.0]], "text": [{"b64": encoded}]}}
+    assert call_json(port, "/v1/models/multi:predict", body) == \
+        (400, {"error": "Unable to base64 decode"})
+
+
 def test_signature_name_selects_signature_and_single_output_drops_its_name(port: int) -> None:
     body = {"signature_name": "wide", "instances": [[1.5] * 100]}
     assert call_json(port, "/v1/models/multi:predict", body) == \
