@@ -217,6 +217,34 @@ def test_integer_values_convert_to_float_inputs(port: int) -> None:
         (200, {"predictions": [3.0, 4.0]})
 
 
+# rapidjson's FindMember finds the first of repeated names; orjson keeps the last.
+@pytest.mark.parametrize("path,body,expected", [
+    ("/v1/models/default:predict", b'{"instances": [1.0], "instances": [2.0]}',
+     (200, {"predictions": [2.5]})),
+    ("/v1/models/default:predict",
+     b'{"signature_name": "nope", "instances": [1.0], "signature_name": "serving_default"}',
+     (400, {"error": 'Serving signature name: "nope" not found in signature def'})),
+    ("/v1/models/multi:predict",
+     b'{"inputs": {"x": [[1.0, 1.0]], "text": ["ab"], "x": [[5.0, 5.0]]}}',
+     (200, {"outputs": {"sum": [2.0], "length": [2], "echo_bytes": [{"b64": "YWI="}]}})),
+    # MakeExampleFromJsonObject visits every member, so the last feature of a name wins.
+    ("/v1/models/default:regress",
+     b'{"signature_name": "regress_x_to_y", "examples": [{"x": 1.0, "x": 2.0}]}',
+     (200, {"results": [3.0]})),
+])
+def test_repeated_names_keep_the_first(port: int, path: str, body: bytes,
+                                       expected: tuple) -> None:
+    assert call_json(port, path, body) == expected
+
+
+def test_repeated_b64_name_is_not_a_b64_object(port: int) -> None:
+    """IsValBase64Object asks for MemberCount() == 1, which counts repeated names."""
+    body = b'{"inputs": {"x": [[1.0, 1.0]], "text": [{"b64": "aGk=", "b64": "aGk="}]}}'
+    status, result = call_json(port, "/v1/models/multi:predict", body)
+    assert status == 400
+    assert result["error"].endswith("not formatted correctly for base64 data")
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", [
