@@ -73,6 +73,10 @@ _CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
 }
 _ORIGIN = re.compile(r"https?://")
+# evhttp_server.cc evhttp_set_allowed_methods; libevent answers any other method with 501.
+_ALLOWED_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
+# libevent's default for a reply that sets none (evhttp_new_object), as a preflight's is.
+_LIBEVENT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
 _share_port = False
 
 
@@ -245,6 +249,8 @@ class RestServer:
         self._executor.shutdown(wait=True)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in _ALLOWED_METHODS:
+            return _libevent_error(501, "Not Implemented")
         path = request.rel_url.raw_path
         if self._metrics_page is not None and request.method == "GET" and \
                 path == self._metrics_page[0]:
@@ -253,7 +259,7 @@ class RestServer:
             return web.Response(status=200, body=body, headers={"Content-Type": content_type})
         target = _path_and_query(request)
         if not _HANDLED_PATH.fullmatch(target):
-            return web.Response(status=404, text="Not Found")  # no handler, as evhttp answers
+            return _libevent_error(404, "Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
             return self._too_large(request.content_length)
         try:
@@ -261,15 +267,18 @@ class RestServer:
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(None)
         if request.method == "OPTIONS":
-            status, payload = self._preflight(request)
-        else:
-            status, payload = await self._run(request.method, target, body)
+            return self._preflight(request)
+        status, payload = await self._run(request.method, target, body)
         return self._response(status, payload)
 
-    def _preflight(self, request: web.Request) -> tuple[int, bytes]:
-        if _ORIGIN.search(request.headers.get("Origin", "")):
-            return 200, b""
-        return 400, rest_responses.error_json("Origin header is missing in CORS preflight")
+    def _preflight(self, request: web.Request) -> web.Response:
+        """http_server.cc: 200 with an Origin, else FAILED_PRECONDITION ("Origin header is
+        missing in CORS preflight"), which is only logged: the body is empty either way."""
+        status = 200 if _ORIGIN.search(request.headers.get("Origin", "")) else 400
+        headers = {"Content-Type": _LIBEVENT_CONTENT_TYPE}
+        if self._options.enable_cors:
+            headers.update(_CORS_HEADERS)
+        return web.Response(status=status, body=b"", headers=headers)
 
     async def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
@@ -301,6 +310,16 @@ class RestServer:
         if self._options.enable_cors:
             headers.update(_CORS_HEADERS)
         return web.Response(status=status, body=payload, headers=headers)
+
+
+def _libevent_error(status: int, reason: str) -> web.Response:
+    """evhttp_send_error: libevent's own page, and the connection closed after it."""
+    page = (f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
+            "</BODY></HTML>\n")
+    response = web.Response(status=status, body=page.encode(),
+                            headers={"Content-Type": "text/html"})
+    response.force_close()
+    return response
 
 
 def _path_and_query(request: web.Request) -> str:

@@ -275,8 +275,43 @@ def test_status_of_one_version_and_of_all(port: int) -> None:
     assert sorted(entry["version"] for entry in body["model_version_status"]) == ["123", "124"]
 
 
-def test_path_outside_v1_is_not_found(port: int) -> None:
-    assert call(port, "/v2/models/default")[0] == 404
+def _libevent_page(status: int, reason: str) -> bytes:
+    return (f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
+            "</BODY></HTML>\n").encode()
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v2/models/default"), ("POST", "/"),
+                                         ("OPTIONS", "/models/default:predict")])
+def test_path_outside_v1_gets_libevents_404_page(port: int, method: str, path: str) -> None:
+    status, payload, headers = call(port, path, b"{}" if method == "POST" else None,
+                                    method=method)
+    assert (status, payload, headers["Content-Type"]) == \
+        (404, _libevent_page(404, "Not Found"), "text/html")
+
+
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "PURGE"])
+def test_method_libevent_does_not_allow_is_501(port: int, method: str) -> None:
+    """(A method aiohttp's parser does not know at all, e.g. FOO, gets its 400 before us.)"""
+    status, payload, headers = call(port, "/v1/models/default", method=method)
+    assert (status, payload, headers["Content-Type"]) == \
+        (501, _libevent_page(501, "Not Implemented"), "text/html")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_other_allowed_methods_are_malformed_requests(port: int, method: str) -> None:
+    assert call_json(port, "/v1/models/default", b"{}", method=method) == \
+        (400, {"error": f"Malformed request: {method} /v1/models/default"})
+
+
+def test_cors_preflight_answers_with_an_empty_body(port: int) -> None:
+    """http_server.cc only logs the FAILED_PRECONDITION of a preflight without an Origin."""
+    ok = call(port, "/v1/models/default:predict", method="OPTIONS",
+              headers={"Origin": "https://example.com"})
+    missing = call(port, "/v1/models/default:predict", method="OPTIONS")
+    for (status, payload, headers), code in [(ok, 200), (missing, 400)]:
+        assert (status, payload, headers["Content-Type"]) == \
+            (code, b"", "text/html; charset=ISO-8859-1")
+        assert "Access-Control-Allow-Origin" not in headers
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -479,10 +514,11 @@ def test_cors_headers_when_enabled(serve: Callable, testdata_model: Callable) ->
     assert headers["Access-Control-Allow-Methods"] == "POST, GET"
     preflight = call(server.rest_port, "/v1/models/default:predict", method="OPTIONS",
                      headers={"Origin": "http://example.com"})
-    assert preflight[0] == 200
     missing = call(server.rest_port, "/v1/models/default:predict", method="OPTIONS")
-    assert (missing[0], json.loads(missing[1])) == \
-        (400, {"error": "Origin header is missing in CORS preflight"})
+    assert (preflight[0], preflight[1], missing[0], missing[1]) == (200, b"", 400, b"")
+    for _, _, answer_headers in (preflight, missing):
+        assert answer_headers["Access-Control-Allow-Origin"] == "*"
+        assert answer_headers["Access-Control-Allow-Headers"] == "Content-Type"
 
 
 def test_no_cors_headers_by_default(port: int) -> None:
