@@ -1,17 +1,14 @@
 """REST request body bytes -> Python values, as TF Serving's rapidjson reads them.
 
-orjson parses well-formed bodies. What it refuses but rapidjson's flags allow (NaN and
-Infinity, bytes after the document, a BOM, raw non-UTF-8 bytes in strings) goes through the
-json module, and what that refuses through ``rest_json_reader``, a port of rapidjson's reader
-that also gives its error text and offset. Objects keep the first of repeated names.
+orjson parses well-formed bodies. What it refuses (NaN and Infinity, bytes after the
+document, a BOM, raw non-UTF-8 bytes in strings, invalid JSON) goes through
+``rest_json_reader``, rapidjson's reader as TF Serving runs it, which also gives rapidjson's
+error text and offset. Objects keep the first of repeated names.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import re
 from typing import Any
 
 import orjson
@@ -19,13 +16,7 @@ import orjson
 from pyserving.server import rest_json_reader
 from pyserving.server.errors import invalid_argument
 from pyserving.server.rest_json_errors import json_value_error
-from pyserving.server.rest_json_reader import DuplicateNamesObject, RapidJsonError
-
-_RAPIDJSON_INTEGERS = (-2**63, 2**64 - 1)  # int64 or uint64; anything else is a double
-# Surrogate escapes: the reader decides on pairs, lone high ones (refused) and lone low ones
-# (kept as their 3-byte UTF-8 form).
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_JSON_SPACE = " \t\n\r"
+from pyserving.server.rest_json_reader import RapidJsonError
 
 
 class JsonDocument(dict):
@@ -89,48 +80,9 @@ def _has_a_member_per_colon(document: dict, body: bytes) -> bool:
     return count >= colons
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError("the reader decides between Infinity and too big")
-    return value
-
-
-def _json_int(text: str) -> int | float:
-    """Integers as rapidjson reads them: beyond uint64/int64 they are doubles."""
-    value = int(text) if len(text) < 22 else None
-    if value is not None and _RAPIDJSON_INTEGERS[0] <= value <= _RAPIDJSON_INTEGERS[1]:
-        return value
-    raise ValueError("the reader decides on big integers")
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict:
-    document = dict(pairs)
-    return document if len(document) == len(pairs) else DuplicateNamesObject(pairs)
-
-
-_LENIENT = json.JSONDecoder(parse_float=_finite_float, parse_int=_json_int,
-                            object_pairs_hook=_object)
-
-
-def _json_module_decode(body: bytes) -> Any:
-    """The json module's C scanner with rapidjson's leniency; ValueError where it differs."""
-    start = 0
-    for bom in b"\xef\xbb\xbf":  # EncodedInputStream<UTF8<>, MemoryStream> skips these
-        start += body[start:start + 1] == bytes([bom])
-    text = body[start:].decode("utf-8", "surrogateescape")  # rapidjson keeps such bytes
-    document, _ = _LENIENT.raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
-    return document
-
-
 def _parse_leniently(body: bytes) -> Any:
     """What orjson refuses but TF Serving's rapidjson flags allow (kParseNanAndInfFlag,
     kParseStopWhenDoneFlag, no encoding validation), or rapidjson's error and offset."""
-    if not _SURROGATE_ESCAPE.search(body):
-        try:
-            return _json_module_decode(body)
-        except (ValueError, RecursionError):
-            pass  # the reader below has the final word, and the error text
     try:
         return rest_json_reader.parse(body)
     except RapidJsonError as error:

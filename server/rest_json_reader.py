@@ -11,6 +11,7 @@ rapidjson holds. Objects keep the first of duplicate names, as FindMember finds 
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -71,10 +72,29 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SAFE_NUMBERS = re.compile(
     rb"(?:[ \t\n\r]*,[ \t\n\r]*-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,2})?"
     rb"(?![0-9.eE]))+")
+_NUMBER_CHARACTERS = re.compile(rb"[-+.eE0-9 \t\n\r,]*")
+_MAY_BE_TOO_BIG = re.compile(rb"[0-9]{16}|[eE][-+]?[0-9]{3}")
 _UINT64_TENTH = (2**64 - 1) // 10  # the guards of ParseNumber's 64-bit loops
 _INT64_TENTH = 2**63 // 10
 _DOUBLE_MAX_TENTH = 1.7976931348623157e307
 _FAST_PATH_MAX = 2**53 - 1
+
+
+# What the json module reads unlike rapidjson: surrogate escapes (rapidjson refuses lone high
+# ones and keeps lone low ones as bytes) and numbers rapidjson may call too big.
+_NEEDS_READER = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{16}|[eE][-+]?[0-9]{3}")
+_SHORTCUT_DEPTH = 8  # bounds the rescans of nested containers that hold the error
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    document = dict(pairs)
+    return document if len(document) == len(pairs) else DuplicateNamesObject(pairs)
+
+
+# The json module's C scanner, for what _NEEDS_READER lets through: without 16 digits in a
+# row or a 3-digit exponent, no number overflows a double or leaves int64/uint64.
+LENIENT = json.JSONDecoder(object_pairs_hook=_object)
+_SCAN = LENIENT.scan_once
 
 
 def parse(body: bytes) -> Any:
@@ -88,6 +108,7 @@ class _Reader:
         self.end = body.find(b"\0")  # MemoryStream::Peek() gives '\0' there and past the end
         if self.end < 0:
             self.end = len(body)
+        self.text: str | None = None  # the body as latin-1, one character a byte
 
     def peek(self, at: int) -> int:
         return self.body[at] if at < self.end else 0
@@ -106,6 +127,15 @@ class _Reader:
             if char in b"[{":
                 if state not in _VALUE_AFTER:
                     break
+                subtree = self._subtree(at) if len(stack) < _SHORTCUT_DEPTH else None
+                if subtree is not None:
+                    value, at = subtree
+                    if state == START:
+                        return value
+                    self._add(stack[-1], value)
+                    state = _VALUE_AFTER[state]
+                    at = _WHITESPACE.match(self.body, at).end()
+                    continue
                 container: Any = [] if char == 0x5B else {}
                 members: list = []
                 if stack:
@@ -162,6 +192,22 @@ class _Reader:
             at = _WHITESPACE.match(self.body, at).end()
         raise RapidJsonError(_STATE_ERROR[state], at)
 
+    def _subtree(self, at: int) -> tuple[Any, int] | None:
+        """A whole array or object the json module's C scanner reads as rapidjson would, and
+        where it ends; None where only this reader can tell (or the error is inside)."""
+        if self.text is None:
+            self.text = self.body[:self.end].decode("latin-1")
+        try:
+            value, end = _SCAN(self.text, at)
+        except (ValueError, RecursionError, StopIteration):
+            return None
+        piece = self.body[at:end]
+        if _NEEDS_READER.search(piece):
+            return None
+        if not piece.isascii():  # strings read as latin-1: read them again as rapidjson's bytes
+            value = LENIENT.decode(piece.decode("utf-8", "surrogateescape"))
+        return value, end
+
     @staticmethod
     def _add(frame: tuple[Any, int, list], value: Any) -> None:
         container, _, members = frame
@@ -173,14 +219,26 @@ class _Reader:
         container.setdefault(name, value)
 
     def _numbers(self, array: list, comma: int) -> int:
-        """At an element's comma: read a run of plain numbers at once; 0 if there is none."""
+        """At an element's comma: read a run of plain numbers at once; 0 if there is none.
+        orjson accepts a run only where rapidjson splits it the same way; runs where rapidjson
+        could say TooBig (16+ digits, 3-digit exponents) take the stricter pattern."""
         if not isinstance(array[-1], (int, float)):
             return 0
-        run = _SAFE_NUMBERS.match(self.body, comma, self.end)
-        if run is None:
+        end = _NUMBER_CHARACTERS.match(self.body, comma + 1, self.end).end()
+        run = self.body[comma + 1:end]
+        if not _MAY_BE_TOO_BIG.search(run):
+            try:
+                values = orjson.loads(b"[" + run + b"]")
+            except orjson.JSONDecodeError:
+                values = None
+            if values:
+                array.extend(values)
+                return end
+        match = _SAFE_NUMBERS.match(self.body, comma, self.end)
+        if match is None:
             return 0
-        array.extend(orjson.loads(b"[" + self.body[comma + 1:run.end()] + b"]"))
-        return run.end()
+        array.extend(orjson.loads(b"[" + self.body[comma + 1:match.end()] + b"]"))
+        return match.end()
 
     def _value(self, at: int) -> tuple[Any, int]:
         char = self.body[at]
