@@ -73,16 +73,23 @@ _SAFE_NUMBERS = re.compile(
     rb"(?:[ \t\n\r]*,[ \t\n\r]*-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,2})?"
     rb"(?![0-9.eE]))+")
 _NUMBER_CHARACTERS = re.compile(rb"[-+.eE0-9 \t\n\r,]*")
-_MAY_BE_TOO_BIG = re.compile(rb"[0-9]{16}|[eE][-+]?[0-9]{3}")
+
 _UINT64_TENTH = (2**64 - 1) // 10  # the guards of ParseNumber's 64-bit loops
 _INT64_TENTH = 2**63 // 10
 _DOUBLE_MAX_TENTH = 1.7976931348623157e307
 _FAST_PATH_MAX = 2**53 - 1
 
 
-# What the json module reads unlike rapidjson: surrogate escapes (rapidjson refuses lone high
-# ones and keeps lone low ones as bytes) and numbers rapidjson may call too big.
-_NEEDS_READER = re.compile(rb"\\u[dD][89a-fA-F]|[0-9]{16}|[eE][-+]?[0-9]{3}")
+# What the json module and orjson read unlike rapidjson: surrogate escapes (rapidjson refuses
+# lone high ones and keeps lone low ones as bytes), integer parts of 19+ digits (beyond int64
+# a double, past DBL_MAX / 10 too big) and positive 3-digit exponents (maybe too big). Without
+# them no number overflows a double. Digits in strings only cost the slower way. Searched with
+# literal prefixes and bytes.find: a plain alternation costs ~35 ns a byte.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_BIG_EXPONENTS = (re.compile(rb"e\+?[0-9]{3}"), re.compile(rb"E\+?[0-9]{3}"))
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+_ZEROS = re.compile(rb"0*")
 _SHORTCUT_DEPTH = 8  # bounds the rescans of nested containers that hold the error
 
 
@@ -91,8 +98,7 @@ def _object(pairs: list[tuple[str, Any]]) -> dict:
     return document if len(document) == len(pairs) else DuplicateNamesObject(pairs)
 
 
-# The json module's C scanner, for what _NEEDS_READER lets through: without 16 digits in a
-# row or a 3-digit exponent, no number overflows a double or leaves int64/uint64.
+# The json module's C scanner, for what _needs_reader lets through.
 LENIENT = json.JSONDecoder(object_pairs_hook=_object)
 _SCAN = LENIENT.scan_once
 
@@ -202,7 +208,7 @@ class _Reader:
         except (ValueError, RecursionError, StopIteration):
             return None
         piece = self.body[at:end]
-        if _NEEDS_READER.search(piece):
+        if _needs_reader(piece):
             return None
         if not piece.isascii():  # strings read as latin-1: read them again as rapidjson's bytes
             value = LENIENT.decode(piece.decode("utf-8", "surrogateescape"))
@@ -221,12 +227,12 @@ class _Reader:
     def _numbers(self, array: list, comma: int) -> int:
         """At an element's comma: read a run of plain numbers at once; 0 if there is none.
         orjson accepts a run only where rapidjson splits it the same way; runs where rapidjson
-        could say TooBig (16+ digits, 3-digit exponents) take the stricter pattern."""
+        could say TooBig take the stricter pattern."""
         if not isinstance(array[-1], (int, float)):
             return 0
         end = _NUMBER_CHARACTERS.match(self.body, comma + 1, self.end).end()
         run = self.body[comma + 1:end]
-        if not _MAY_BE_TOO_BIG.search(run):
+        if not _needs_reader(run):
             try:
                 values = orjson.loads(b"[" + run + b"]")
             except orjson.JSONDecodeError:
@@ -361,6 +367,21 @@ class _Reader:
                 if value > limit:
                     raise RapidJsonError(TOO_BIG, start)
         return end
+
+
+def _needs_reader(text: bytes) -> bool:
+    """Whether ``text`` may hold what only this reader reads as rapidjson does."""
+    if b"\\u" in text and _SURROGATE_ESCAPE.search(text):
+        return True
+    if any(pattern.search(text) for pattern in _BIG_EXPONENTS):
+        return True
+    digits = text.translate(_DIGITS_AS_ZERO)
+    at = digits.find(_LONG_RUN)
+    while at >= 0:
+        if at == 0 or digits[at - 1] != 0x2E:  # a run not after '.': an integer part
+            return True
+        at = digits.find(_LONG_RUN, _ZEROS.match(digits, at).end())
+    return False
 
 
 def _replace_last(frame: tuple[Any, int, list], value: dict) -> None:
