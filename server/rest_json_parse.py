@@ -16,7 +16,7 @@ import orjson
 from pyserving.server import rest_json_reader
 from pyserving.server.errors import invalid_argument
 from pyserving.server.rest_json_errors import json_value_error
-from pyserving.server.rest_json_reader import RapidJsonError
+from pyserving.server.rest_json_numbers import RapidJsonError
 
 
 class JsonDocument(dict):

@@ -6,7 +6,8 @@ kParseStopWhenDoneFlag and no encoding validation. This is a port of that reader
 accepted documents (NaN/Inf, raw non-UTF-8 bytes in strings, lone low surrogates, no nesting
 limit, bytes after the document ignored) and the same error and offset. Strings come back
 decoded with ``surrogateescape``, so ``str.encode("utf-8", "surrogateescape")`` gives the bytes
-rapidjson holds. Objects keep the first of duplicate names, as FindMember finds it.
+rapidjson holds. Objects keep the first of duplicate names, as FindMember finds it. Numbers
+are read by ``rest_json_numbers``; whole valid arrays and objects by the json module's scanner.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 import orjson
 
+from pyserving.server.rest_json_numbers import INVALID_VALUE, NumberReader, RapidJsonError
+
 # The error texts of rapidjson/error/en.h.
 EMPTY = "The document is empty."
-INVALID_VALUE = "Invalid value."
 MISS_NAME = "Missing a name for object member."
 MISS_COLON = "Missing a colon after a name of object member."
 MISS_COMMA_OR_CURLY = "Missing a comma or '}' after an object member."
@@ -28,17 +30,6 @@ INVALID_HEX = "Incorrect hex digit after \\u escape in string."
 INVALID_SURROGATE = "The surrogate pair in string is invalid."
 INVALID_ESCAPE = "Invalid escape character in string."
 MISS_QUOTE = "Missing a closing quotation mark in string."
-TOO_BIG = "Number too big to be stored in double."
-MISS_FRACTION = "Miss fraction part in number."
-MISS_EXPONENT = "Miss exponent in number."
-
-
-class RapidJsonError(ValueError):
-    """A parse error: rapidjson's English message and the byte offset it reports."""
-
-    def __init__(self, message: str, offset: int) -> None:
-        super().__init__(f"{message} at offset: {offset}")
-        self.offset = offset
 
 
 class DuplicateNamesObject(dict):
@@ -61,8 +52,9 @@ _STATE_ERROR = {START: EMPTY, OBJECT_INITIAL: MISS_NAME, MEMBER_DELIMITER: MISS_
                 ELEMENT_DELIMITER: INVALID_VALUE, ELEMENT: MISS_COMMA_OR_SQUARE}
 _VALUE_AFTER = {START: FINISH, KEY_VALUE_DELIMITER: MEMBER_VALUE, ARRAY_INITIAL: ELEMENT,
                 ELEMENT_DELIMITER: ELEMENT}
+_ARRAY_OPEN = (ARRAY_INITIAL, ELEMENT, ELEMENT_DELIMITER)
+_OBJECT_OPEN = (OBJECT_INITIAL, MEMBER_VALUE, MEMBER_DELIMITER)
 _WHITESPACE = re.compile(rb"[ \t\n\r]*")
-_DIGITS = re.compile(rb"[0-9]*")
 _UNESCAPED = re.compile(rb'[^"\\\x00-\x1f]*')
 _ESCAPES = {ord(k): v for k, v in {'"': b'"', "\\": b"\\", "/": b"/", "b": b"\b", "f": b"\f",
                                     "n": b"\n", "r": b"\r", "t": b"\t"}.items()}
@@ -73,12 +65,6 @@ _SAFE_NUMBERS = re.compile(
     rb"(?:[ \t\n\r]*,[ \t\n\r]*-?(?:0|[1-9][0-9]{0,14})(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,2})?"
     rb"(?![0-9.eE]))+")
 _NUMBER_CHARACTERS = re.compile(rb"[-+.eE0-9 \t\n\r,]*")
-
-_UINT64_TENTH = (2**64 - 1) // 10  # the guards of ParseNumber's 64-bit loops
-_INT64_TENTH = 2**63 // 10
-_DOUBLE_MAX_TENTH = 1.7976931348623157e307
-_FAST_PATH_MAX = 2**53 - 1
-
 
 # What the json module and orjson read unlike rapidjson: surrogate escapes (rapidjson refuses
 # lone high ones and keeps lone low ones as bytes), integer parts of 19+ digits (beyond int64
@@ -115,6 +101,10 @@ class _Reader:
         if self.end < 0:
             self.end = len(body)
         self.text: str | None = None  # the body as latin-1, one character a byte
+        self.numbers = NumberReader(body, self.end)
+        self.state = START
+        self.root: Any = None
+        self.stack: list[tuple[Any, int, list]] = []  # (container, state after it, members)
 
     def peek(self, at: int) -> int:
         return self.body[at] if at < self.end else 0
@@ -124,79 +114,95 @@ class _Reader:
         for bom in (0xEF, 0xBB, 0xBF):
             if self.peek(at) == bom:
                 at += 1
-        state = START
-        root: Any = None
-        stack: list[tuple[Any, int, list]] = []  # (container, state to return to, members)
         at = _WHITESPACE.match(self.body, at).end()
         while at < self.end:
             char = self.body[at]
             if char in b"[{":
-                if state not in _VALUE_AFTER:
-                    break
-                subtree = self._subtree(at) if len(stack) < _SHORTCUT_DEPTH else None
-                if subtree is not None:
-                    value, at = subtree
-                    if state == START:
-                        return value
-                    self._add(stack[-1], value)
-                    state = _VALUE_AFTER[state]
-                    at = _WHITESPACE.match(self.body, at).end()
-                    continue
-                container: Any = [] if char == 0x5B else {}
-                members: list = []
-                if stack:
-                    self._add(stack[-1], container)
-                else:
-                    root = container
-                stack.append((container, _VALUE_AFTER[state], members))
-                state = ARRAY_INITIAL if char == 0x5B else OBJECT_INITIAL
-                at += 1
+                at = self._open(at, char)
             elif char in b"]}":
-                closes_array = char == 0x5D
-                if state not in ((ARRAY_INITIAL, ELEMENT, ELEMENT_DELIMITER) if closes_array
-                                 else (OBJECT_INITIAL, MEMBER_VALUE, MEMBER_DELIMITER)):
-                    break
-                if state == ELEMENT_DELIMITER:  # no kParseTrailingCommasFlag
-                    raise RapidJsonError(INVALID_VALUE, at)
-                if state == MEMBER_DELIMITER:
-                    raise RapidJsonError(MISS_NAME, at)
-                container, state, members = stack.pop()
-                if not closes_array and len(members) > len(container):
-                    container = DuplicateNamesObject(members)
-                    if stack:
-                        _replace_last(stack[-1], container)
-                at += 1
-                if not stack:
-                    return root if container is root or closes_array else container
+                at = self._close(at, char == 0x5D)
             elif char == 0x2C:  # ,
-                if state == ELEMENT:
-                    run = self._numbers(stack[-1][0], at)
-                    state, at = (ELEMENT, run) if run else (ELEMENT_DELIMITER, at + 1)
-                elif state == MEMBER_VALUE:
-                    state, at = MEMBER_DELIMITER, at + 1
-                else:
-                    break
+                at = self._comma(at)
             elif char == 0x3A:  # :
-                if state != MEMBER_KEY:
-                    break
-                state = KEY_VALUE_DELIMITER
-                at += 1
-            elif state in (OBJECT_INITIAL, MEMBER_DELIMITER):
-                if char != 0x22:
-                    break
-                key, at = self._string(at)
-                stack[-1][2].append((key, None))
-                state = MEMBER_KEY
-            elif state in _VALUE_AFTER:
-                value, at = self._value(at)
-                if state == START:
-                    return value
-                self._add(stack[-1], value)
-                state = _VALUE_AFTER[state]
+                if self.state != MEMBER_KEY:
+                    raise self._error(at)
+                self.state, at = KEY_VALUE_DELIMITER, at + 1
             else:
-                break
+                at = self._scalar(at, char)
+            if self.state == FINISH:
+                return self.root  # kParseStopWhenDoneFlag: what follows is not read
             at = _WHITESPACE.match(self.body, at).end()
-        raise RapidJsonError(_STATE_ERROR[state], at)
+        raise self._error(at)
+
+    def _error(self, at: int) -> RapidJsonError:
+        """HandleError: the message for the state the parser is stuck in."""
+        return RapidJsonError(_STATE_ERROR[self.state], at)
+
+    def _open(self, at: int, char: int) -> int:
+        if self.state not in _VALUE_AFTER:
+            raise self._error(at)
+        subtree = self._subtree(at) if len(self.stack) < _SHORTCUT_DEPTH else None
+        if subtree is not None:
+            value, at = subtree
+            self._completed(value)
+            return at
+        container: Any = [] if char == 0x5B else {}
+        then = _VALUE_AFTER[self.state]
+        self._completed(container)  # filled in place from here on
+        self.stack.append((container, then, []))
+        self.state = ARRAY_INITIAL if char == 0x5B else OBJECT_INITIAL
+        return at + 1
+
+    def _close(self, at: int, closes_array: bool) -> int:
+        if self.state not in (_ARRAY_OPEN if closes_array else _OBJECT_OPEN):
+            raise self._error(at)
+        if self.state == ELEMENT_DELIMITER:  # no kParseTrailingCommasFlag
+            raise RapidJsonError(INVALID_VALUE, at)
+        if self.state == MEMBER_DELIMITER:
+            raise RapidJsonError(MISS_NAME, at)
+        container, self.state, members = self.stack.pop()
+        if not closes_array and len(members) > len(container):
+            container = DuplicateNamesObject(members)
+            if self.stack:
+                _replace_last(self.stack[-1], container)
+            else:
+                self.root = container
+        return at + 1
+
+    def _comma(self, at: int) -> int:
+        if self.state == ELEMENT:
+            run = self._numbers(self.stack[-1][0], at)
+            if run:
+                return run
+            self.state = ELEMENT_DELIMITER
+        elif self.state == MEMBER_VALUE:
+            self.state = MEMBER_DELIMITER
+        else:
+            raise self._error(at)
+        return at + 1
+
+    def _scalar(self, at: int, char: int) -> int:
+        """A member's name, or a string, number, true, false or null where a value goes."""
+        if self.state in (OBJECT_INITIAL, MEMBER_DELIMITER):
+            if char != 0x22:
+                raise self._error(at)
+            name, at = self._string(at)
+            self.stack[-1][2].append((name, None))
+            self.state = MEMBER_KEY
+            return at
+        if self.state not in _VALUE_AFTER:
+            raise self._error(at)
+        value, at = self._value(at)
+        self._completed(value)
+        return at
+
+    def _completed(self, value: Any) -> None:
+        """A value where one goes: the document, an element, or a member's value."""
+        if self.stack:
+            self._add(self.stack[-1], value)
+        else:
+            self.root = value
+        self.state = _VALUE_AFTER[self.state]
 
     def _subtree(self, at: int) -> tuple[Any, int] | None:
         """A whole array or object the json module's C scanner reads as rapidjson would, and
@@ -256,7 +262,7 @@ class _Reader:
                 return value, at + len(word)
         if char == 0x22:
             return self._string(at)
-        return self._number(at)
+        return self.numbers.read(at)
 
     def _string(self, at: int) -> tuple[str, int]:
         body, parts = self.body, []
@@ -295,80 +301,6 @@ class _Reader:
                 raise RapidJsonError(INVALID_HEX, escape)
         return int(digits, 16), at + 4
 
-    def _number(self, start: int) -> tuple[int | float, int]:
-        """ParseNumber: where it ends, what it fails with, and TooBig exactly as rapidjson."""
-        at = start + (self.peek(start) == 0x2D)
-        minus = at > start
-        char = self.peek(at)
-        special: float | None = None
-        digits = b""
-        if 0x30 <= char <= 0x39:
-            end = at + 1 if char == 0x30 else _DIGITS.match(self.body, at, self.end).end()
-            digits, at = self.body[at:end], end
-        elif char in (0x4E, 0x49):  # N, I
-            special, at = self._nan_or_inf(at, minus)
-        else:
-            raise RapidJsonError(INVALID_VALUE, at)
-        special_end = at
-        significant, is_double = _check_integer(digits, minus, start)
-        counted = 0
-        if self.peek(at) == 0x2E:  # .
-            at += 1
-            end = _DIGITS.match(self.body, at, self.end).end()
-            if end == at:
-                raise RapidJsonError(MISS_FRACTION, at)
-            counted = _counted_fraction_digits(int(digits or b"0"), self.body[at:end],
-                                               significant, is_double)
-            at, is_double = end, True
-        if self.peek(at) in (0x65, 0x45):  # e, E
-            at, is_double = self._exponent(at + 1, counted, start), True
-        if special is not None:
-            if not is_double:
-                return special, at
-            # rapidjson goes on from a zero significand: "NaN.5" is 0.5
-            return float((b"-0" if minus else b"0") + self.body[special_end:at]), at
-        text = self.body[start:at]
-        return (float(text) if is_double else int(text)), at
-
-    def _nan_or_inf(self, at: int, minus: bool) -> tuple[float, int]:
-        """Consume(N) && Consume(a) && Consume(N), else Consume(I) && ...: as in rapidjson,
-        a partly matched word stays taken."""
-        matched, at = self._consume(at, b"NaN")
-        if matched:
-            return float("nan"), at
-        matched, at = self._consume(at, b"Inf")
-        if not matched:
-            raise RapidJsonError(INVALID_VALUE, at)
-        if self.peek(at) == 0x69:  # i
-            matched, at = self._consume(at, b"inity")
-            if not matched:
-                raise RapidJsonError(INVALID_VALUE, at)
-        return -float("inf") if minus else float("inf"), at
-
-    def _consume(self, at: int, word: bytes) -> tuple[bool, int]:
-        for expected in word:
-            if self.peek(at) != expected:
-                return False, at
-            at += 1
-        return True, at
-
-    def _exponent(self, at: int, counted: int, start: int) -> int:
-        """Past 'e': the end of the exponent; TooBig once it passes 308 + counted digits."""
-        negative = self.peek(at) == 0x2D
-        at += self.peek(at) in (0x2B, 0x2D)
-        end = _DIGITS.match(self.body, at, self.end).end()
-        if end == at:
-            raise RapidJsonError(MISS_EXPONENT, at)
-        if not negative:
-            limit = 308 + counted
-            value = 0
-            for digit in self.body[at:end]:
-                value = value * 10 + digit - 0x30
-                if value > limit:
-                    raise RapidJsonError(TOO_BIG, start)
-        return end
-
-
 def _needs_reader(text: bytes) -> bool:
     """Whether ``text`` may hold what only this reader reads as rapidjson does."""
     if b"\\u" in text and _SURROGATE_ESCAPE.search(text):
@@ -394,47 +326,3 @@ def _replace_last(frame: tuple[Any, int, list], value: dict) -> None:
     members[-1] = (name, value)
     if container.get(name) is old:
         container[name] = value
-
-
-def _check_integer(digits: bytes, minus: bool, start: int) -> tuple[int, bool]:
-    """(significandDigit, whether it became a double) of an integer part; TooBig where
-    rapidjson's double accumulation passes DBL_MAX / 10."""
-    if len(digits) <= 18:
-        return max(len(digits) - 1, 0), False
-    tenth, last = (_INT64_TENTH, 8) if minus else (_UINT64_TENTH, 5)
-    value = 0
-    for index, digit in enumerate(digits):
-        digit -= 0x30
-        if value >= tenth and (value != tenth or digit > last):
-            double = float(value)
-            for rest in digits[index:]:
-                if double >= _DOUBLE_MAX_TENTH:
-                    raise RapidJsonError(TOO_BIG, start)
-                double = double * 10 + (rest - 0x30)
-            return index - 1, True
-        value = value * 10 + digit
-    return len(digits) - 1, False
-
-
-def _counted_fraction_digits(integer: int, fraction: bytes, significant: int,
-                             is_double: bool) -> int:
-    """-expFrac of ParseNumber: the fraction digits it counts before 17 significant ones."""
-    counted = 0
-    index = 0
-    if not is_double:
-        value = integer
-        while index < len(fraction) and value <= _FAST_PATH_MAX:
-            value = value * 10 + fraction[index] - 0x30
-            counted += 1
-            significant += value != 0
-            index += 1
-        nonzero = value != 0
-    else:
-        nonzero = True
-    for digit in fraction[index:]:
-        if significant >= 17:
-            break
-        counted += 1
-        nonzero = nonzero or digit != 0x30
-        significant += nonzero
-    return counted
