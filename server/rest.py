@@ -75,6 +75,11 @@ _CORS_HEADERS = {
 _ORIGIN = re.compile(r"https?://")
 # evhttp_server.cc evhttp_set_allowed_methods; libevent answers any other method with 501.
 _ALLOWED_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
+# ParsedEvRequest::decode parses the target with evhttp_uri_parse, strict RFC 3986: a path of
+# unreserved and sub-delim characters, ':', '@', '/' and %XX; a query and a fragment may add '?'.
+_URI_CHARACTER = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})"
+_STRICT_TARGET = re.compile(
+    rf"{_URI_CHARACTER}*(?:\?(?:{_URI_CHARACTER}|\?)*)?(?:#(?:{_URI_CHARACTER}|\?)*)?")
 # libevent's default for a reply that sets none (evhttp_new_object), as a preflight's is.
 _LIBEVENT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
 _share_port = False
@@ -251,13 +256,15 @@ class RestServer:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         if request.method not in _ALLOWED_METHODS:
             return _libevent_error(501, "Not Implemented")
+        target = _path_and_query(request)
+        if not _STRICT_TARGET.fullmatch(target):
+            return _libevent_error(400, "Bad Request")
         path = request.rel_url.raw_path
         if self._metrics_page is not None and request.method == "GET" and \
                 path == self._metrics_page[0]:
             body, content_type = await self._loop.run_in_executor(self._executor,
                                                                   self._metrics_page[1])
             return web.Response(status=200, body=body, headers={"Content-Type": content_type})
-        target = _path_and_query(request)
         if not _HANDLED_PATH.fullmatch(target):
             return _libevent_error(404, "Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:

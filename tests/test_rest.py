@@ -289,6 +289,15 @@ def test_path_outside_v1_gets_libevents_404_page(port: int, method: str, path: s
         (404, _libevent_page(404, "Not Found"), "text/html")
 
 
+@pytest.mark.parametrize("path", ["/v1/models/a%ZZ", "/v1/models/a|b:predict",
+                                  "/v1/models/default?x={}", "/v1/models/a\"b", "/v2/a%"])
+def test_target_outside_strict_uri_syntax_gets_libevents_400_page(port: int, path: str) -> None:
+    """ParsedEvRequest::decode uses evhttp_uri_parse, strict RFC 3986 (before any route)."""
+    status, payload, headers = call(port, path)
+    assert (status, payload, headers["Content-Type"]) == \
+        (400, _libevent_page(400, "Bad Request"), "text/html")
+
+
 @pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "PURGE"])
 def test_method_libevent_does_not_allow_is_501(port: int, method: str) -> None:
     """(A method aiohttp's parser does not know at all, e.g. FOO, gets its 400 before us.)"""
@@ -431,6 +440,9 @@ def test_string_bytes_as_rapidjson_holds_them(port: int, text: bytes, raw: bytes
     ("GET", "/v1/models/default?x=1", 404, "Could not find any versions of model default?x=1"),
     ("GET", "/v1/models?x", 400, "Malformed request: GET /v1/models?x"),
     ("GET", "/v1/models/default?", 404, "Could not find any versions of model default?"),
+    ("GET", "/v1/models/default?a?b=@!", 404,
+     "Could not find any versions of model default?a?b=@!"),
+    ("GET", "/v1/models/default?a=/", 400, "Malformed request: GET /v1/models/default?a=/"),
 ])
 def test_query_string_is_part_of_the_matched_path(port: int, method: str, path: str, code: int,
                                                   message: str) -> None:
