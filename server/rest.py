@@ -73,6 +73,15 @@ _CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
 }
 _ORIGIN = re.compile(r"https?://")
+# evhttp_server.cc evhttp_set_allowed_methods; libevent answers any other method with 501.
+_ALLOWED_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
+# ParsedEvRequest::decode parses the target with evhttp_uri_parse, strict RFC 3986: a path of
+# unreserved and sub-delim characters, ':', '@', '/' and %XX; a query and a fragment may add '?'.
+_URI_CHARACTER = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})"
+_STRICT_TARGET = re.compile(
+    rf"{_URI_CHARACTER}*(?:\?(?:{_URI_CHARACTER}|\?)*)?(?:#(?:{_URI_CHARACTER}|\?)*)?")
+# libevent's default for a reply that sets none (evhttp_new_object), as a preflight's is.
+_LIBEVENT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
 _share_port = False
 
 
@@ -245,14 +254,19 @@ class RestServer:
         self._executor.shutdown(wait=True)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in _ALLOWED_METHODS:
+            return _libevent_error(501, "Not Implemented")
+        target = _path_and_query(request)
+        if not _STRICT_TARGET.fullmatch(target):
+            return _libevent_error(400, "Bad Request")
         path = request.rel_url.raw_path
         if self._metrics_page is not None and request.method == "GET" and \
                 path == self._metrics_page[0]:
             body, content_type = await self._loop.run_in_executor(self._executor,
                                                                   self._metrics_page[1])
             return web.Response(status=200, body=body, headers={"Content-Type": content_type})
-        if not _HANDLED_PATH.fullmatch(path):
-            return web.Response(status=404, text="Not Found")  # no handler, as evhttp answers
+        if not _HANDLED_PATH.fullmatch(target):
+            return _libevent_error(404, "Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
             return self._too_large(request.content_length)
         try:
@@ -260,15 +274,18 @@ class RestServer:
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(None)
         if request.method == "OPTIONS":
-            status, payload = self._preflight(request)
-        else:
-            status, payload = await self._run(request.method, path, body)
+            return self._preflight(request)
+        status, payload = await self._run(request.method, target, body)
         return self._response(status, payload)
 
-    def _preflight(self, request: web.Request) -> tuple[int, bytes]:
-        if _ORIGIN.search(request.headers.get("Origin", "")):
-            return 200, b""
-        return 400, rest_responses.error_json("Origin header is missing in CORS preflight")
+    def _preflight(self, request: web.Request) -> web.Response:
+        """http_server.cc: 200 with an Origin, else FAILED_PRECONDITION ("Origin header is
+        missing in CORS preflight"), which is only logged: the body is empty either way."""
+        status = 200 if _ORIGIN.search(request.headers.get("Origin", "")) else 400
+        headers = {"Content-Type": _LIBEVENT_CONTENT_TYPE}
+        if self._options.enable_cors:
+            headers.update(_CORS_HEADERS)
+        return web.Response(status=status, body=b"", headers=headers)
 
     async def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
@@ -300,6 +317,23 @@ class RestServer:
         if self._options.enable_cors:
             headers.update(_CORS_HEADERS)
         return web.Response(status=status, body=payload, headers=headers)
+
+
+def _libevent_error(status: int, reason: str) -> web.Response:
+    """evhttp_send_error: libevent's own page, and the connection closed after it."""
+    page = (f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
+            "</BODY></HTML>\n")
+    response = web.Response(status=status, body=page.encode(),
+                            headers={"Content-Type": "text/html"})
+    response.force_close()
+    return response
+
+
+def _path_and_query(request: web.Request) -> str:
+    """What TF Serving's handlers match: the path with its '?query' and '#fragment', undecoded
+    (evhttp_request.cc ParsedEvRequest::decode), so a query string makes most routes miss."""
+    target = request.raw_path  # the request line's target, as sent
+    return target if target.startswith("/") else request.rel_url.raw_path_qs
 
 
 def _in_context(context: RequestContext, call: Callable[..., Any], *args: Any) -> Any:

@@ -8,8 +8,6 @@ mixed JSON types) get a 400, never a crash.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from enum import Enum
 from typing import Any, Callable, Mapping
 
@@ -18,9 +16,11 @@ import numpy as np
 
 from pyserving.client import tensors
 from pyserving.client.tensors import DTYPE_NAMES, fill_tensor_proto
+from pyserving.server import rest_base64
 from pyserving.server.apis import example_pb2, feature_pb2, predict_pb2
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.rest_json_errors import debug_string, json_type_name, json_value_error
+from pyserving.server.rest_json_reader import DuplicateNamesObject
 
 _INT32 = (-2**31, 2**31 - 1)
 _INT64 = (-2**63, 2**63 - 1)
@@ -43,7 +43,19 @@ def signature_name(document: dict) -> str:
     if not isinstance(name, str):
         raise invalid_argument(f"JSON Value: {debug_string(document)} not formatted correctly. "
                                "'signature_name' key must be a string value.")
-    return name
+    return proto_string(name)
+
+
+def proto_string(text: str) -> str:
+    """A JSON string for a proto string field, which must be UTF-8: the raw non-UTF-8 bytes
+    rapidjson lets through (held as surrogate escapes) become U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
 
 
 def _type_error(value: Any, dtype: int) -> ServingError:
@@ -52,17 +64,19 @@ def _type_error(value: Any, dtype: int) -> ServingError:
 
 
 def _is_base64_object(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
+    """IsValBase64Object: one member (MemberCount counts repeated names), "b64", a string."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str) \
+        and not isinstance(value, DuplicateNamesObject)
 
 
 def _decode_base64(value: Any) -> bytes:
     if not _is_base64_object(value):
         raise invalid_argument(f"JSON Value: {debug_string(value)} "
                                "not formatted correctly for base64 data")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise invalid_argument("Unable to base64 decode") from None
+    decoded = rest_base64.unescape(value["b64"])
+    if decoded is None:
+        raise invalid_argument("Unable to base64 decode")
+    return decoded
 
 
 def _leaf(value: Any, dtype: int) -> Any:
@@ -83,7 +97,7 @@ def _leaf(value: Any, dtype: int) -> Any:
     if dtype == tensors.DT_STRING:
         if not isinstance(value, str):
             raise _type_error(value, dtype)
-        return value.encode("utf-8", "surrogatepass")
+        return value.encode("utf-8", "surrogateescape")
     if dtype == tensors.DT_BOOL:
         if not isinstance(value, bool):
             raise _type_error(value, dtype)
@@ -331,7 +345,7 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
         if kind not in (None, "bytes_list"):
             raise _feature_error(name, feature)
         feature.bytes_list.value.append(
-            value.encode("utf-8", "surrogatepass") if isinstance(value, str)
+            value.encode("utf-8", "surrogateescape") if isinstance(value, str)
             else _decode_base64(value))
     else:
         raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: "
@@ -342,11 +356,12 @@ def _fill_example(value: Any, example: example_pb2.Example) -> None:
     if not isinstance(value, dict):
         raise invalid_argument(
             f"Example must be JSON object but got JSON {json_type_name(value)}")
-    for name, content in value.items():
+    members = value.members if isinstance(value, DuplicateNamesObject) else value.items()
+    for name, content in members:  # every member, the last of a repeated name wins
         feature = feature_pb2.Feature()
         for item in content if isinstance(content, list) else [content]:
             _add_feature_value(item, name, feature)
-        example.features.feature[name].CopyFrom(feature)
+        example.features.feature[proto_string(name)].CopyFrom(feature)
 
 
 def fill_examples_request(document: dict, request: Any) -> None:

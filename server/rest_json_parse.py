@@ -1,26 +1,22 @@
 """REST request body bytes -> Python values, as TF Serving's rapidjson reads them.
 
-orjson parses well-formed bodies; what it refuses but rapidjson's flags allow (NaN and
-Infinity, trailing bytes) goes through a lenient decoder that also gives rapidjson's error
-texts. Hostile bodies (deep nesting, huge numbers, lone surrogates) get a 400, never a crash.
+orjson parses well-formed bodies. What it refuses (NaN and Infinity, bytes after the
+document, a BOM, raw non-UTF-8 bytes in strings, invalid JSON) goes through
+``rest_json_reader``, rapidjson's reader as TF Serving runs it, which also gives rapidjson's
+error text and offset. Objects keep the first of repeated names.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
-import re
 from typing import Any
 
 import orjson
 
+from pyserving.server import rest_json_reader
 from pyserving.server.errors import invalid_argument
 from pyserving.server.rest_json_errors import json_value_error
-
-_RAPIDJSON_INTEGERS = (-2**63, 2**64 - 1)  # int64 or uint64; anything else is a double
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_JSON_SPACE = " \t\n\r"
+from pyserving.server.rest_json_numbers import RapidJsonError
 
 
 class JsonDocument(dict):
@@ -47,62 +43,47 @@ class JsonDocument(dict):
 
 def parse_json(body: bytes) -> JsonDocument:
     if not body:
-        raise invalid_argument("JSON Parse error: The document is empty")
+        raise invalid_argument("JSON Parse error: The document is empty")  # ParseJson's own
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         document = _parse_leniently(body)
+    else:
+        if isinstance(document, dict) and not _has_a_member_per_colon(document, body):
+            document = _parse_leniently(body)  # a name may repeat: keep the first
     if not isinstance(document, dict):
         raise json_value_error(document, "Is not object")
     return JsonDocument(document, body)
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError("Number too big to be stored in double.")
-    return value
-
-
-def _json_int(text: str) -> int | float:
-    """Integers as rapidjson reads them: beyond uint64/int64 they are doubles."""
-    value = int(text) if len(text) < 22 else None
-    if value is not None and _RAPIDJSON_INTEGERS[0] <= value <= _RAPIDJSON_INTEGERS[1]:
-        return value
-    return _finite_float(text)
-
-
-_LENIENT = json.JSONDecoder(parse_float=_finite_float, parse_int=_json_int)
-
-
-def _parse_leniently(body: bytes) -> Any:
-    """What orjson refuses but TF Serving's rapidjson flags allow: NaN and Infinity tokens
-    (kParseNanAndInfFlag) and anything after the document (kParseStopWhenDoneFlag)."""
-    try:
-        text = body.decode("utf-8")
-        start = len(text) - len(text.lstrip(_JSON_SPACE))
-        document, _ = _LENIENT.raw_decode(text, start)
-    except RecursionError:
-        raise invalid_argument("JSON Parse error: The document is nested too deeply.") from None
-    except ValueError as error:  # also UnicodeDecodeError: rapidjson would keep such bytes
-        raise invalid_argument(f"JSON Parse error: {error}") from None
-    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(document):
-        raise invalid_argument("JSON Parse error: The surrogate pair in string is invalid.")
-    return document
-
-
-def _has_lone_surrogate(document: Any) -> bool:
-    pending = [document]
+def _has_a_member_per_colon(document: dict, body: bytes) -> bool:
+    """Whether the objects hold as many members as the body has colons, so that no name
+    repeats (orjson keeps the last). Cheap for the usual bodies: a numeric body's colons are
+    its top-level members; a False (colons in strings, objects in mixed lists) only costs a
+    second parse."""
+    colons = body.count(b":")
+    count = 0
+    pending: list = [document]
     while pending:
         value = pending.pop()
         if isinstance(value, dict):
-            pending.extend(value)
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-        elif isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
+            count += len(value)
+            if count >= colons:
                 return True
-    return False
+            pending.extend(item for item in value.values() if isinstance(item, (dict, list)))
+        elif isinstance(value, list) and value:
+            first = value[0]
+            if isinstance(first, (dict, list)):
+                pending.extend(value)
+            elif isinstance(first, str):
+                pending.extend(item for item in value if isinstance(item, dict))
+    return count >= colons
+
+
+def _parse_leniently(body: bytes) -> Any:
+    """What orjson refuses but TF Serving's rapidjson flags allow (kParseNanAndInfFlag,
+    kParseStopWhenDoneFlag, no encoding validation), or rapidjson's error and offset."""
+    try:
+        return rest_json_reader.parse(body)
+    except RapidJsonError as error:
+        raise invalid_argument(f"JSON Parse error: {error}") from None

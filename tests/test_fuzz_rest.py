@@ -285,7 +285,8 @@ def mutated(draw: Callable, body: bytes) -> bytes:
 
 # Path parts without a line feed: aiohttp's catch-all route does not match one (see
 # test_line_feed_in_a_model_name_gets_a_json_404).
-PATH_TEXT = st.text(st.characters(exclude_characters="\n"), max_size=8)
+PATH_TEXT = st.text(st.characters(exclude_characters="\n", exclude_categories=("Cs",)),
+                    max_size=8)  # quote() cannot encode a lone surrogate
 
 
 def model_path(draw: Callable, models: list[str]) -> str:
@@ -355,6 +356,10 @@ def test_urls(target: Target, data: st.DataObject, method: str) -> None:
     path += data.draw(st.sampled_from(["", "", "/metadata", ":predict", ":classify", ":regress",
                                        ":PREDICT", "/", "/metadata/x", ":", "%ZZ", "%ff"]))
     body = encode(data.draw(JSON_VALUES)) if method != "GET" else None
+    if "%ZZ" in path:  # not RFC 3986: libevent's own 400 page, before any route
+        status, _, content_type, _ = target.call(method, path, body)
+        assert (status, content_type) == (400, "text/html")
+        return
     check(target, method, path, body, "urls")
 
 
@@ -389,13 +394,13 @@ def test_deep_nesting(target: Target, depth: int, shape: str) -> None:
     (b'{"signature_name": "int64", "inputs": [[1, 2], [false, 3]]}',
      "JSON Value: false Type: False is not of expected type: int64"),
     (b'{"signature_name": "double", "inputs": [1e999]}',
-     "JSON Parse error: Number too big to be stored in double."),
+     "JSON Parse error: Number too big to be stored in double. at offset: 40"),
     (b'{"signature_name": "double", "inputs": [' + b"1" * 400 + b"]}",
-     "JSON Parse error: Number too big to be stored in double."),
+     "JSON Parse error: Number too big to be stored in double. at offset: 40"),
     (b'{"signature_name": "string", "inputs": ["\\ud800"], "x": NaN}',
-     "JSON Parse error: The surrogate pair in string is invalid."),
-    (b'{"signature_name": "\\udc00"}', "JSON Parse error: The surrogate pair in string is "
-                                       "invalid."),
+     "JSON Parse error: The surrogate pair in string is invalid. at offset: 41"),
+    (b'{"signature_name": "\\udc00"}',  # rapidjson 1.1.0 keeps a lone low surrogate
+     'Serving signature name: "\ufffd\ufffd\ufffd" not found in signature def'),
 ])
 def test_values_tf_serving_rejects(target: Target, body: bytes, message: str) -> None:
     status, answer = check(target, "POST", "/v1/models/echo:predict", body, "rejected")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import shutil
 import stat
@@ -174,6 +175,25 @@ def test_columnar_format_with_b64_input_and_bytes_output(port: int) -> None:
                                   "echo_bytes": [{"b64": base64.b64encode(raw).decode()}]}}
 
 
+# absl::Base64Unescape: padding optional, whitespace skipped, '.' pads too.
+@pytest.mark.parametrize("encoded,raw", [
+    ("aGVsbG8", b"hello"), ("aGVsbG8=", b"hello"), ("aGVs bG8=\n", b"hello"),
+    ("aGk.", b"hi"), ("aGVsbA", b"hell"), ("", b""),
+])
+def test_b64_is_decoded_as_absl_does(port: int, encoded: str, raw: bytes) -> None:
+    body = {"inputs": {"x": [[1.0, 1.0]], "text": [{"b64": encoded}]}}
+    status, result = call_json(port, "/v1/models/multi:predict", body)
+    assert (status, result["outputs"]["echo_bytes"]) == \
+        (200, [{"b64": base64.b64encode(raw).decode()}])
+
+
+@pytest.mark.parametrize("encoded", ["aGVsbG8==", "aGVsbA=", "a", "aGk=aGk=", "=", "aGk*"])
+def test_b64_absl_refuses(port: int, encoded: str) -> None:
+    body = {"inputs": {"x": [[1.0, 1.0]], "text": [{"b64": encoded}]}}
+    assert call_json(port, "/v1/models/multi:predict", body) == \
+        (400, {"error": "Unable to base64 decode"})
+
+
 def test_signature_name_selects_signature_and_single_output_drops_its_name(port: int) -> None:
     body = {"signature_name": "wide", "instances": [[1.5] * 100]}
     assert call_json(port, "/v1/models/multi:predict", body) == \
@@ -282,6 +302,34 @@ def test_integer_values_convert_to_float_inputs(port: int) -> None:
         (200, {"predictions": [3.0, 4.0]})
 
 
+# rapidjson's FindMember finds the first of repeated names; orjson keeps the last.
+@pytest.mark.parametrize("path,body,expected", [
+    ("/v1/models/default:predict", b'{"instances": [1.0], "instances": [2.0]}',
+     (200, {"predictions": [2.5]})),
+    ("/v1/models/default:predict",
+     b'{"signature_name": "nope", "instances": [1.0], "signature_name": "serving_default"}',
+     (400, {"error": 'Serving signature name: "nope" not found in signature def'})),
+    ("/v1/models/multi:predict",
+     b'{"inputs": {"x": [[1.0, 1.0]], "text": ["ab"], "x": [[5.0, 5.0]]}}',
+     (200, {"outputs": {"sum": [2.0], "length": [2], "echo_bytes": [{"b64": "YWI="}]}})),
+    # MakeExampleFromJsonObject visits every member, so the last feature of a name wins.
+    ("/v1/models/default:regress",
+     b'{"signature_name": "regress_x_to_y", "examples": [{"x": 1.0, "x": 2.0}]}',
+     (200, {"results": [3.0]})),
+])
+def test_repeated_names_keep_the_first(port: int, path: str, body: bytes,
+                                       expected: tuple) -> None:
+    assert call_json(port, path, body) == expected
+
+
+def test_repeated_b64_name_is_not_a_b64_object(port: int) -> None:
+    """IsValBase64Object asks for MemberCount() == 1, which counts repeated names."""
+    body = b'{"inputs": {"x": [[1.0, 1.0]], "text": [{"b64": "aGk=", "b64": "aGk="}]}}'
+    status, result = call_json(port, "/v1/models/multi:predict", body)
+    assert status == 400
+    assert result["error"].endswith("not formatted correctly for base64 data")
+
+
 # --- routes ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", [
@@ -312,8 +360,52 @@ def test_status_of_one_version_and_of_all(port: int) -> None:
     assert sorted(entry["version"] for entry in body["model_version_status"]) == ["123", "124"]
 
 
-def test_path_outside_v1_is_not_found(port: int) -> None:
-    assert call(port, "/v2/models/default")[0] == 404
+def _libevent_page(status: int, reason: str) -> bytes:
+    return (f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
+            "</BODY></HTML>\n").encode()
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v2/models/default"), ("POST", "/"),
+                                         ("OPTIONS", "/models/default:predict")])
+def test_path_outside_v1_gets_libevents_404_page(port: int, method: str, path: str) -> None:
+    status, payload, headers = call(port, path, b"{}" if method == "POST" else None,
+                                    method=method)
+    assert (status, payload, headers["Content-Type"]) == \
+        (404, _libevent_page(404, "Not Found"), "text/html")
+
+
+@pytest.mark.parametrize("path", ["/v1/models/a%ZZ", "/v1/models/a|b:predict",
+                                  "/v1/models/default?x={}", "/v1/models/a\"b", "/v2/a%"])
+def test_target_outside_strict_uri_syntax_gets_libevents_400_page(port: int, path: str) -> None:
+    """ParsedEvRequest::decode uses evhttp_uri_parse, strict RFC 3986 (before any route)."""
+    status, payload, headers = call(port, path)
+    assert (status, payload, headers["Content-Type"]) == \
+        (400, _libevent_page(400, "Bad Request"), "text/html")
+
+
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "PURGE"])
+def test_method_libevent_does_not_allow_is_501(port: int, method: str) -> None:
+    """(A method aiohttp's parser does not know at all, e.g. FOO, gets its 400 before us.)"""
+    status, payload, headers = call(port, "/v1/models/default", method=method)
+    assert (status, payload, headers["Content-Type"]) == \
+        (501, _libevent_page(501, "Not Implemented"), "text/html")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH"])
+def test_other_allowed_methods_are_malformed_requests(port: int, method: str) -> None:
+    assert call_json(port, "/v1/models/default", b"{}", method=method) == \
+        (400, {"error": f"Malformed request: {method} /v1/models/default"})
+
+
+def test_cors_preflight_answers_with_an_empty_body(port: int) -> None:
+    """http_server.cc only logs the FAILED_PRECONDITION of a preflight without an Origin."""
+    ok = call(port, "/v1/models/default:predict", method="OPTIONS",
+              headers={"Origin": "https://example.com"})
+    missing = call(port, "/v1/models/default:predict", method="OPTIONS")
+    for (status, payload, headers), code in [(ok, 200), (missing, 400)]:
+        assert (status, payload, headers["Content-Type"]) == \
+            (code, b"", "text/html; charset=ISO-8859-1")
+        assert "Access-Control-Allow-Origin" not in headers
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -364,8 +456,101 @@ def test_error_messages_and_codes(port: int, path: str, body: Any, code: int,
 def test_empty_body_and_bad_json(port: int) -> None:
     assert call_json(port, "/v1/models/default:predict", b"") == \
         (400, {"error": "JSON Parse error: The document is empty"})
-    status, body = call_json(port, "/v1/models/default:predict", b"{nope")
-    assert status == 400 and body["error"].startswith("JSON Parse error: ")
+    assert call_json(port, "/v1/models/default:predict", b"{nope") == \
+        (400, {"error": "JSON Parse error: Missing a name for object member. at offset: 1"})
+
+
+# rapidjson 1.1.0's GetParseError_En text and GetErrorOffset, as json_tensor.cc ParseJson
+# reports them (kParseIterativeFlag | kParseNanAndInfFlag | kParseStopWhenDoneFlag).
+@pytest.mark.parametrize("body,error", [
+    (b"instances = [1, 2]", "Invalid value. at offset: 0"),
+    (b"   ", "The document is empty. at offset: 3"),
+    (b"]", "The document is empty. at offset: 0"),
+    (b"\xef\xbb\xbf  ", "The document is empty. at offset: 5"),
+    (b'{"instances": [1e400]}', "Number too big to be stored in double. at offset: 15"),
+    (b'{"instances": [NaN, 1, 2e309]}', "Number too big to be stored in double. at offset: 23"),
+    (b'{"instances": [' + b"9" * 400 + b"]}",
+     "Number too big to be stored in double. at offset: 15"),
+    (b'{"instances": ["\\ud800"]}', "The surrogate pair in string is invalid. at offset: 16"),
+    (b'{"instances": ["\\ud800\\u0041"]}',
+     "The surrogate pair in string is invalid. at offset: 16"),
+    (b'{"instances": [1.0, 2.0', "Missing a comma or ']' after an array element. at offset: 23"),
+    (b'{"instances": [1.0 2.0]}', "Missing a comma or ']' after an array element. at offset: 19"),
+    (b'{"instances": [1.0,]}', "Invalid value. at offset: 19"),
+    (b'{"instances": [1.0]', "Missing a comma or '}' after an object member. at offset: 19"),
+    (b'{"instances": [1.0],}', "Missing a name for object member. at offset: 20"),
+    (b'{"instances" [1.0]}', "Missing a colon after a name of object member. at offset: 13"),
+    (b'{instances: [1.0]}', "Missing a name for object member. at offset: 1"),
+    (b'{"instances": ["a\\q"]}', "Invalid escape character in string. at offset: 17"),
+    (b'{"instances": ["a\tb"]}', "Invalid escape character in string. at offset: 17"),
+    (b'{"instances": ["a', "Missing a closing quotation mark in string. at offset: 17"),
+    (b'{"instances": ["\\u12g4"]}',
+     "Incorrect hex digit after \\u escape in string. at offset: 16"),
+    (b'{"instances": [1.]}', "Miss fraction part in number. at offset: 17"),
+    (b'{"instances": [1e+]}', "Miss exponent in number. at offset: 18"),
+    (b'{"instances": [-]}', "Invalid value. at offset: 16"),
+    (b'{"instances": [nul]}', "Invalid value. at offset: 18"),
+    (b'{"instances": [Infinite]}', "Invalid value. at offset: 22"),
+])
+def test_invalid_json_gets_rapidjsons_message_and_offset(port: int, body: bytes,
+                                                          error: str) -> None:
+    assert call_json(port, "/v1/models/default:predict", body) == \
+        (400, {"error": f"JSON Parse error: {error}"})
+
+
+@pytest.mark.parametrize("body,predictions", [
+    (b'\xef\xbb\xbf{"instances": [2.0]}', [3.0]),  # a UTF-8 BOM is skipped
+    (b'{"instances": [2.0]} and anything after the document', [3.0]),
+    (b'{"instances": [2.0]}\x00{', [3.0]),
+    (b'{"instances": [Inf, 2.0, -Infinity]}', [float("inf"), 3.0, -float("inf")]),
+    # rapidjson's TooBig is about its exponent check, not the value: 1.5e309 is Infinity.
+    (b'{"instances": [1.5e309, 0.30000000000000004, 18446744073709551616]}',
+     [float("inf"), 2.15, 9.22337204e18]),  # float32 2**63: %g does not read back
+])
+def test_json_rapidjson_accepts(port: int, body: bytes, predictions: list) -> None:
+    assert call_json(port, "/v1/models/default:predict", body) == \
+        (200, {"predictions": predictions})
+
+
+@pytest.mark.parametrize("text,raw", [
+    (b"\xff\xfeA", b"\xff\xfeA"),  # no encoding validation: the raw bytes go through
+    (b"\\udc00", "\udc00".encode("utf-8", "surrogatepass")),  # a lone low surrogate is kept
+    (b"\\ud83d\\ude00", "\U0001f600".encode()),
+])
+def test_string_bytes_as_rapidjson_holds_them(port: int, text: bytes, raw: bytes) -> None:
+    body = b'{"instances": [{"x": [1.0, 2.0], "text": "' + text + b'"}]}'
+    assert call_json(port, "/v1/models/multi:predict", body) == (200, {"predictions": [
+        {"sum": 3.0, "length": len(raw), "echo_bytes": {"b64": base64.b64encode(raw).decode()}}]})
+
+
+# TF Serving matches its routes against the path with the query (evhttp_request.cc).
+@pytest.mark.parametrize("method,path,code,message", [
+    ("POST", "/v1/models/default:predict?x=1", 400,
+     "Malformed request: POST /v1/models/default:predict?x=1"),
+    ("GET", "/v1/models/default/metadata?x=1", 400,
+     "Malformed request: GET /v1/models/default/metadata?x=1"),
+    ("GET", "/v1/models/default?x=1", 404, "Could not find any versions of model default?x=1"),
+    ("GET", "/v1/models?x", 400, "Malformed request: GET /v1/models?x"),
+    ("GET", "/v1/models/default?", 404, "Could not find any versions of model default?"),
+    ("GET", "/v1/models/default?a?b=@!", 404,
+     "Could not find any versions of model default?a?b=@!"),
+    ("GET", "/v1/models/default?a=/", 400, "Malformed request: GET /v1/models/default?a=/"),
+])
+def test_query_string_is_part_of_the_matched_path(port: int, method: str, path: str, code: int,
+                                                  message: str) -> None:
+    body = {"instances": [1.0]} if method == "POST" else None
+    assert call_json(port, path, body, method=method) == (code, {"error": message})
+
+
+def test_fragment_is_part_of_the_matched_path(port: int) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/v1/models/default#top")
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())) == \
+            (404, {"error": "Could not find any versions of model default#top"})
+    finally:
+        connection.close()
 
 
 def test_status_without_model_name(port: int) -> None:
@@ -437,10 +622,11 @@ def test_cors_headers_when_enabled(serve: Callable, testdata_model: Callable) ->
     assert headers["Access-Control-Allow-Methods"] == "POST, GET"
     preflight = call(server.rest_port, "/v1/models/default:predict", method="OPTIONS",
                      headers={"Origin": "http://example.com"})
-    assert preflight[0] == 200
     missing = call(server.rest_port, "/v1/models/default:predict", method="OPTIONS")
-    assert (missing[0], json.loads(missing[1])) == \
-        (400, {"error": "Origin header is missing in CORS preflight"})
+    assert (preflight[0], preflight[1], missing[0], missing[1]) == (200, b"", 400, b"")
+    for _, _, answer_headers in (preflight, missing):
+        assert answer_headers["Access-Control-Allow-Origin"] == "*"
+        assert answer_headers["Access-Control-Allow-Headers"] == "Content-Type"
 
 
 def test_no_cors_headers_by_default(port: int) -> None:
