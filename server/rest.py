@@ -100,12 +100,18 @@ class RestOptions:
     max_request_bytes: int
 
 
+class _UnparsedModelInfo(ServingError):
+    """ParseModelInfo failed: TF Serving's handler returns before writing the error JSON, so
+    the answer is a 400 with an empty body."""
+
+
 def _model_spec(name: str, version: str, label: str) -> model_pb2.ModelSpec:
     """ParseModelInfo + FillModelSpecWithNameVersionAndLabel, from the captured path parts."""
     spec = model_pb2.ModelSpec(name=unquote(name))
     if version:
         if int(version) > _INT64_MAX:
-            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+            raise _UnparsedModelInfo(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"Failed to convert version: {version} to numeric.")
         spec.version.value = int(version)
     if label:
         spec.version_label = unquote(label)
@@ -135,8 +141,9 @@ class RestHandler:
         try:
             return grpc.StatusCode.OK, 200, self._dispatch(method, path, body)
         except ServingError as error:
-            return (error.code, HTTP_STATUS.get(error.code, 500),
-                    rest_responses.error_json(error.message))
+            body = b"" if isinstance(error, _UnparsedModelInfo) else \
+                rest_responses.error_json(error.message)
+            return error.code, HTTP_STATUS.get(error.code, 500), body
 
     def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
         if method == "POST":

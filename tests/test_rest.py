@@ -332,6 +332,17 @@ def test_repeated_b64_name_is_not_a_b64_object(port: int) -> None:
 
 # --- routes ------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/models/default/versions/99999999999999999999"),
+    ("POST", "/v1/models/default/versions/9223372036854775808:predict")])
+def test_version_beyond_int64_is_a_400_with_an_empty_body(port: int, method: str,
+                                                          path: str) -> None:
+    # ParseModelInfo fails before TF Serving's handler writes its error JSON
+    status, payload, headers = call(port, path, {"instances": [1.0]} if method == "POST" else None,
+                                    method=method)
+    assert (status, payload, headers["Content-Type"]) == (400, b"", "application/json")
+
+
 @pytest.mark.parametrize("path", [
     "/v1/models/default/versions/123:predict",
     "/V1/MODELS/default:PREDICT".replace("PREDICT", "predict"),
