@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from google.protobuf import text_format
 
 from pyserving.server.apis import model_server_config_pb2
-from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.errors import ServingError, invalid_argument, io_error
 from pyserving.server.options import ServerOptions
+
+log = logging.getLogger(__name__)
 
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
@@ -39,12 +44,26 @@ def single_model_config(name: str, base_path: str) -> ModelServerConfig:
 
 
 def read_text_file(path: str) -> str:
-    """A text file a flag names; a missing or unreadable one fails as TF Serving's readers do."""
+    """A file a flag names, read as TF Serving's ParseProtoTextFile reads it (an mmap of the
+    whole file): a failure is TensorFlow's ``<path>; <strerror>`` with its errno's code, so a
+    missing file is NOT_FOUND and an empty one INVALID_ARGUMENT (mmap of 0 bytes)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
+        descriptor = os.open(path, os.O_RDONLY)
     except OSError as error:
-        raise invalid_argument(f"{path}; {error.strerror}") from None
+        raise io_error(path, error.errno or 0) from None
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise io_error(path, errno.ENODEV)  # what mmap says of a directory
+        if info.st_size == 0:
+            raise io_error(path, errno.EINVAL)
+        with os.fdopen(os.dup(descriptor), "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise io_error(path, error.errno or 0) from None
+    finally:
+        os.close(descriptor)
+    return data.decode("utf-8", errors="replace")
 
 
 def read_model_config_file(path: str) -> ModelServerConfig:

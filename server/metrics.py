@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from pyserving.server.config import read_text_file
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.manager import ModelEvent, ModelManager
 
@@ -100,12 +101,7 @@ def read_monitoring_config(path: str) -> PrometheusSettings:
     """Parse a text-format MonitoringConfig file ("" means monitoring off)."""
     if not path:
         return PrometheusSettings()
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except OSError as error:
-        raise invalid_argument(f"Could not read monitoring config file {path}: "
-                               f"{os.strerror(error.errno or 0)}") from None
+    text = read_text_file(path)
     try:
         config = text_format.Parse(text, MonitoringConfig())
     except text_format.ParseError as error:
