@@ -524,7 +524,7 @@ def test_command_line_reports_the_batching_flag_error_without_a_traceback(rows_b
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert process.returncode == 255
     assert f"Failed to start server. Error: INVALID_ARGUMENT: {WITHOUT_ENABLE_BATCHING}" \
-        in process.stderr
+        in process.stdout
     assert "Traceback" not in process.stderr
 
 

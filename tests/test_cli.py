@@ -6,7 +6,6 @@ tensorflow_model_server_test.py passes; every process is stopped (then killed) i
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -69,6 +68,9 @@ class ServerProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return (self.stderr_path.parent / "stdout.txt").read_text(errors="replace")
 
     def wait_for_log(self, pattern: re.Pattern[str]) -> re.Match[str]:
         deadline = time.monotonic() + START_TIMEOUT
@@ -147,12 +149,21 @@ def predict_y(stub: prediction_service_pb2_grpc.PredictionServiceStub, model_nam
 
 
 def assert_clean_startup_failure(process: ServerProcess, message: str) -> None:
-    """Non-zero exit, TF Serving's message, and no Python traceback."""
-    assert process.wait_for_exit() != 0
-    stderr = process.stderr()
-    assert message in stderr
-    assert STARTUP_FAILED in stderr
+    """Exit status 255, TF Serving's message (its last line on stdout), no Python traceback."""
+    assert process.wait_for_exit() == 255
+    stdout, stderr = process.stdout(), process.stderr()
+    assert STARTUP_FAILED in stdout
+    assert message in stdout + stderr
     assert "Traceback" not in stderr
+
+
+def startup_failure_line(process: ServerProcess) -> str:
+    """The "Failed to start server. Error: ..." text tensorflow_model_server prints last."""
+    assert process.wait_for_exit() == 255
+    stdout = process.stdout()
+    assert stdout.startswith(STARTUP_FAILED) and stdout.endswith("\n"), stdout
+    assert "Traceback" not in process.stderr()
+    return stdout[len(STARTUP_FAILED):-1]
 
 
 # Flags that answer without a model.
@@ -259,6 +270,22 @@ def test_sigterm_exits_zero(launch: Launcher, testdata_model: Callable[..., str]
 
 # Start-up failures.
 
+def test_bad_flag_value_prints_usage_and_exits_255() -> None:
+    result = subprocess.run([*SERVER_COMMAND, "--file_system_poll_wait_seconds=abc"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 255
+    assert result.stdout.startswith("usage: ")
+    assert "--file_system_poll_wait_seconds" in result.stdout
+    assert result.stderr == ("Couldn't interpret value abc for flag "
+                             "file_system_poll_wait_seconds.\n")
+
+
+def test_missing_model_config_file(launch: Launcher, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such.config"
+    process = launch("--port=0", f"--model_config_file={missing}")
+    assert startup_failure_line(process) == f"NOT_FOUND: {missing}; No such file or directory"
+
+
 def test_missing_base_path(launch: Launcher, tmp_path: Path) -> None:
     missing = tmp_path / "no_such_dir"
     process = launch("--port=0", f"--model_base_path={missing}")
@@ -280,9 +307,10 @@ def test_bad_model_config(launch: Launcher, tmp_path: Path) -> None:
     config_path = tmp_path / "bad_model_config.txt"
     config_path.write_bytes((TESTDATA / "bad_model_config.txt").read_bytes())
     process = launch("--port=0", f"--model_config_file={config_path}")
-    assert_clean_startup_failure(
-        process, "Error parsing text-format tensorflow.serving.ModelServerConfig")
-    assert f"Invalid protobuf file: '{config_path}'" in process.stderr()
+    assert startup_failure_line(process) == \
+        f"INVALID_ARGUMENT: Invalid protobuf file: '{config_path}'"
+    # The parser's own complaint goes to the log (stderr), as protobuf's logging does.
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in process.stderr()
 
 
 def test_not_a_saved_model(launch: Launcher, testdata_model: Callable[..., str]) -> None:
@@ -290,7 +318,8 @@ def test_not_a_saved_model(launch: Launcher, testdata_model: Callable[..., str])
     base = testdata_model("bad_half_plus_two")
     process = launch("--port=0", f"--model_base_path={base}", "--max_num_load_retries=2",
                      "--load_retry_interval_micros=100000")
-    assert_clean_startup_failure(process, os.path.join(base, "00000123"))
+    assert_clean_startup_failure(process, "UNIMPLEMENTED: Session Bundle is deprecated and "
+                                          "removed.")
 
 
 def test_conflicting_parallelism_flags_fail_start_up_cleanly(launch: Launcher,
