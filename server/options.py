@@ -66,8 +66,9 @@ class ServerOptions:
     num_unload_threads: int = _flag(0, "Threads used to unload servables (0 unloads serially).")
     max_num_load_retries: int = _flag(5, "Retries of a failed load before giving up.")
     load_retry_interval_micros: int = _flag(60_000_000, "Microseconds between load retries.")
-    file_system_poll_wait_seconds: int = _flag(1, "Seconds between polls of the model base "
-                                                  "paths for new versions.")
+    file_system_poll_wait_seconds: int = _flag(
+        1, "Seconds between polls of the model base paths for new versions; 0 polls once; a "
+           "negative value disables polling entirely, so start-up waits indefinitely.")
     flush_filesystem_caches: bool = _flag(True, "Flush filesystem caches after loads.")
     tensorflow_session_parallelism: int = _flag(0, "Threads for running a TensorFlow session "
                                                    "(0 = auto).")

@@ -431,9 +431,10 @@ def test_unload_waits_for_in_flight_requests(serve, channel, tmp_path, slow_mode
     watcher.assert_tf_serving_sequences()
 
 
-def test_poll_wait_zero_or_negative_loads_once(serve, channel, tmp_path):
+def test_poll_wait_zero_loads_once(serve, channel, tmp_path):
+    """(A negative wait never polls: test_cli's start-up test.)"""
     servers = {}
-    for name, seconds in (("periodic", POLL_SECONDS), ("once", 0), ("never", -1)):
+    for name, seconds in (("periodic", POLL_SECONDS), ("once", 0)):
         base = half_plus_two_base(tmp_path / name, 123)
         servers[name] = (base, serve(model_base_path=str(base),
                                      file_system_poll_wait_seconds=seconds))
@@ -446,11 +447,10 @@ def test_poll_wait_zero_or_negative_loads_once(serve, channel, tmp_path):
     publish(TWO_VERSIONS / "00000124", base, 125)
     periodic.wait_for({125: AVAILABLE, 124: END})
 
-    for name in ("once", "never"):
-        _, server = servers[name]
-        assert StatusWatcher(channel(server)).states() == {123: AVAILABLE}, name
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel(server))
-        assert served_version(stub, predict_request()) == 123
+    _, server = servers["once"]
+    assert StatusWatcher(channel(server)).states() == {123: AVAILABLE}
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel(server))
+    assert served_version(stub, predict_request()) == 123
 
 
 def test_slow_load_does_not_block_other_models(serve, channel, tmp_path, slow_model):
