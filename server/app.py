@@ -120,7 +120,8 @@ class ModelServer:
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
-                                options.max_in_flight_requests_per_model, on_reload)
+                                options.max_in_flight_requests_per_model, on_reload,
+                                metric_value=self.metrics.int64_value)
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:

@@ -206,6 +206,19 @@ class ServerMetrics:
         """The metrics page: (body, Content-Type) in Prometheus' text format."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
+    def int64_value(self, name: str) -> int:
+        """What TF Serving's HandleReloadConfigRequest reads of a metric (``/tensorflow/...``
+        name): the integer value of its first point, label values in order; 0 for a metric
+        it does not know or that has no integer points (histograms)."""
+        wanted = name.replace("/", ":")
+        for family in self.registry.collect():
+            if family.name != wanted or family.type not in ("gauge", "counter", "unknown"):
+                continue
+            samples = sorted((tuple(sample.labels.values()), sample.value)
+                             for sample in family.samples if sample.name == wanted)
+            return int(samples[0][1]) if samples else 0
+        return 0
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: prometheus-client validates and locks on
         every labels() call, which the per-request path need not pay."""

@@ -38,6 +38,7 @@ VERSION = 123
 TWO = "half_plus_two"
 THREE = "half_plus_three"
 HPT = "hpt"  # saved_model_half_plus_two_2_versions: versions 123 and 124
+LOAD_ATTEMPTS = "/tensorflow/cc/saved_model/load_attempt_count"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
 
@@ -597,7 +598,13 @@ def test_a_config_without_models_serves_none_until_a_reload_adds_them(
     channel = channel_to(server.grpc_target)
     assert predict_error(PredictionStub(channel), model_spec(TWO)) == (
         grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({TWO})")
-    ModelStub(channel).HandleReloadConfigRequest(
-        reload_request(model_config(TWO, testdata_model("saved_model_half_plus_two_cpu"))),
-        TIMEOUT)
+    request = reload_request(model_config(TWO, testdata_model("saved_model_half_plus_two_cpu")))
+    request.metric_names.extend([LOAD_ATTEMPTS, "/no/such/metric"])
+    response = ModelStub(channel).HandleReloadConfigRequest(request, TIMEOUT)
+    # model_service_impl.cc: status always set (OK), one Metric per requested name.
+    assert response.HasField("status") and response.status.error_code == 0
+    assert [(metric.name, metric.WhichOneof("value_increase"), metric.int64_value_increase)
+            for metric in response.metric] == [
+        (LOAD_ATTEMPTS, "int64_value_increase", 1), ("/no/such/metric", "int64_value_increase",
+                                                     0)]
     assert predict(PredictionStub(channel), model_spec(TWO)) == (3.0, VERSION)
