@@ -236,8 +236,9 @@ def test_configmap_labels_serve_and_roll(models_root: Path, tmp_path: Path, serv
     # Adding version 3 and moving a label to it in one edit is rejected whole.
     edit(("versions: 2 }", "versions: 2 versions: 3 }"),
          ('key: "canary" value: 2', 'key: "canary" value: 3'))
-    rejected = ("FAILED_PRECONDITION: Request to assign label to version 3 of model "
-                "half_plus_two, which is not currently available for inference")
+    rejected = ("PollFilesystemAndReloadConfig failed to ReloadConfig: Request to assign "
+                "label to version 3 of model half_plus_two, which is not currently available "
+                "for inference")
     wait_for(lambda: rejected in caplog.text, "the one-step rollout was not rejected")
     assert predict_version(channel, version_label="canary") == (3.0, 2)
     with pytest.raises(grpc.RpcError) as error:
