@@ -483,3 +483,31 @@ def test_slow_load_does_not_block_other_models(serve, channel, tmp_path, slow_mo
     assert max(during_load) < 1.0  # far below the 2 s the other model takes to load
     assert served_version(slow_stub, predict_request("slow", delay=0.0)) == 2
     watcher.assert_tf_serving_sequences()
+
+
+def test_stop_ends_a_start_up_still_waiting_for_a_version(tmp_path, caplog):
+    """An embedding application may stop a server whose start() still waits for a model."""
+    from pyserving.server import ModelServer, ServerOptions
+    from pyserving.server.errors import ServingError
+
+    server = ModelServer(ServerOptions(port=0, model_base_path=str(tmp_path / "later"),
+                                       file_system_poll_wait_seconds=POLL_SECONDS),
+                         host="127.0.0.1")
+    errors: list[ServingError] = []
+
+    def start() -> None:
+        try:
+            server.start()
+        except ServingError as error:
+            errors.append(error)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    try:
+        wait_until(lambda: "Could not find base path" in caplog.text, "a poll of the base path")
+        assert starting.is_alive() and not server.serving
+    finally:
+        server.stop(grace=None)
+        starting.join(10)
+    assert not starting.is_alive()
+    assert [error.code for error in errors] == [grpc.StatusCode.UNAVAILABLE]
