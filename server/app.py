@@ -120,7 +120,8 @@ class ModelServer:
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
-                                options.max_in_flight_requests_per_model, on_reload)
+                                options.max_in_flight_requests_per_model, on_reload,
+                                metric_value=self.metrics.int64_value)
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
@@ -163,15 +164,19 @@ class ModelServer:
         return self._server is not None and not self._stopped.is_set()
 
     def start(self) -> "ModelServer":
-        """Load every model, then open the gRPC port(s). Raises ServingError on failure."""
+        """Load every model, then open the gRPC port(s); waits (without timeout) for models
+        that have no version yet. Raises ServingError on failure."""
         log.info("%s", device.describe_devices())
         try:
             self.monitoring = read_monitoring_config(self.options.monitoring_config_file)
             self.batcher = _batcher(self.options, self.metrics)
-            self.configurator.apply(model_config.model_server_config(self.options))
+            config = model_config.model_server_config(self.options)
+            # Polling runs while start-up waits: a model whose base path is missing or empty
+            # loads once a version appears there (TF Serving waits for it, without timeout).
+            self._source.start()
+            self.configurator.apply(config)
             if self._on_configured is not None:
                 self._on_configured(self)
-            self._source.start()
             if self.options.model_config_file:
                 self.configurator.watch_file(self.options.model_config_file,
                                              self.options.model_config_file_poll_wait_seconds)
@@ -255,6 +260,7 @@ class ModelServer:
         notifier.join(timeout=1.0)
         if grace is None:
             grace = self.options.shutdown_grace_period_seconds
+        self.manager.stop_waiting()  # a start-up or reload still waiting for its models
         self.configurator.stop()
         self._source.stop()
         if self._server is not None:

@@ -32,6 +32,11 @@ def configure_logging(tag: str = "") -> None:
         datefmt="%Y-%m-%d %H:%M:%S")
 
 
+def report_startup_failure(error: object) -> None:
+    """tensorflow_model_server's last words when it cannot start: on stdout (std::cout)."""
+    print(f"{STARTUP_FAILED}{error}", flush=True)
+
+
 class ServerLifecycle:
     """Hooks around one ModelServer's life in ``run_server`` (a worker process uses them)."""
 
@@ -68,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         workers = worker_count(options)
     except WorkerFlagError as error:
-        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
+        report_startup_failure(error)
         return EXIT_START_FAILED
     if workers > 1:
         return supervise(options, argv, workers)
@@ -88,7 +93,7 @@ def run_server(options: ServerOptions, lifecycle: ServerLifecycle | None = None)
         server = ModelServer(options, on_configured=lifecycle.configured,
                              on_reload=lifecycle.reloaded)
     except ServingError as error:
-        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
+        report_startup_failure(error)
         return EXIT_START_FAILED
     lifecycle.built(server)
     stop_requested = threading.Event()
@@ -109,11 +114,11 @@ def run_server(options: ServerOptions, lifecycle: ServerLifecycle | None = None)
     try:
         server.start()
     except ConfigParseError as error:
-        print(error.detail, file=sys.stderr)
-        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
+        print(error.detail, file=sys.stderr)  # protobuf's parser logs it
+        report_startup_failure(error)
         return EXIT_START_FAILED
     except ServingError as error:
-        print(f"{STARTUP_FAILED}{error}", file=sys.stderr)
+        report_startup_failure(error)
         return EXIT_START_FAILED
     lifecycle.serving(server)
     stop_requested.wait()

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from google.protobuf import text_format
 
 from pyserving.server.apis import model_server_config_pb2
-from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.errors import ServingError, invalid_argument, io_error
 from pyserving.server.options import ServerOptions
+
+log = logging.getLogger(__name__)
 
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
@@ -39,12 +44,26 @@ def single_model_config(name: str, base_path: str) -> ModelServerConfig:
 
 
 def read_text_file(path: str) -> str:
-    """A text file a flag names; a missing or unreadable one fails as TF Serving's readers do."""
+    """A file a flag names, read as TF Serving's ParseProtoTextFile reads it (an mmap of the
+    whole file): a failure is TensorFlow's ``<path>; <strerror>`` with its errno's code, so a
+    missing file is NOT_FOUND and an empty one INVALID_ARGUMENT (mmap of 0 bytes)."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            return handle.read()
+        descriptor = os.open(path, os.O_RDONLY)
     except OSError as error:
-        raise invalid_argument(f"{path}; {error.strerror}") from None
+        raise io_error(path, error.errno or 0) from None
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise io_error(path, errno.ENODEV)  # what mmap says of a directory
+        if info.st_size == 0:
+            raise io_error(path, errno.EINVAL)
+        with os.fdopen(os.dup(descriptor), "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise io_error(path, error.errno or 0) from None
+    finally:
+        os.close(descriptor)
+    return data.decode("utf-8", errors="replace")
 
 
 def read_model_config_file(path: str) -> ModelServerConfig:
@@ -70,25 +89,72 @@ def model_server_config(options: ServerOptions) -> ModelServerConfig:
     return single_model_config(options.model_name, options.model_base_path)
 
 
-def validate_model_server_config(config: ModelServerConfig) -> None:
-    """The checks ServerCore makes before it accepts a config."""
-    if config.WhichOneof("config") != "model_config_list":
-        raise invalid_argument("ServerCore can only handle model_config_list. Was: "
-                               f"{config.WhichOneof('config')}")
+TENSORFLOW_PLATFORM = "tensorflow"
+_TENSORFLOW_MODEL_TYPE = model_server_config_pb2.ModelType.Value("TENSORFLOW")
+
+
+def model_platform(model: ModelConfig) -> str:
+    """ServerCore's GetPlatform: the platform a model asks for, from model_platform or the
+    deprecated model_type."""
+    if model.model_type:
+        log.warning("Deprecated ModelServerConfig::model_type field used. "
+                    "Prefer ModelServerConfig::model_platform.")
+        if model.model_platform:
+            raise invalid_argument("Illegal setting both ModelServerConfig::model_type "
+                                   "(deprecated) and ModelServerConfig::model_platform, model "
+                                   f"name is {model.name}")
+        if model.model_type != _TENSORFLOW_MODEL_TYPE:
+            raise invalid_argument(f"ModelServerConfig::model_type choice {model.model_type} "
+                                   "not supported.")
+        return TENSORFLOW_PLATFORM
+    if not model.model_platform:
+        raise invalid_argument("Illegal setting neither ModelServerConfig::model_type "
+                               "(deprecated) nor ModelServerConfig::model_platform, model name "
+                               f"is {model.name}")
+    return model.model_platform
+
+
+def validate_model_config_list(config: ModelServerConfig) -> None:
+    """ServerCore's ValidateModelConfigList: unique names, then absolute base paths."""
     seen: set[str] = set()
     for model in config.model_config_list.config:
         if model.name in seen:
             raise invalid_argument("Illegal to list model " + model.name +
                                    " multiple times in config list")
         seen.add(model.name)
-    # Names first, then paths, in ValidateModelConfigList's order.
     for model in config.model_config_list.config:
         if not os.path.isabs(model.base_path) and "://" not in model.base_path:
             raise invalid_argument(f"Expected model {model.name} to have an absolute path or "
                                    f"URI; got base_path()={model.base_path}")
-        if model.model_platform and model.model_platform != "tensorflow":
-            raise invalid_argument(f"Model {model.name} has unsupported model_platform "
-                                   f"{model.model_platform!r}; pyserving serves 'tensorflow'")
+
+
+def validate_no_platform_changes(old: ModelServerConfig, new: ModelServerConfig) -> None:
+    """ServerCore's ValidateNoModelsChangePlatforms (the old config's platforms are read
+    first, so an old model without one fails every later reload, as in TF Serving)."""
+    old_platforms = {model.name: model_platform(model) for model in old.model_config_list.config}
+    for model in new.model_config_list.config:
+        if model.name not in old_platforms:
+            continue
+        platform = model_platform(model)
+        if platform != old_platforms[model.name]:
+            raise invalid_argument(
+                f"Illegal to change a model's platform. For model {model.name} platform was "
+                f"{old_platforms[model.name]} and new platform requested is {platform}")
+
+
+def validate_platforms(config: ModelServerConfig) -> None:
+    """ServerCore's CreateStoragePathRoutes: every model needs a platform this server has."""
+    for model in config.model_config_list.config:
+        platform = model_platform(model)
+        if platform != TENSORFLOW_PLATFORM:
+            raise invalid_argument(f"Model {model.name} requests unsupported platform "
+                                   f"{platform}")
+
+
+def validate_model_server_config(config: ModelServerConfig) -> None:
+    """The checks a first ModelConfigList passes before its models load."""
+    validate_model_config_list(config)
+    validate_platforms(config)
 
 
 @dataclass(frozen=True)
@@ -97,34 +163,66 @@ class VersionDirectory:
     path: str
 
 
-def scan_versions(model: ModelConfig) -> list[VersionDirectory]:
-    """Numeric child directories of the base path, ascending; raises if the path is missing."""
+def base_path_missing(model: ModelConfig) -> ServingError:
+    return invalid_argument(f"Could not find base path {model.base_path} for servable "
+                            f"{model.name} with error NOT_FOUND: {model.base_path} not found")
+
+
+def versions_on_disk(model: ModelConfig) -> list[VersionDirectory]:
+    """The versions the model's policy picks under its base path, as
+    FileSystemStoragePathSource's PollFileSystemForServable finds them (and logs what it
+    logs); raises ServingError if the base path is missing or cannot be listed."""
     base = model.base_path
-    if not os.path.exists(base):
-        raise invalid_argument(f"Could not find base path {base} for servable {model.name} "
-                               f"with error NOT_FOUND: {base} not found")
+    if not os.access(base, os.F_OK):
+        raise base_path_missing(model)
+    policy = model.model_version_policy
+    if policy.WhichOneof("policy_choice") == "specific":
+        fast = _specific_versions_present(model)
+        if fast is not None:
+            return fast
+    try:
+        names = os.listdir(base)
+    except OSError as error:
+        raise io_error(base, error.errno or 0) from None
     found = []
-    for name in os.listdir(base):
+    for name in names:
         path = os.path.join(base, name)
         if _VERSION_DIR.match(name) and os.path.isdir(path):
             found.append(VersionDirectory(int(name), path))
-    return sorted(found, key=lambda v: v.version)
+    aspired = _apply_policy(model, sorted(found, key=lambda v: v.version))
+    if not aspired:
+        log.warning("No versions of servable %s found under base path %s. Did you forget to "
+                    "name your leaf directory as a number (eg. '/1/')?", model.name, base)
+    return aspired
 
 
-def aspired_versions(model: ModelConfig, available: list[VersionDirectory]
-                     ) -> list[VersionDirectory]:
-    """Apply the model's version policy (latest N by default) to the versions on disk."""
+def _specific_versions_present(model: ModelConfig) -> list[VersionDirectory] | None:
+    """AspireSpecificVersionsFastPath: every requested ``<base>/<version>`` exists (or none
+    was requested); None sends the caller to a directory listing."""
+    versions = list(model.model_version_policy.specific.versions)
+    if not versions:
+        log.warning("No specific versions requested for servable %s.", model.name)
+        return []
+    paths = [os.path.join(model.base_path, str(version)) for version in versions]
+    if not all(os.access(path, os.F_OK) for path in paths):
+        return None
+    return [VersionDirectory(version, path) for version, path in zip(versions, paths)]
+
+
+def _apply_policy(model: ModelConfig, available: list[VersionDirectory]
+                  ) -> list[VersionDirectory]:
+    """The model's version policy (latest 1 by default) over the versions on disk."""
     policy = model.model_version_policy
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":
         return list(available)
     if choice == "specific":
         wanted = set(policy.specific.versions)
-        return [v for v in available if v.version in wanted]
+        aspired = [v for v in available if v.version in wanted]
+        for version in sorted(wanted - {v.version for v in aspired}):
+            log.warning("Version %d of servable %s, which was requested to be served as a "
+                        "'specific' version in the servable's version policy, was not found in "
+                        "the file system", version, model.name)
+        return aspired
     count = policy.latest.num_versions if choice == "latest" else 1
     return available[-max(count, 1):] if available else []
-
-
-def no_versions_message(model: ModelConfig) -> str:
-    return (f"No versions of servable {model.name} found under base path {model.base_path}. "
-            "Did you forget to name your leaf directory as a number (eg. '/1/')?")

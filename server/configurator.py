@@ -10,7 +10,7 @@ from typing import Callable, Mapping
 import grpc
 
 from pyserving.server import config as model_config
-from pyserving.server.errors import ServingError
+from pyserving.server.errors import ServingError, failed_precondition, unimplemented
 from pyserving.server.manager import ModelManager, VersionState, VersionStatus
 from pyserving.server.source import FileSystemSource
 
@@ -26,7 +26,8 @@ class ModelConfigurator:
         self._manager = manager
         self._source = source
         self._lock = threading.Lock()
-        self._config: model_config.ModelServerConfig | None = None
+        self._config: model_config.ModelServerConfig | None = None  # the models served
+        self._accepted: model_config.ModelServerConfig | None = None  # last validated list
         self._file_poller: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -36,40 +37,56 @@ class ModelConfigurator:
 
     def apply(self, config: model_config.ModelServerConfig,
               on_applied: AppliedObserver | None = None) -> None:
-        """Validate, move labels, add and remove models; returns once new models are
-        AVAILABLE. Raises ServingError (and changes nothing) on an invalid config.
-        ``on_applied`` hears of success before the next config can be applied."""
+        """Validate, move labels, add and remove models; returns once each new model has a
+        version that loaded (or failed), waiting without timeout for models with no version
+        yet. Raises ServingError on an invalid config; as in TF Serving, a config refused after
+        its label check has already moved the labels and become the one later platform checks
+        compare against. ``on_applied`` hears of success before the next config is applied."""
         with self._lock:
             self._apply(config)
             if on_applied is not None:
                 on_applied(config)
 
     def _apply(self, config: model_config.ModelServerConfig) -> None:
-        model_config.validate_model_server_config(config)
-        if self._config == config:
+        """ServerCore::ReloadConfig: its checks in its order, then the models."""
+        kind = config.WhichOneof("config")
+        if kind is None and self._config is None:
+            log.info("Taking no action for empty config.")
             return
+        if kind != "model_config_list":
+            if self._config is None:
+                # TF Serving aborts (LOG(FATAL)) on a custom model config.
+                raise unimplemented("ModelServer does not yet support custom model config.")
+            raise failed_precondition("Cannot transition to requested config. It is only "
+                                      "legal to transition from one ModelConfigList to "
+                                      "another.")
+        model_config.validate_model_config_list(config)
+        if self._accepted is not None:
+            model_config.validate_no_platform_changes(self._accepted, config)
+        # From here on TF Serving holds the new config as its own even if a later check fails.
+        self._accepted = config
         models = list(config.model_config_list.config)
         labels = {model.name: dict(model.version_labels) for model in models}
         # Labels are checked and set before the config's versions load, as ServerCore does.
         self._manager.check_labels(labels)
+        self._manager.set_labels(labels)
+        log.info("Adding/updating models.")
+        for model in models:
+            log.info(" (Re-)adding model: %s", model.name)
+        model_config.validate_platforms(config)
         first = self._config is None
         old_names = set() if first else {m.name for m in self._config.model_config_list.config}
         new_names = [model.name for model in models if model.name not in old_names]
-        self._manager.set_labels(labels)
+        mark = self._manager.change_count()
         self._source.set_models(models)
         self._config = config
-        failures = self._source.poll(new_names)
-        for model in models:
-            if model.name in failures:
-                raise failures[model.name]
-        failed = self._manager.wait_until_settled(new_names)
-        for name in new_names:
-            if failed.get(name) and first:
-                raise failed[name][0].error
-        error = self._unavailable_models_error(failed)
+        # TF Serving's source finds new models at its next scan; scanning now is sooner.
+        self._source.poll(None if first else new_names)
+        reached = self._manager.wait_for_latest(new_names, mark)
+        error = unavailable_error(reached, "servable(s)" if first else "model(s)")
         if error is not None:
             raise error
-        log.info("model config applied: %s", ", ".join(m.name for m in models) or "no models")
+        log.info("Finished adding/updating models")
 
     def follow(self, config: model_config.ModelServerConfig,
                wanted: Callable[[], bool]) -> bool:
@@ -107,23 +124,6 @@ class ModelConfigurator:
                     model.version_labels[label] = version
         return staged
 
-    def _unavailable_models_error(self, failed: Mapping[str, list[VersionStatus]]
-                                  ) -> ServingError | None:
-        """ServerCore::WaitUntilModelsAvailable's error for new models none of whose
-        versions became AVAILABLE (reported by their newest failed version)."""
-        entries = []
-        for name in sorted(name for name, versions in failed.items() if versions):
-            if any(status.state == VersionState.AVAILABLE
-                   for status in self._manager.version_statuses(name)):
-                continue
-            newest = failed[name][-1]
-            entries.append(f"{{{{name: {name} version: {newest.version}}} due to error: "
-                           f"{newest.error.code.name}: {newest.error.message}}}, ")
-        if not entries:
-            return None
-        return ServingError(grpc.StatusCode.UNKNOWN, f"{len(entries)} model(s) did not become "
-                                                     f"available: {{{''.join(entries)}}}")
-
     def watch_file(self, path: str, poll_seconds: float) -> None:
         """Re-read ``path`` every ``poll_seconds`` and apply it when it changed."""
         if poll_seconds <= 0 or self._file_poller is not None:
@@ -132,9 +132,15 @@ class ModelConfigurator:
         def run() -> None:
             while not self._stop.wait(poll_seconds):
                 try:
-                    self.apply(model_config.read_model_config_file(path))
+                    config = model_config.read_model_config_file(path)
                 except ServingError as error:
-                    log.error("model config file %s not applied: %s", path, error)
+                    log.error("Failed to read ModelServerConfig file: %s", error.message)
+                    continue
+                try:
+                    self.apply(config)
+                except ServingError as error:
+                    log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s",
+                              error.message)
 
         self._file_poller = threading.Thread(target=run, name="config-poll", daemon=True)
         self._file_poller.start()
@@ -144,3 +150,23 @@ class ModelConfigurator:
         if self._file_poller is not None:
             self._file_poller.join()
             self._file_poller = None
+
+
+def unavailable_error(reached: Mapping[str, VersionStatus], noun: str) -> ServingError | None:
+    """TF Serving's error for awaited models whose newest settled version is not AVAILABLE:
+    "servable(s)" at start-up (ConnectSourcesWithFastInitialLoad), "model(s)" on a reload
+    (ServerCore::WaitUntilModelsAvailable); entries in (name, version) order."""
+    missing = sorted((name, status.version, status) for name, status in reached.items()
+                     if status.state != VersionState.AVAILABLE)
+    if not missing:
+        return None
+    entries = "".join(f"{{{{name: {name} version: {version}}}{_due_to(status)}}}, "
+                      for name, version, status in missing)
+    return ServingError(grpc.StatusCode.UNKNOWN,
+                        f"{len(missing)} {noun} did not become available: {{{entries}}}")
+
+
+def _due_to(status: VersionStatus) -> str:
+    if status.error is None:
+        return ""
+    return f" due to error: {status.error.code.name}: {status.error.message}"

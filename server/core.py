@@ -7,7 +7,7 @@ model are admitted first: past its in-flight limit a model fails fast with UNAVA
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from pyserving.server.admission import InFlightLimit
 from pyserving.server.apis import (
@@ -32,13 +32,16 @@ SIGNATURE_DEF_FIELD = "signature_def"
 
 class ServingCore:
     """Prediction and model-status calls over a ModelManager; ``on_reload`` hears of each
-    config a ReloadConfig request applied, before the request returns."""
+    config a ReloadConfig request applied, before the request returns; ``metric_value`` reads
+    the metrics a ReloadConfig request names."""
 
     def __init__(self, manager: ModelManager, configurator: ModelConfigurator,
                  predictor: Predictor, inference: ExampleInference,
                  max_in_flight_per_model: int = 0,
-                 on_reload: AppliedObserver | None = None) -> None:
+                 on_reload: AppliedObserver | None = None,
+                 metric_value: Callable[[str], int] = lambda name: 0) -> None:
         self.manager = manager
+        self._metric_value = metric_value
         self.in_flight = InFlightLimit(max_in_flight_per_model)
         self._configurator = configurator
         self._on_reload = on_reload
@@ -144,8 +147,14 @@ class ServingCore:
             raise invalid_argument("ServerModelConfig type not supported by "
                                    "HandleReloadConfigRequest. Only ModelConfigList is "
                                    "currently supported")
+        before = {name: self._metric_value(name) for name in request.metric_names}
         self._configurator.apply(request.config, on_applied=self._on_reload)
-        return model_management_pb2.ReloadConfigResponse()
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.SetInParent()  # error_code OK, as TF Serving's ToStatusProto sets it
+        for name in dict.fromkeys(request.metric_names):
+            response.metric.add(name=name,
+                                int64_value_increase=self._metric_value(name) - before[name])
+        return response
 
 
 class _Admitted:

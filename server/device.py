@@ -7,6 +7,7 @@ import logging
 from google.protobuf import text_format
 
 from pyserving.server.apis import config_pb2
+from pyserving.server.config import read_text_file
 from pyserving.server.errors import invalid_argument
 from pyserving.server.options import ServerOptions
 
@@ -18,10 +19,10 @@ def session_config(options: ServerOptions) -> config_pb2.ConfigProto:
     thread pools, and GPU memory (a fixed fraction, or growth on demand)."""
     config = config_pb2.ConfigProto()
     if options.tensorflow_session_config_file:
+        text = read_text_file(options.tensorflow_session_config_file)
         try:
-            with open(options.tensorflow_session_config_file, encoding="utf-8") as handle:
-                text_format.Parse(handle.read(), config)
-        except (OSError, text_format.ParseError) as error:
+            text_format.Parse(text, config)
+        except text_format.ParseError as error:
             raise invalid_argument(f"Invalid protobuf file: "
                                    f"'{options.tensorflow_session_config_file}': {error}") from None
     config.allow_soft_placement = True

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import grpc
 
 # tensorflow.error.Code values, for status protos (GetModelStatus) and logs.
@@ -36,6 +39,10 @@ def unavailable(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.UNAVAILABLE, message)
 
 
+def unimplemented(message: str) -> ServingError:
+    return ServingError(grpc.StatusCode.UNIMPLEMENTED, message)
+
+
 def internal(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INTERNAL, message)
 
@@ -49,3 +56,40 @@ def from_tensorflow(error: Exception) -> ServingError:
     code = _TF_ERROR_TO_GRPC.get(number, grpc.StatusCode.INTERNAL)
     message = getattr(error, "message", None) or str(error)
     return ServingError(code, message)
+
+
+def _errno_codes() -> dict[int, grpc.StatusCode]:
+    """TensorFlow's ErrnoToCode (tsl/platform/errors.cc); anything else is UNKNOWN."""
+    names = {
+        grpc.StatusCode.INVALID_ARGUMENT: "EINVAL ENAMETOOLONG E2BIG EDESTADDRREQ EDOM EFAULT "
+                                          "EILSEQ ENOPROTOOPT ENOSTR ENOTSOCK ENOTTY "
+                                          "EPROTOTYPE ESPIPE",
+        grpc.StatusCode.DEADLINE_EXCEEDED: "ETIMEDOUT ETIME",
+        grpc.StatusCode.NOT_FOUND: "ENODEV ENOENT ENXIO ESRCH",
+        grpc.StatusCode.ALREADY_EXISTS: "EEXIST EADDRNOTAVAIL EALREADY",
+        grpc.StatusCode.PERMISSION_DENIED: "EPERM EACCES EROFS",
+        grpc.StatusCode.FAILED_PRECONDITION: "ENOTEMPTY EISDIR ENOTDIR EADDRINUSE EBADF EBUSY "
+                                             "ECHILD EISCONN ENOTBLK ENOTCONN EPIPE ESHUTDOWN "
+                                             "ETXTBSY",
+        grpc.StatusCode.RESOURCE_EXHAUSTED: "ENOSPC EDQUOT EMFILE EMLINK ENFILE ENOBUFS "
+                                            "ENODATA ENOMEM ENOSR EUSERS",
+        grpc.StatusCode.OUT_OF_RANGE: "EFBIG EOVERFLOW ERANGE",
+        grpc.StatusCode.UNIMPLEMENTED: "ENOSYS ENOTSUP EAFNOSUPPORT EPFNOSUPPORT "
+                                       "EPROTONOSUPPORT ESOCKTNOSUPPORT EXDEV",
+        grpc.StatusCode.UNAVAILABLE: "EAGAIN ECONNREFUSED ECONNABORTED ECONNRESET EINTR "
+                                     "EHOSTDOWN EHOSTUNREACH ENETDOWN ENETRESET ENETUNREACH "
+                                     "ENOLCK ENOLINK ENONET",
+        grpc.StatusCode.ABORTED: "EDEADLK ESTALE",
+        grpc.StatusCode.CANCELLED: "ECANCELED",
+    }
+    return {getattr(errno, name): code for code, text in names.items()
+            for name in text.split() if hasattr(errno, name)}
+
+
+_ERRNO_CODES = _errno_codes()
+
+
+def io_error(path: str, number: int) -> ServingError:
+    """TensorFlow's IOError(path, errno): ``<path>; <strerror>`` with ErrnoToCode's code."""
+    return ServingError(_ERRNO_CODES.get(number, grpc.StatusCode.UNKNOWN),
+                        f"{path}; {os.strerror(number)}")

@@ -25,6 +25,7 @@ from pyserving.server.errors import (
     failed_precondition,
     invalid_argument,
     not_found,
+    unavailable,
 )
 from pyserving.server.servable import Servable
 
@@ -88,6 +89,7 @@ class _Version:
     # A failed version is not retried while it stays aspired; dropping out of the aspired set
     # (and coming back) gives it a new chance, as in TF Serving.
     failed_while_aspired: bool = False
+    changed: int = 0  # the manager's change count when the state was last set
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class ModelManager:
         self._versions: dict[str, dict[int, _Version]] = {}
         self._aspired: dict[str, dict[int, str]] = {}
         self._closed = False
+        self._waits_cancelled = False
+        self._changes = 0
         self._load_pool = ThreadPoolExecutor(max(policy.load_threads, 1), "load")
         self._unload_pool = ThreadPoolExecutor(max(policy.unload_threads, 1), "unload")
 
@@ -238,6 +242,8 @@ class ModelManager:
                    error: ServingError | None = None) -> None:
         entry.state = state
         entry.error = error
+        self._changes += 1
+        entry.changed = self._changes
         self._lock.notify_all()
 
     # --- waiting and labels -------------------------------------------------------------------
@@ -268,6 +274,49 @@ class ModelManager:
                            for n, e in sorted(self._versions.get(name, {}).items())
                            if e.error is not None and n in self._aspired.get(name, {})]
                     for name in names}
+
+    def change_count(self) -> int:
+        """A mark for ``wait_for_latest``: state changes after it count."""
+        with self._lock:
+            return self._changes
+
+    def wait_for_latest(self, names: Sequence[str], after: int) -> dict[str, VersionStatus]:
+        """Block until each model has a version that became AVAILABLE or END after the mark
+        ``after`` and its other aspired versions are settled too; returns, per model, the
+        newest such version (what TF Serving's wait for ServableRequest::Latest reports; it
+        returns at the first such version, this waits for the model's other versions as well,
+        so a reply never races their loads). Waits with no timeout, as TF Serving does; raises
+        UNAVAILABLE if the server stops meanwhile."""
+        settled = (VersionState.AVAILABLE, VersionState.END)
+
+        def reached() -> dict[str, VersionStatus] | None:
+            found = {}
+            for name in names:
+                versions = self._versions.get(name, {})
+                if any(number not in versions or versions[number].state not in settled
+                       for number in self._aspired.get(name, {})):
+                    return None
+                for number, entry in sorted(versions.items(), reverse=True):
+                    if entry.changed > after and entry.state in settled:
+                        found[name] = VersionStatus(number, entry.state, entry.error)
+                        break
+                else:
+                    return None
+            return found
+
+        with self._lock:
+            while (found := reached()) is None:
+                if self._closed or self._waits_cancelled:
+                    raise unavailable("Server is shutting down; stopped waiting for models "
+                                      f"{', '.join(names)} to become available")
+                self._lock.wait()
+            return found
+
+    def stop_waiting(self) -> None:
+        """End every ``wait_for_latest`` (server shutdown)."""
+        with self._lock:
+            self._waits_cancelled = True
+            self._lock.notify_all()
 
     def check_labels(self, labels: Mapping[str, Mapping[str, int]]) -> None:
         """Reject labels on versions that are not available (unless allowed), as TF Serving."""
@@ -343,6 +392,7 @@ class ModelManager:
         running after ``drain_seconds`` are cancelled (None: wait for them)."""
         with self._lock:
             self._closed = True
+            self._lock.notify_all()
             for name, versions in self._versions.items():
                 for entry in versions.values():
                     entry.cancel.set()

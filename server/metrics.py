@@ -27,6 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from pyserving.server.config import read_text_file
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.manager import ModelEvent, ModelManager
 
@@ -100,12 +101,7 @@ def read_monitoring_config(path: str) -> PrometheusSettings:
     """Parse a text-format MonitoringConfig file ("" means monitoring off)."""
     if not path:
         return PrometheusSettings()
-    try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except OSError as error:
-        raise invalid_argument(f"Could not read monitoring config file {path}: "
-                               f"{os.strerror(error.errno or 0)}") from None
+    text = read_text_file(path)
     try:
         config = text_format.Parse(text, MonitoringConfig())
     except text_format.ParseError as error:
@@ -209,6 +205,19 @@ class ServerMetrics:
     def render(self) -> tuple[bytes, str]:
         """The metrics page: (body, Content-Type) in Prometheus' text format."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def int64_value(self, name: str) -> int:
+        """What TF Serving's HandleReloadConfigRequest reads of a metric (``/tensorflow/...``
+        name): the integer value of its first point, label values in order; 0 for a metric
+        it does not know or that has no integer points (histograms)."""
+        wanted = name.replace("/", ":")
+        for family in self.registry.collect():
+            if family.name != wanted or family.type not in ("gauge", "counter", "unknown"):
+                continue
+            samples = sorted((tuple(sample.labels.values()), sample.value)
+                             for sample in family.samples if sample.name == wanted)
+            return int(samples[0][1]) if samples else 0
+        return 0
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: prometheus-client validates and locks on

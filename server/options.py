@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 
 def _flag(default: Any, help_text: str) -> Any:
@@ -65,8 +66,9 @@ class ServerOptions:
     num_unload_threads: int = _flag(0, "Threads used to unload servables (0 unloads serially).")
     max_num_load_retries: int = _flag(5, "Retries of a failed load before giving up.")
     load_retry_interval_micros: int = _flag(60_000_000, "Microseconds between load retries.")
-    file_system_poll_wait_seconds: int = _flag(1, "Seconds between polls of the model base "
-                                                  "paths for new versions.")
+    file_system_poll_wait_seconds: int = _flag(
+        1, "Seconds between polls of the model base paths for new versions; 0 polls once; a "
+           "negative value disables polling entirely, so start-up waits indefinitely.")
     flush_filesystem_caches: bool = _flag(True, "Flush filesystem caches after loads.")
     tensorflow_session_parallelism: int = _flag(0, "Threads for running a TensorFlow session "
                                                    "(0 = auto).")
@@ -155,8 +157,29 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean value: {text!r}")
 
 
+class _FlagParser(argparse.ArgumentParser):
+    """Bad flag values fail as in tensorflow_model_server: the error on stderr, the usage on
+    stdout, exit status 255 (main returns -1)."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(re.sub(r"^argument [^:]+: ", "", message) + "\n")
+        self.print_help(sys.stdout)
+        self.exit(255)
+
+
+def _typed(kind: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """A flag value converter whose error is TensorFlow's flag parser's."""
+    def convert(text: str) -> Any:
+        try:
+            return kind(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(
+                f"Couldn't interpret value {text} for flag {name}.") from None
+    return convert
+
+
 def build_parser(prog: str = "pyserving") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _FlagParser(
         prog=prog,
         description="A TensorFlow Serving compatible model server. Accepts "
                     "tensorflow_model_server's flags (--flag=value or --flag value).",
@@ -169,11 +192,13 @@ def build_parser(prog: str = "pyserving") -> argparse.ArgumentParser:
             help_text += " [accepted; not implemented yet]"
         flag = f"--{spec.name}"
         if spec.type in ("bool", bool):
-            parser.add_argument(flag, type=parse_bool, nargs="?", const=True,
-                                default=spec.default, help=help_text, metavar="BOOL")
+            parser.add_argument(flag, type=_typed(parse_bool, spec.name), nargs="?",
+                                const=True, default=spec.default, help=help_text,
+                                metavar="BOOL")
         else:
             kind = {"int": int, "float": float, "str": str}[str(spec.type)]
-            parser.add_argument(flag, type=kind, default=spec.default, help=help_text)
+            parser.add_argument(flag, type=_typed(kind, spec.name), default=spec.default,
+                                help=help_text)
     return parser
 
 

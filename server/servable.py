@@ -143,17 +143,26 @@ def run_options_for(context: request_context.RequestContext) -> object | None:
     return pywrap_tf_session.TF_NewBufferFromString(options.SerializeToString())
 
 
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "saved_model.cpb")
+
+
+def check_saved_model_directory(path: str) -> None:
+    """TF Serving's LoadSessionBundleOrSavedModelBundle checks: a session bundle (export.meta)
+    is refused, and a directory without a SavedModel file is NOT_FOUND."""
+    if os.access(os.path.join(path, "export.meta"), os.F_OK):
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                           "Session Bundle is deprecated and removed.")
+    if not any(os.access(os.path.join(path, name), os.F_OK) for name in _SAVED_MODEL_FILES):
+        raise not_found("Specified file path does not appear to contain a SavedModel bundle "
+                        "(should have a file called `saved_model.pb`)\n"
+                        f"Specified file path: {path}")
 
 
 def load_servable(name: str, version: int, path: str, tags: Sequence[str],
                   session_config: config_pb2.ConfigProto) -> Servable:
     """Load a SavedModel version; raises ServingError with TensorFlow's message on failure."""
     started = time.monotonic()
-    if not any(os.path.isfile(os.path.join(path, name)) for name in _SAVED_MODEL_FILES):
-        raise not_found("Could not find SavedModel .pb or .pbtxt at supplied export directory "
-                        f"path: {path}. Check that the directory exists and that you have the "
-                        "right permissions for accessing it.")
+    check_saved_model_directory(path)
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:

@@ -7,14 +7,15 @@ import logging
 import threading
 
 from pyserving.server import config as model_config
-from pyserving.server.errors import ServingError, not_found, unavailable
+from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
 
 class FileSystemSource:
-    """Scans base paths on demand (``poll``) and every ``poll_seconds`` once started."""
+    """Scans base paths on demand (``poll``) and every ``poll_seconds`` once started; a
+    negative ``poll_seconds`` disables scanning altogether, as in TF Serving."""
 
     def __init__(self, manager: ModelManager, poll_seconds: float) -> None:
         self._manager = manager
@@ -26,34 +27,33 @@ class FileSystemSource:
 
     def set_models(self, models: list[model_config.ModelConfig]) -> None:
         """Replace the watched models; models no longer listed are unloaded."""
+        # Under the lock: a scan in progress must not re-aspire a model removed here.
         with self._lock:
             removed = set(self._models) - {model.name for model in models}
             self._models = {model.name: model for model in models}
-        for name in sorted(removed):
-            log.info("model %s is no longer in the config: unloading it", name)
-            self._manager.set_aspired_versions(name, [])
+            for name in sorted(removed):
+                log.info("model %s is no longer in the config: unloading it", name)
+                self._manager.set_aspired_versions(name, [])
 
-    def poll(self, names: list[str] | None = None) -> dict[str, ServingError]:
-        """Scan now and report aspired versions; returns the models whose base path is
-        missing (nothing reported: what is loaded stays) or holds no version (all unload)."""
+    def poll(self, names: list[str] | None = None) -> None:
+        """Scan now and report aspired versions (a model without versions unloads). A base
+        path that is missing or unreadable fails the whole scan: nothing is reported, so what
+        is loaded stays (TF Serving's PollFileSystemAndInvokeCallback)."""
+        if self._poll_seconds < 0:
+            return
         with self._lock:
-            models = [m for n, m in self._models.items() if names is None or n in names]
-        failures = {}
-        for model in models:
-            try:
-                found = model_config.scan_versions(model)
-            except (ServingError, OSError) as error:
-                # A base path that vanished keeps what is loaded (TF Serving emits nothing).
-                failures[model.name] = error if isinstance(error, ServingError) else \
-                    unavailable(str(error))
-                log.warning("%s", failures[model.name].message)
-                continue
-            aspired = model_config.aspired_versions(model, found)
-            if not aspired:
-                failures[model.name] = not_found(model_config.no_versions_message(model))
-                log.warning("%s", failures[model.name].message)
-            self._manager.set_aspired_versions(model.name, aspired)
-        return failures
+            aspired = {}
+            for model in self._models.values():
+                if names is not None and model.name not in names:
+                    continue
+                try:
+                    aspired[model.name] = model_config.versions_on_disk(model)
+                except ServingError as error:
+                    log.error("FileSystemStoragePathSource encountered a filesystem access "
+                              "error: %s", error.message)
+                    return
+            for name, versions in aspired.items():
+                self._manager.set_aspired_versions(name, versions)
 
     def start(self) -> None:
         """Poll every ``poll_seconds`` in the background (not at all when it is <= 0)."""
@@ -71,4 +71,3 @@ class FileSystemSource:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-

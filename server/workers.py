@@ -264,7 +264,7 @@ def supervise(options: ServerOptions, argv: Sequence[str], count: int) -> int:
                 reservations.append(reserve_port(host, port))
             except OSError as error:
                 print(f"Failed to start server. Error: UNAVAILABLE: Failed to reserve port "
-                      f"{host}:{port} for {count} workers: {error.strerror}", file=sys.stderr)
+                      f"{host}:{port} for {count} workers: {error.strerror}", flush=True)
                 return EXIT_START_FAILED
         grpc_port = reservations[0].getsockname()[1]
         command = [*argv, f"--port={grpc_port}", f"--workers={count}"]

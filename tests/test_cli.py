@@ -6,7 +6,6 @@ tensorflow_model_server_test.py passes; every process is stopped (then killed) i
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -69,6 +68,9 @@ class ServerProcess:
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        return (self.stderr_path.parent / "stdout.txt").read_text(errors="replace")
 
     def wait_for_log(self, pattern: re.Pattern[str]) -> re.Match[str]:
         deadline = time.monotonic() + START_TIMEOUT
@@ -147,12 +149,21 @@ def predict_y(stub: prediction_service_pb2_grpc.PredictionServiceStub, model_nam
 
 
 def assert_clean_startup_failure(process: ServerProcess, message: str) -> None:
-    """Non-zero exit, TF Serving's message, and no Python traceback."""
-    assert process.wait_for_exit() != 0
-    stderr = process.stderr()
-    assert message in stderr
-    assert STARTUP_FAILED in stderr
+    """Exit status 255, TF Serving's message (its last line on stdout), no Python traceback."""
+    assert process.wait_for_exit() == 255
+    stdout, stderr = process.stdout(), process.stderr()
+    assert STARTUP_FAILED in stdout
+    assert message in stdout + stderr
     assert "Traceback" not in stderr
+
+
+def startup_failure_line(process: ServerProcess) -> str:
+    """The "Failed to start server. Error: ..." text tensorflow_model_server prints last."""
+    assert process.wait_for_exit() == 255
+    stdout = process.stdout()
+    assert stdout.startswith(STARTUP_FAILED) and stdout.endswith("\n"), stdout
+    assert "Traceback" not in process.stderr()
+    return stdout[len(STARTUP_FAILED):-1]
 
 
 # Flags that answer without a model.
@@ -257,40 +268,130 @@ def test_sigterm_exits_zero(launch: Launcher, testdata_model: Callable[..., str]
     assert "Traceback" not in server.stderr()
 
 
+# Start-up waits for models without versions, as tensorflow_model_server does.
+
+def publish_version(source: Path, base: Path, version: int) -> None:
+    """Make ``source`` version ``version`` of ``base`` in one rename (base may not exist)."""
+    staging = base.parent / f"staging-{base.name}"
+    shutil.copytree(source, staging / str(version))
+    if base.exists():
+        (staging / str(version)).rename(base / str(version))
+        staging.rmdir()
+    else:
+        staging.rename(base)
+
+
+def specific_policy_config(tmp_path: Path, base: Path, version: int) -> Path:
+    path = tmp_path / "specific.config"
+    path.write_text(f'model_config_list {{ config {{ name: "default" base_path: "{base}" '
+                    f'model_platform: "tensorflow" '
+                    f'model_version_policy {{ specific {{ versions: {version} }} }} }} }}')
+    return path
+
+
+def no_base_path(tmp_path: Path, base: Path) -> tuple[list[str], str]:
+    return ([f"--model_base_path={base}"],
+            "FileSystemStoragePathSource encountered a filesystem access error: Could not find "
+            f"base path {base} for servable default with error NOT_FOUND: {base} not found")
+
+
+def no_version_dirs(tmp_path: Path, base: Path) -> tuple[list[str], str]:
+    (base / "not_a_version").mkdir(parents=True)
+    return ([f"--model_base_path={base}"],
+            f"No versions of servable default found under base path {base}. Did you forget to "
+            "name your leaf directory as a number (eg. '/1/')?")
+
+
+def no_specific_version(tmp_path: Path, base: Path) -> tuple[list[str], str]:
+    (base / "122").mkdir(parents=True)
+    return ([f"--model_config_file={specific_policy_config(tmp_path, base, MODEL_VERSION)}"],
+            f"Version {MODEL_VERSION} of servable default, which was requested to be served as "
+            "a 'specific' version in the servable's version policy, was not found in the file "
+            "system")
+
+
+@pytest.mark.parametrize("setup", [no_base_path, no_version_dirs, no_specific_version],
+                         ids=lambda setup: setup.__name__)
+def test_start_up_waits_until_a_version_appears(launch: Launcher, tmp_path: Path,
+                                                stub_for: Callable, setup: Callable) -> None:
+    base = tmp_path / "models" / "half_plus_two"
+    flags, logged = setup(tmp_path, base)
+    server = launch("--port=0", "--file_system_poll_wait_seconds=1", *flags)
+    server.wait_for_log(re.compile(re.escape(logged)))
+    time.sleep(1.5)  # another poll or two: still waiting, ports closed
+    assert server.popen.poll() is None
+    assert not RUNNING_TCP.search(server.stderr())
+    publish_version(TESTDATA / "saved_model_half_plus_two_cpu" / "00000123", base,
+                    MODEL_VERSION)
+    assert predict_y(stub_for(server.tcp_target()), "default") == (3.0, MODEL_VERSION)
+    assert server.stdout() == ""
+
+
+def test_negative_poll_wait_never_polls_and_waits_at_start_up(
+        launch: Launcher, testdata_model: Callable[..., str]) -> None:
+    server = launch("--port=0", "--file_system_poll_wait_seconds=-1",
+                    f"--model_base_path={testdata_model('saved_model_half_plus_two_cpu')}")
+    server.wait_for_log(re.compile(re.escape(" (Re-)adding model: default")))
+    time.sleep(2.0)
+    assert server.popen.poll() is None
+    stderr = server.stderr()
+    assert not RUNNING_TCP.search(stderr)
+    assert "Successfully loaded servable version" not in stderr
+    # Still starting: a signal ends it at once, as it ends tensorflow_model_server.
+    server.popen.send_signal(signal.SIGTERM)
+    assert server.wait_for_exit() == -signal.SIGTERM
+
+
 # Start-up failures.
 
-def test_missing_base_path(launch: Launcher, tmp_path: Path) -> None:
-    missing = tmp_path / "no_such_dir"
-    process = launch("--port=0", f"--model_base_path={missing}")
-    assert_clean_startup_failure(
-        process, f"Could not find base path {missing} for servable default with error "
-                 f"NOT_FOUND: {missing} not found")
+def test_bad_flag_value_prints_usage_and_exits_255() -> None:
+    result = subprocess.run([*SERVER_COMMAND, "--file_system_poll_wait_seconds=abc"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 255
+    assert result.stdout.startswith("usage: ")
+    assert "--file_system_poll_wait_seconds" in result.stdout
+    assert result.stderr == ("Couldn't interpret value abc for flag "
+                             "file_system_poll_wait_seconds.\n")
 
 
-def test_base_path_without_version_dirs(launch: Launcher, tmp_path: Path) -> None:
-    base = tmp_path / "unversioned"
-    (base / "not_a_version").mkdir(parents=True)
-    process = launch("--port=0", f"--model_base_path={base}")
-    assert_clean_startup_failure(
-        process, f"No versions of servable default found under base path {base}. "
-                 "Did you forget to name your leaf directory as a number (eg. '/1/')?")
+def test_missing_model_config_file(launch: Launcher, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such.config"
+    process = launch("--port=0", f"--model_config_file={missing}")
+    assert startup_failure_line(process) == f"NOT_FOUND: {missing}; No such file or directory"
 
 
 def test_bad_model_config(launch: Launcher, tmp_path: Path) -> None:
     config_path = tmp_path / "bad_model_config.txt"
     config_path.write_bytes((TESTDATA / "bad_model_config.txt").read_bytes())
     process = launch("--port=0", f"--model_config_file={config_path}")
-    assert_clean_startup_failure(
-        process, "Error parsing text-format tensorflow.serving.ModelServerConfig")
-    assert f"Invalid protobuf file: '{config_path}'" in process.stderr()
+    assert startup_failure_line(process) == \
+        f"INVALID_ARGUMENT: Invalid protobuf file: '{config_path}'"
+    # The parser's own complaint goes to the log (stderr), as protobuf's logging does.
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in process.stderr()
 
 
-def test_not_a_saved_model(launch: Launcher, testdata_model: Callable[..., str]) -> None:
-    """The load is retried (--max_num_load_retries), then start-up fails with the error."""
-    base = testdata_model("bad_half_plus_two")
-    process = launch("--port=0", f"--model_base_path={base}", "--max_num_load_retries=2",
+def test_versions_that_fail_to_load_are_all_listed(launch: Launcher, tmp_path: Path,
+                                                    testdata_model: Callable[..., str]) -> None:
+    """Load errors as TF Serving's loader words them, wrapped as ServerCore's start-up wait
+    (ConnectSourcesWithFastInitialLoad) reports them; retries first (--max_num_load_retries)."""
+    bad = testdata_model("bad_half_plus_two")  # a session bundle: export.meta, no SavedModel
+    empty = tmp_path / "empty_version"
+    (empty / "7").mkdir(parents=True)
+    config = tmp_path / "two_bad.config"
+    config.write_text("model_config_list { "
+                      f'config {{ name: "session_bundle" base_path: "{bad}" '
+                      'model_platform: "tensorflow" } '
+                      f'config {{ name: "empty" base_path: "{empty}" '
+                      'model_platform: "tensorflow" } }')
+    process = launch("--port=0", f"--model_config_file={config}", "--max_num_load_retries=1",
                      "--load_retry_interval_micros=100000")
-    assert_clean_startup_failure(process, os.path.join(base, "00000123"))
+    assert startup_failure_line(process) == (
+        "UNKNOWN: 2 servable(s) did not become available: {"
+        "{{name: empty version: 7} due to error: NOT_FOUND: Specified file path does not "
+        "appear to contain a SavedModel bundle (should have a file called `saved_model.pb`)\n"
+        f"Specified file path: {empty / '7'}}}, "
+        "{{name: session_bundle version: 123} due to error: UNIMPLEMENTED: Session Bundle is "
+        "deprecated and removed.}, }")
 
 
 def test_conflicting_parallelism_flags_fail_start_up_cleanly(launch: Launcher,

@@ -242,9 +242,9 @@ def test_reload_config_replaces_the_models(serve, testdata_model):
         client.reload_config(config)
         assert raised(lambda: client.predict(TWO, {"x": [2.0]})).code == \
             grpc.StatusCode.NOT_FOUND
-        error = raised(lambda: client.reload_config(config_text({"gone": base + "/nope"})))
+        error = raised(lambda: client.reload_config(config_text({"gone": "relative/nope"})))
         assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert error.message.startswith("Could not find base path")
+        assert error.message.startswith("Expected model gone to have an absolute path")
 
 
 # --- errors and deadlines --------------------------------------------------------------------

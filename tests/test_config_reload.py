@@ -8,7 +8,9 @@ testModelConfigReloadWithZeroPollPeriod.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ from tensorflow_serving.apis import (
 from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.server import ModelServer
+from pyserving.server.errors import ServingError
 
 TIMEOUT = 10.0
 SETTLE_SECONDS = 30.0  # how long a background load or unload may take on a busy machine
@@ -35,6 +38,7 @@ VERSION = 123
 TWO = "half_plus_two"
 THREE = "half_plus_three"
 HPT = "hpt"  # saved_model_half_plus_two_2_versions: versions 123 and 124
+LOAD_ATTEMPTS = "/tensorflow/cc/saved_model/load_attempt_count"
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
 
@@ -363,6 +367,94 @@ def a_label_on_a_new_model(served: Served) -> model_management_pb2.ReloadConfigR
                           model_config(THREE, served.three, labels={"stable": VERSION}))
 
 
+def a_new_model_without_a_platform(served: Served) -> model_management_pb2.ReloadConfigRequest:
+    three = model_config(THREE, served.three)
+    three.ClearField("model_platform")
+    return reload_request(model_config(TWO, served.two), three)
+
+
+def a_new_model_with_type_and_platform(served: Served
+                                       ) -> model_management_pb2.ReloadConfigRequest:
+    three = model_config(THREE, served.three)
+    three.model_type = model_server_config_pb2.TENSORFLOW
+    return reload_request(model_config(TWO, served.two), three)
+
+
+def a_new_model_on_another_platform(served: Served) -> model_management_pb2.ReloadConfigRequest:
+    three = model_config(THREE, served.three)
+    three.model_platform = "foo"
+    return reload_request(model_config(TWO, served.two), three)
+
+
+def a_changed_platform(served: Served) -> model_management_pb2.ReloadConfigRequest:
+    two = model_config(TWO, served.two)
+    two.model_platform = "foo"
+    return reload_request(two, model_config(THREE, served.three))
+
+
+@pytest.mark.parametrize("make_request, message", [
+    (a_new_model_without_a_platform,
+     "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+     f"ModelServerConfig::model_platform, model name is {THREE}"),
+    (a_new_model_with_type_and_platform,
+     "Illegal setting both ModelServerConfig::model_type (deprecated) and "
+     f"ModelServerConfig::model_platform, model name is {THREE}"),
+    (a_new_model_on_another_platform, f"Model {THREE} requests unsupported platform foo"),
+    (a_changed_platform, f"Illegal to change a model's platform. For model {TWO} platform was "
+                         "tensorflow and new platform requested is foo"),
+], ids=lambda value: getattr(value, "__name__", None))
+def test_a_platform_that_is_missing_unknown_or_changed_is_refused(
+        served: Served, make_request: Callable[[Served], model_management_pb2.ReloadConfigRequest],
+        message: str):
+    assert reload_error(served.models, make_request(served)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, message)
+    assert predict(served.predictions, model_spec(TWO)) == (3.0, VERSION)
+    assert predict_error(served.predictions, model_spec(THREE))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_refused_platform_is_remembered_as_tf_serving_does(served: Served):
+    """ServerCore::ReloadConfig keeps a config that passed ValidateNoModelsChangePlatforms as
+    its own even when a later check refuses it: the next platform check compares with it."""
+    reload_error(served.models, a_new_model_on_another_platform(served))
+    assert reload_error(served.models, reload_request(
+        model_config(TWO, served.two), model_config(THREE, served.three))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, f"Illegal to change a model's platform. For model "
+                                          f"{THREE} platform was foo and new platform requested "
+                                          "is tensorflow")
+    served.reload(model_config(TWO, served.two))
+    served.reload(model_config(TWO, served.two), model_config(THREE, served.three))
+    assert predict(served.predictions, model_spec(THREE)) == (4.0, VERSION)
+
+
+def test_resending_a_config_checks_its_labels_again(served: Served):
+    """No same-config shortcut (TF Serving has none): a label whose version went away fails."""
+    config = (model_config(TWO, served.two),
+              model_config(HPT, served.hpt, policy="all", labels={"stable": VERSION}))
+    served.reload(config[0], model_config(HPT, served.hpt, policy="all"))
+    served.reload(*config)
+    shutil.rmtree(Path(served.hpt) / "00000123")
+    eventually(lambda: statuses(served.models, HPT), [(124, AVAILABLE), (VERSION, END)])
+    assert reload_error(served.models, reload_request(*config)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"Request to assign label to version {VERSION} of model {HPT}, which is not currently "
+        "available for inference")
+
+
+def test_a_new_model_without_versions_blocks_the_reload_until_one_appears(served: Served,
+                                                                          tmp_path: Path):
+    """TF Serving waits for a new model without timeout: the client's deadline ends the call,
+    the reload goes on and completes once a version is published."""
+    later = tmp_path / "later"
+    request = reload_request(model_config(TWO, served.two), model_config(THREE, str(later)))
+    with pytest.raises(grpc.RpcError) as raised:
+        served.models.HandleReloadConfigRequest(request, 2.0)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert predict(served.predictions, model_spec(TWO)) == (3.0, VERSION)
+    shutil.copytree(served.three, tmp_path / "staging")
+    (tmp_path / "staging").rename(later)
+    eventually(returns(lambda: predict(served.predictions, model_spec(THREE))), (4.0, VERSION))
+
+
 UNSUPPORTED_CONFIG = ("ServerModelConfig type not supported by HandleReloadConfigRequest. "
                       "Only ModelConfigList is currently supported")
 
@@ -473,3 +565,46 @@ def test_a_polled_config_file_that_is_refused_keeps_the_old_config(
     assert predict(stub, model_spec(TWO)) == (3.0, VERSION)
     write_atomically(path, config_file_text((THREE, three)))
     eventually(returns(lambda: predict(stub, model_spec(THREE))), (4.0, VERSION))
+
+
+# --- config files that are missing, empty or hold no models ----------------------------------
+
+
+def test_a_missing_config_file_is_not_found(serve, tmp_path: Path):
+    missing = tmp_path / "no_such.config"
+    with pytest.raises(ServingError) as raised:
+        serve(model_config_file=str(missing))
+    assert (raised.value.code, raised.value.message) == (
+        grpc.StatusCode.NOT_FOUND, f"{missing}; No such file or directory")
+
+
+def test_an_empty_config_file_is_an_invalid_argument(serve, tmp_path: Path):
+    """TensorFlow reads the file with mmap, which refuses 0 bytes."""
+    empty = tmp_path / "empty.config"
+    empty.write_bytes(b"")
+    with pytest.raises(ServingError) as raised:
+        serve(model_config_file=str(empty))
+    assert (raised.value.code, raised.value.message) == (
+        grpc.StatusCode.INVALID_ARGUMENT, f"{empty}; Invalid argument")
+
+
+def test_a_config_without_models_serves_none_until_a_reload_adds_them(
+        serve, channel_to, tmp_path: Path, testdata_model, caplog):
+    path = tmp_path / "comments.config"
+    path.write_text("# no models yet\n")
+    caplog.set_level(logging.INFO)
+    server = serve(model_config_file=str(path))
+    assert "Taking no action for empty config." in caplog.messages
+    channel = channel_to(server.grpc_target)
+    assert predict_error(PredictionStub(channel), model_spec(TWO)) == (
+        grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({TWO})")
+    request = reload_request(model_config(TWO, testdata_model("saved_model_half_plus_two_cpu")))
+    request.metric_names.extend([LOAD_ATTEMPTS, "/no/such/metric"])
+    response = ModelStub(channel).HandleReloadConfigRequest(request, TIMEOUT)
+    # model_service_impl.cc: status always set (OK), one Metric per requested name.
+    assert response.HasField("status") and response.status.error_code == 0
+    assert [(metric.name, metric.WhichOneof("value_increase"), metric.int64_value_increase)
+            for metric in response.metric] == [
+        (LOAD_ATTEMPTS, "int64_value_increase", 1), ("/no/such/metric", "int64_value_increase",
+                                                     0)]
+    assert predict(PredictionStub(channel), model_spec(TWO)) == (3.0, VERSION)

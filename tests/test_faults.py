@@ -235,10 +235,11 @@ def test_vanished_base_path_keeps_loaded_versions_serving(serve, channel_to, tmp
     assert (served(stub, 123), served(stub, 124), served(stub)) == (123, 124, 124)
     message = next(r.getMessage() for r in caplog.records if str(base) in r.getMessage())
     if vanish == "removed":
-        assert message == (f"Could not find base path {base} for servable default with "
+        assert message == ("FileSystemStoragePathSource encountered a filesystem access "
+                           f"error: Could not find base path {base} for servable default with "
                            f"error NOT_FOUND: {base} not found")
     else:
-        assert "Not a directory" in message
+        assert message.endswith(f"error: {base}; Not a directory")
     # The base path comes back with one version: the other one unloads as usual.
     base.unlink(missing_ok=True)
     copy_tree(TWO_VERSIONS / "00000124", base / "124")

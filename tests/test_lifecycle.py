@@ -36,7 +36,7 @@ BAD_MODEL = TESTDATA / "bad_half_plus_two" / "00000123"
 POLL_SECONDS = 1
 WAIT_SECONDS = 30.0
 RPC_TIMEOUT = 10.0
-NOT_FOUND_CODE = 5  # tensorflow.error.Code
+UNIMPLEMENTED_CODE = 12  # tensorflow.error.Code
 
 State = get_model_status_pb2.ModelVersionStatus
 START, LOADING, AVAILABLE, UNLOADING, END = (State.START, State.LOADING, State.AVAILABLE,
@@ -302,9 +302,9 @@ def test_bad_version_fails_while_the_good_one_keeps_serving(serve, channel, tmp_
 
     assert load.errors == []
     assert all(set(client.versions) == {123} for client in load.clients)
-    assert status_summary(final) == [(200, END, NOT_FOUND_CODE), (123, AVAILABLE, 0)]
-    message = final[0].status.error_message
-    assert "SavedModel" in message and str(base / "200") in message
+    # A session bundle (export.meta): TF Serving refuses it before looking for a SavedModel.
+    assert status_summary(final) == [(200, END, UNIMPLEMENTED_CODE), (123, AVAILABLE, 0)]
+    assert final[0].status.error_message == "Session Bundle is deprecated and removed."
     assert status_summary(watcher.statuses()) == status_summary(final)
     assert watcher.seen[("default", 200)][-2:] == [LOADING, END]
     attempts = [r for r in caplog.records if "version: 200} failed" in r.getMessage()]
@@ -431,9 +431,10 @@ def test_unload_waits_for_in_flight_requests(serve, channel, tmp_path, slow_mode
     watcher.assert_tf_serving_sequences()
 
 
-def test_poll_wait_zero_or_negative_loads_once(serve, channel, tmp_path):
+def test_poll_wait_zero_loads_once(serve, channel, tmp_path):
+    """(A negative wait never polls: test_cli's start-up test.)"""
     servers = {}
-    for name, seconds in (("periodic", POLL_SECONDS), ("once", 0), ("never", -1)):
+    for name, seconds in (("periodic", POLL_SECONDS), ("once", 0)):
         base = half_plus_two_base(tmp_path / name, 123)
         servers[name] = (base, serve(model_base_path=str(base),
                                      file_system_poll_wait_seconds=seconds))
@@ -446,11 +447,10 @@ def test_poll_wait_zero_or_negative_loads_once(serve, channel, tmp_path):
     publish(TWO_VERSIONS / "00000124", base, 125)
     periodic.wait_for({125: AVAILABLE, 124: END})
 
-    for name in ("once", "never"):
-        _, server = servers[name]
-        assert StatusWatcher(channel(server)).states() == {123: AVAILABLE}, name
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel(server))
-        assert served_version(stub, predict_request()) == 123
+    _, server = servers["once"]
+    assert StatusWatcher(channel(server)).states() == {123: AVAILABLE}
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel(server))
+    assert served_version(stub, predict_request()) == 123
 
 
 def test_slow_load_does_not_block_other_models(serve, channel, tmp_path, slow_model):
@@ -483,3 +483,31 @@ def test_slow_load_does_not_block_other_models(serve, channel, tmp_path, slow_mo
     assert max(during_load) < 1.0  # far below the 2 s the other model takes to load
     assert served_version(slow_stub, predict_request("slow", delay=0.0)) == 2
     watcher.assert_tf_serving_sequences()
+
+
+def test_stop_ends_a_start_up_still_waiting_for_a_version(tmp_path, caplog):
+    """An embedding application may stop a server whose start() still waits for a model."""
+    from pyserving.server import ModelServer, ServerOptions
+    from pyserving.server.errors import ServingError
+
+    server = ModelServer(ServerOptions(port=0, model_base_path=str(tmp_path / "later"),
+                                       file_system_poll_wait_seconds=POLL_SECONDS),
+                         host="127.0.0.1")
+    errors: list[ServingError] = []
+
+    def start() -> None:
+        try:
+            server.start()
+        except ServingError as error:
+            errors.append(error)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    try:
+        wait_until(lambda: "Could not find base path" in caplog.text, "a poll of the base path")
+        assert starting.is_alive() and not server.serving
+    finally:
+        server.stop(grace=None)
+        starting.join(10)
+    assert not starting.is_alive()
+    assert [error.code for error in errors] == [grpc.StatusCode.UNAVAILABLE]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import time
 from pathlib import Path
@@ -176,11 +177,21 @@ def start(serve: Callable[..., ModelServer], base: Path, **options: object) -> M
     return serve(model_name="counter", model_base_path=str(base), **options)
 
 
+# How start-up reports a version that failed to load (ServerCore's initial load).
+FAILED_AT_START_UP = re.compile(r"1 servable\(s\) did not become available: "
+                                r"\{\{\{name: counter version: \d+\} due to error: "
+                                r"([A-Z_]+): (.*)\}, \}", re.DOTALL)
+
+
 def start_failure(serve: Callable[..., ModelServer], base: Path, **options: object
                   ) -> tuple[grpc.StatusCode, str]:
+    """The code and message of the load error that failed start-up."""
     with pytest.raises(ServingError) as raised:
         start(serve, base, **options)
-    return raised.value.code, raised.value.message
+    assert raised.value.code == grpc.StatusCode.UNKNOWN
+    wrapped = FAILED_AT_START_UP.fullmatch(raised.value.message)
+    assert wrapped, raised.value.message
+    return grpc.StatusCode[wrapped.group(1)], wrapped.group(2)
 
 
 def counter_value(stub: PredictionStub, version: int | None = None) -> float:

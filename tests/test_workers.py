@@ -63,13 +63,18 @@ class Supervisor:
     def __init__(self, args: list[str], workdir: Path) -> None:
         self.workdir = workdir
         self.stderr_path = workdir / "stderr.txt"
-        with open(self.stderr_path, "wb") as stderr:
+        self.stdout_path = workdir / "stdout.txt"
+        with open(self.stderr_path, "wb") as stderr, open(self.stdout_path, "wb") as stdout:
             self.popen = subprocess.Popen([*SERVER_COMMAND, *args], cwd=workdir,
-                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stdin=subprocess.DEVNULL, stdout=stdout,
                                           stderr=stderr)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self) -> str:
+        """Where a process that cannot start says why, as tensorflow_model_server does."""
+        return self.stdout_path.read_text(errors="replace")
 
     def wait_for_log(self, pattern: str | re.Pattern[str], after: int = 0) -> re.Match[str]:
         """The first match of ``pattern`` in stderr at or after character ``after``."""
@@ -471,7 +476,7 @@ def test_bad_workers_value_fails_start_up(value: str, tmp_path: Path) -> None:
                             timeout=60)
     assert result.returncode == 255
     assert (f"{STARTUP_FAILED}--workers must be a positive integer or 'auto', got '{value}'"
-            in result.stderr)
+            in result.stdout)
     assert "Traceback" not in result.stderr
 
 
@@ -482,20 +487,20 @@ def test_workers_cannot_share_a_unix_socket(tmp_path: Path) -> None:
                             timeout=60)
     assert result.returncode == 255
     assert (f"{STARTUP_FAILED}--grpc_socket_path cannot be shared by several --workers; "
-            "use --port") in result.stderr
+            "use --port") in result.stdout
 
 
 def test_worker_start_up_failure_fails_the_server(tmp_path: Path) -> None:
-    missing = tmp_path / "no_such_dir"
-    supervisor = Supervisor(["--workers=2", "--port=0", f"--model_base_path={missing}"],
+    missing = tmp_path / "no_such.config"
+    supervisor = Supervisor(["--workers=2", "--port=0", f"--model_config_file={missing}"],
                             tmp_path)
     try:
         assert supervisor.popen.wait(START_TIMEOUT) == 255
     finally:
         supervisor.stop()
+    assert f"{STARTUP_FAILED}NOT_FOUND: {missing}; No such file or directory" \
+        in supervisor.stdout()
     stderr = supervisor.stderr()
-    assert STARTUP_FAILED in stderr
-    assert f"Could not find base path {missing} for servable default with error" in stderr
     assert re.search(r"worker \d \(pid \d+\) exited with code 255 during start-up", stderr)
     for pid in supervisor.worker_pids().values():
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the supervisor"
@@ -511,4 +516,4 @@ def test_port_in_use_fails_start_up(tmp_path: Path) -> None:
                                 text=True, timeout=60)
     assert result.returncode == 255
     assert (f"{STARTUP_FAILED}UNAVAILABLE: Failed to reserve port 0.0.0.0:{port} for 2 "
-            "workers: Address already in use") in result.stderr
+            "workers: Address already in use") in result.stdout
