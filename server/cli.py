@@ -9,7 +9,12 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Sequence
 
-from pyserving.server.options import ServerOptions, explicitly_set_inert_flags, parse_options
+from pyserving.server.options import (
+    ServerOptions,
+    build_parser,
+    explicitly_set_inert_flags,
+    parse_options,
+)
 from pyserving.server.workers import WorkerFlagError, supervise, worker_count
 
 if TYPE_CHECKING:
@@ -64,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"TensorFlow ModelServer: pyserving-{VERSION}\nTensorFlow Library: {tf.__version__}")
         return 0
+    if unknown:  # tensorflow_model_server names the first one, shows the usage, starts anyway
+        print(f"unknown argument: {unknown[0]}\n{build_parser().format_help()}", end="")
     configure_logging()
     log = logging.getLogger("pyserving")
-    for argument in unknown:
-        log.warning("unknown argument: %s (ignored)", argument)
     for name in explicitly_set_inert_flags(options):
         log.warning("--%s is accepted for compatibility but not implemented yet; ignored", name)
     try:

@@ -224,7 +224,8 @@ def test_serves_predict_on_logged_port_with_tf_serving_test_flags(
 def test_unknown_flag_is_reported_and_ignored(tf_serving_test_server: ServerProcess,
                                               stub_for: Callable) -> None:
     target = tf_serving_test_server.tcp_target()
-    assert "unknown argument: --no_such_flag=1" in tf_serving_test_server.stderr()
+    # as tensorflow_model_server: the first one named and the usage on stdout, then it starts
+    assert tf_serving_test_server.stdout().startswith("unknown argument: --no_such_flag=1\nusage: ")
     assert predict_y(stub_for(target), "default") == (3.0, MODEL_VERSION)
 
 

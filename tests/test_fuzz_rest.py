@@ -142,6 +142,9 @@ def assert_serving(target: Target) -> None:
     assert (status, json.loads(payload)) == (200, {"predictions": [2.5, 3.0, 4.5]})
 
 
+_HUGE_VERSION = "99999999999999999999"  # beyond int64
+
+
 def check(target: Target, method: str, path: str, body: bytes | None, case: str
           ) -> tuple[int, Any]:
     """Send one case; assert the answer is bounded and TF Serving-shaped; every few, that the
@@ -152,7 +155,8 @@ def check(target: Target, method: str, path: str, body: bytes | None, case: str
     assert content_type == "application/json", f"{shown} -> {content_type}"
     # string outputs go out as their raw bytes, UTF-8 or not, as TF Serving writes them
     document = json.loads(payload.decode("utf-8", "surrogateescape")) if payload else None
-    if status != 200:
+    unconvertible_version = f"/versions/{_HUGE_VERSION}" in path  # 400 with an empty body
+    if status != 200 and not (status == 400 and not payload and unconvertible_version):
         assert isinstance(document, dict) and list(document) == ["error"], shown
         assert isinstance(document["error"], str) and document["error"].strip(), shown
     SECONDS.append(seconds)
@@ -294,7 +298,7 @@ def model_path(draw: Callable, models: list[str]) -> str:
     path = f"/v1/models/{quote(name, safe='')}"
     choice = draw(st.sampled_from(["none", "none", "version", "label"]))
     if choice == "version":
-        path += f"/versions/{draw(st.sampled_from(['1', '123', '0', '99999999999999999999']))}"
+        path += f"/versions/{draw(st.sampled_from(['1', '123', '0', _HUGE_VERSION]))}"
     elif choice == "label":
         path += f"/labels/{quote(draw(st.sampled_from(['stable']) | PATH_TEXT), safe='')}"
     return path
