@@ -130,7 +130,9 @@ class ServerOptions:
 
     @property
     def tags(self) -> tuple[str, ...]:
-        return tuple(tag.strip() for tag in self.saved_model_tags.split(",") if tag.strip())
+        # str_util::Split as server.cc calls it: no trimming, empty tags kept ("serve," asks
+        # for a MetaGraphDef tagged "serve" and ""); the tag set holds each tag once.
+        return tuple(dict.fromkeys(self.saved_model_tags.split(",")))
 
     def replace(self, **changes: Any) -> "ServerOptions":
         return dataclasses.replace(self, **changes)

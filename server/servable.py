@@ -174,7 +174,7 @@ def load_servable(name: str, version: int, path: str, tags: Sequence[str],
         raise from_tensorflow(error) from None
     except (OSError, RuntimeError, ValueError) as error:
         session.close()
-        raise _load_error(path, error) from None
+        raise _load_error(path, tags, error) from None
     graph.finalize()
     servable = Servable(name, version, path, graph, session, meta_graph)
     log.info("loaded servable %s version %d from %s in %.0f ms with signatures %s", name,
@@ -200,9 +200,14 @@ def run_unbatched(servable: Servable, signature: SignatureDef,
     return servable.run(feeds, fetches)
 
 
-def _load_error(path: str, error: Exception) -> ServingError:
+def _load_error(path: str, tags: Sequence[str], error: Exception) -> ServingError:
     """The error TF Serving's loader gives: a corrupt or truncated SavedModel file is
-    TensorFlow's DATA_LOSS (ReadBinaryProto / ReadTextProto), not a missing file."""
+    TensorFlow's DATA_LOSS (ReadBinaryProto / ReadTextProto), not a missing file; tags that
+    match no MetaGraphDef are reader.cc FindMetaGraphDef's NOT_FOUND."""
+    if isinstance(error, RuntimeError) and "could not be found in SavedModel" in str(error):
+        return not_found(f"Could not find meta graph def matching supplied tags: "
+                         f"{{ {' '.join(tags)} }}. To inspect available tag-sets in the "
+                         "SavedModel, please use the SavedModel CLI: `saved_model_cli`")
     if isinstance(error, OSError):
         if str(error).startswith("Cannot parse file"):  # SavedModelLoader's wording
             text = os.path.isfile(os.path.join(path, "saved_model.pbtxt")) and \

@@ -395,6 +395,20 @@ def test_versions_that_fail_to_load_are_all_listed(launch: Launcher, tmp_path: P
         "deprecated and removed.}, }")
 
 
+@pytest.mark.parametrize("tags, shown", [("foo", "foo"), ("serve,", "serve ")])
+def test_tags_that_match_no_meta_graph_are_not_found(launch: Launcher, tags: str, shown: str,
+                                                     testdata_model: Callable[..., str]) -> None:
+    # server.cc splits --saved_model_tags without trimming; reader.cc FindMetaGraphDef's text
+    model = testdata_model("saved_model_half_plus_two_cpu")
+    process = launch("--port=0", f"--model_base_path={model}", f"--saved_model_tags={tags}",
+                     "--max_num_load_retries=0")
+    assert startup_failure_line(process) == (
+        "UNKNOWN: 1 servable(s) did not become available: {{{name: default version: 123} due "
+        f"to error: NOT_FOUND: Could not find meta graph def matching supplied tags: {{ {shown} "
+        "}. To inspect available tag-sets in the SavedModel, please use the SavedModel CLI: "
+        "`saved_model_cli`}, }")
+
+
 def test_conflicting_parallelism_flags_fail_start_up_cleanly(launch: Launcher,
                                                              testdata_model: Callable[..., str]
                                                              ) -> None:
