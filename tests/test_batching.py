@@ -330,6 +330,20 @@ def test_large_batch_splitting_runs_a_request_in_parts(batching_server, channel_
                                "Task size 17 is larger than maximum input batch size 16")
 
 
+def test_a_split_request_first_fills_the_open_batch(batching_server, channel_to):
+    # TF's SplitInputBatchIntoSubtasks: the first part takes what the open batch has left.
+    stub = stub_for(batching_server("max_batch_size { value: 16 }\n"
+                                    "batch_timeout_micros { value: 300000 }\n"
+                                    "enable_large_batch_splitting { value: true }\n"
+                                    "max_execution_batch_size { value: 4 }\n"), channel_to)
+    first = stub.Predict.future(request_for(rows_of(1, 1)), TIMEOUT)
+    time.sleep(0.05)
+    result = outputs_of(stub.Predict(request_for(rows_of(2, 5)), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], rows_of(2, 5) * 10)
+    assert result["batch"].tolist() == [4, 4, 4, 2, 2]
+    assert outputs_of(first.result())["batch"].tolist() == [4]
+
+
 # --- backpressure, deadlines and cancellation ------------------------------------------------
 
 
@@ -355,7 +369,9 @@ def test_full_queue_fails_fast_with_unavailable(batching_server, channel_to):
             np.testing.assert_array_equal(outputs_of(future.result())["y"], [caller * 2])
             succeeded.append(finished[caller])
         else:
-            assert (future.code(), future.details()) == (grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+            assert (future.code(), future.details()) == (
+                grpc.StatusCode.UNAVAILABLE,
+                f"{QUEUE_FULL}; currently 1 batches enqueued and max_enqueued_batches is 1")
             failed.append(finished[caller])
     # One batch runs and one waits; the rest are refused before any call finishes.
     assert 1 <= len(succeeded) <= 2 and len(failed) >= 4
@@ -391,9 +407,12 @@ def test_split_request_that_does_not_fit_is_refused_whole(batching_server, chann
                                     "num_batch_threads { value: 1 }\n"), channel_to)
     running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
     time.sleep(0.1)
-    # Six rows need three batches of two; only two may be enqueued.
+    # Six rows need three batches of two; only two may be enqueued, the open one empty.
     code, details = rpc_error(lambda: stub.Predict(request_for(np.arange(6), "slow"), TIMEOUT))
-    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, f"{QUEUE_FULL}; task size is 6 but "
+                               "scheduling capacity is only 4 (num_enqueued_batches=1, "
+                               "max_enqueued_batches=2, open_batch_size=0, "
+                               "max_execution_batch_size=2)")
     result = outputs_of(stub.Predict(request_for([5], "slow"), TIMEOUT))
     assert outputs_of(running.result())["call"].tolist() == [1]
     assert result["call"].tolist() == [2]  # no part of the refused request ran
