@@ -7,6 +7,7 @@ private descriptor pool so it never clashes with another copy.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from google.protobuf import (
 
 from pyserving.server.config import read_text_file
 from pyserving.server.errors import invalid_argument
+
+log = logging.getLogger(__name__)
 
 _FIELDS = (  # name, number, wrapper type (None: a plain scalar field)
     ("max_batch_size", 1, "Int64Value"),
@@ -130,8 +133,10 @@ def parse_batching_parameters(text: str, path: str) -> BatchingOptions:
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as error:
-        raise invalid_argument(f"Invalid protobuf file: '{path}': Error parsing text-format "
-                               f"tensorflow.serving.BatchingParameters: {error}") from None
+        # TF Serving's ParseProtoTextFile names only the file; the parser's reason is logged.
+        log.error("Error parsing text-format tensorflow.serving.BatchingParameters in %s: %s",
+                  path, error)
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
     return options_from_proto(proto)
 
 
