@@ -38,7 +38,12 @@ import numpy as np
 
 from pyserving.server import request_context
 from pyserving.server.batch_padding import pad_to_common_shape, round_up
-from pyserving.server.batching_config import BatchingOptions, read_batching_parameters
+from pyserving.server.batching_config import (
+    BatchingOptions,
+    check_thread_count,
+    queue_options,
+    read_batching_parameters,
+)
 from pyserving.server.errors import (
     ServingError,
     failed_precondition,
@@ -59,6 +64,7 @@ INLINE_AVERAGING = 0.2  # weight of the newest batch in a queue's average run ti
 INLINE_WARMUP = 16  # batches on the loop before the average counts (the first calls are slow)
 INLINE_OUTLIER = 8  # one batch on the loop this many times over the limit sends it back at once
 INLINE_BACKOFF = (1.0, 64.0)  # seconds before a queue sent back may return: first, most
+_UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
 
 
 class _Task:
@@ -238,6 +244,7 @@ class Batcher:
                  per_model_parameters: bool = False, inline_limit: float = 0.0) -> None:
         """``inline_limit``: seconds a queue's batches may take and still run on the event
         loop of ``run_async`` callers (0: always on the batch threads)."""
+        check_thread_count(options)
         self.options = options
         self._observers = list(observers)
         self._per_model = per_model_parameters
@@ -385,26 +392,26 @@ class Batcher:
             self._to_threads(queue)
 
     def prepare(self, servable: Servable) -> None:
-        """Read a loading version's batching_params.pbtxt (per-model parameters), so a bad
-        file fails the load, as in TF Serving."""
-        if not self._per_model:
-            return
-        path = os.path.join(servable.path, PER_MODEL_FILE)
-        options = read_batching_parameters(path) if os.path.exists(path) else None
+        """Check a loading version's queue options, so bad ones fail its load as in TF
+        Serving: the server's, or with per-model parameters its batching_params.pbtxt (whose
+        num_batch_threads TF Serving ignores: the pool is the server's), or none without one:
+        TF Serving batches such a model not at all."""
+        options: BatchingOptions | None = self.options
+        if self._per_model:
+            path = os.path.join(servable.path, PER_MODEL_FILE)
+            options = read_batching_parameters(path) if os.path.exists(path) else None
+        if options is not None:
+            options = queue_options(options)
         with self._lock:
             self._model_options[servable] = options
 
     def _options_for(self, servable: Servable) -> BatchingOptions | None:
-        """The server's options; with per-model parameters, the version's
-        batching_params.pbtxt (its thread count is ignored: the pool is shared), or None
-        without one: TF Serving batches such a model not at all."""
-        if not self._per_model:
-            return self.options
-        with self._lock:
-            if servable in self._model_options:
-                return self._model_options[servable]
-        self.prepare(servable)
-        return self._model_options.get(servable)
+        """The options ``prepare`` settled for a version, or None to run it unbatched."""
+        options = self._model_options.get(servable, _UNPREPARED)  # one lookup, no lock
+        if options is _UNPREPARED:
+            self.prepare(servable)
+            options = self._model_options.get(servable)
+        return options
 
     def _queue(self, servable: Servable, options: BatchingOptions, feeds: Feeds,
                fetches: Sequence[str]) -> _Queue:
