@@ -209,6 +209,26 @@ def test_concurrent_requests_share_calls_and_get_exactly_their_own_rows(batching
     assert len(rows_per_call) < len(inputs)
 
 
+def test_requests_filtering_the_same_outputs_share_calls(batching_server, channel_to):
+    # TF Serving batches them too: a run whose outputs are not a whole signature gets a queue
+    # of its own from WrapSessionForBatching's default scheduler creator (batching_session.cc
+    # InternalRun), with the same options and size limit.
+    stub = stub_for(batching_server("max_batch_size { value: 4 }\n"
+                                    "batch_timeout_micros { value: 200000 }\n"), channel_to)
+    requests = [request_for(rows_of(caller, 1)) for caller in range(3)]
+    for request in requests:
+        request.output_filter.extend(["y", "batch"])
+    results = predict_all(stub, requests)
+    for caller, result in enumerate(results):
+        assert sorted(result) == ["batch", "y"]
+        np.testing.assert_array_equal(result["y"], rows_of(caller, 1) * 10)
+        assert result["batch"].tolist() == [3]
+    oversized = request_for(rows_of(1, 5))
+    oversized.output_filter.append("y")
+    assert rpc_error(lambda: stub.Predict(oversized, TIMEOUT)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Task size 5 is larger than maximum input batch size 4")
+
+
 def test_waiting_requests_hold_no_thread_so_batches_outgrow_grpc_max_threads(
         serve, rows_base, tmp_path, channel_to):
     server = serve(model_base_path=str(rows_base), enable_batching=True, grpc_max_threads=2,
