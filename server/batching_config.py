@@ -24,6 +24,8 @@ from pyserving.server.errors import invalid_argument
 
 log = logging.getLogger(__name__)
 
+_SIZE_T = 1 << 64
+
 _FIELDS = (  # name, number, wrapper type (None: a plain scalar field)
     ("max_batch_size", 1, "Int64Value"),
     ("batch_timeout_micros", 2, "Int64Value"),
@@ -127,6 +129,10 @@ def queue_options(options: BatchingOptions) -> BatchingOptions:
         if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
             raise invalid_argument("allowed_batch_sizes entries must be monotonically "
                                    "increasing")
+    # QueueOptions holds these as size_t: a negative value wraps around, as in C++.
+    options = replace(options, max_batch_size=options.max_batch_size % _SIZE_T,
+                      max_enqueued_batches=options.max_enqueued_batches % _SIZE_T,
+                      max_execution_batch_size=options.max_execution_batch_size % _SIZE_T)
     splitting = options.enable_large_batch_splitting
     if not splitting and options.max_enqueued_batches == 0:
         # AddQueue's rewrite: "many existing models (with very low QPS) rely on" it.

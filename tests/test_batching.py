@@ -346,6 +346,14 @@ def load_failure(message: str, name: str = "default", what: str = "servable") ->
             f"error: INVALID_ARGUMENT: {message}}}, }}")
 
 
+def test_negative_sizes_wrap_around_as_in_tensorflow(batching_server, channel_to):
+    # SharedBatchScheduler's QueueOptions are size_t: max_batch_size -1 sets no useful limit.
+    stub = stub_for(batching_server("max_batch_size { value: -1 }\n"
+                                    "max_enqueued_batches { value: -1 }\n"), channel_to)
+    result = outputs_of(stub.Predict(request_for(rows_of(1, 1500)), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], rows_of(1, 1500) * 10)
+
+
 def test_command_line_reports_a_failed_load_after_its_retries(rows_base, tmp_path):
     path = parameters(tmp_path, "batch_timeout_micros { value: -1 }\n")
     process = subprocess.run(
