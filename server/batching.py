@@ -38,7 +38,12 @@ import numpy as np
 
 from pyserving.server import request_context
 from pyserving.server.batch_padding import pad_to_common_shape, round_up
-from pyserving.server.batching_config import BatchingOptions, read_batching_parameters
+from pyserving.server.batching_config import (
+    BatchingOptions,
+    check_thread_count,
+    queue_options,
+    read_batching_parameters,
+)
 from pyserving.server.errors import (
     ServingError,
     failed_precondition,
@@ -53,11 +58,13 @@ PER_MODEL_FILE = "batching_params.pbtxt"
 
 Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
+QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
 INLINE_AVERAGING = 0.2  # weight of the newest batch in a queue's average run time on the loop
 INLINE_WARMUP = 16  # batches on the loop before the average counts (the first calls are slow)
 INLINE_OUTLIER = 8  # one batch on the loop this many times over the limit sends it back at once
 INLINE_BACKOFF = (1.0, 64.0)  # seconds before a queue sent back may return: first, most
+_UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
 
 
 class _Task:
@@ -99,6 +106,9 @@ class _Task:
                 or not self.context.is_active():
             return ServingError(grpc.StatusCode.CANCELLED, "Request cancelled before the batch ran")
         return None
+
+
+TaskMaker = Callable[[list[np.ndarray], int], _Task]  # a request's arrays and rows -> its task
 
 
 def _wake(tasks: Sequence[_Task]) -> None:
@@ -153,21 +163,46 @@ class _Queue:
         self.inline_backoff = INLINE_BACKOFF[0]
         self.timer: asyncio.TimerHandle | None = None
 
-    def add_all(self, tasks: Sequence[_Task]) -> bool:
-        """Enqueue the parts of one request, all or none (the scheduler lock is held); True
-        when that moved the queue's ready time, so a batch thread must look again."""
-        batches, open_size = len(self.batches), self.open_size
-        for task in tasks:
-            if open_size + task.size > self.options.execution_batch_size:
-                if batches >= self.options.max_enqueued_batches:
-                    raise ServingError(grpc.StatusCode.UNAVAILABLE, "The batch scheduling "
-                                       "queue to which this task was submitted is full")
-                batches, open_size = batches + 1, 0
-            open_size += task.size
+    def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker
+                    ) -> tuple[list[_Task], bool]:
+        """Enqueue one request, split as TF's SharedBatchScheduler splits it, all or none (the
+        scheduler lock is held): its tasks, and True when that moved the queue's ready time,
+        so a batch thread must look again."""
+        sizes = self._part_sizes(size)
         before = self.ready_at()
-        for task in tasks:
+        tasks, start = [], 0
+        for part in sizes:
+            task = make([array[start:start + part] for array in arrays] if len(sizes) > 1
+                        else arrays, part)
             self._add(task)
-        return self.ready_at() != before
+            tasks.append(task)
+            start += part
+        return tasks, self.ready_at() != before
+
+    def _part_sizes(self, size: int) -> list[int]:
+        """The rows of each part of a request, or UNAVAILABLE with TF's text (shared_batch_
+        scheduler.h ValidateBatchTaskQueueCapacity and SplitInputBatchIntoSubtasks)."""
+        limit, enqueued = self.options.execution_batch_size, len(self.batches)
+        allowed, open_size = self.options.max_enqueued_batches, self.open_size
+        if not self.options.enable_large_batch_splitting:
+            if open_size + size > limit and enqueued >= allowed:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{QUEUE_FULL}; currently "
+                                   f"{enqueued} batches enqueued and max_enqueued_batches is "
+                                   f"{allowed}")
+            return [size]
+        capacity = (allowed - enqueued) * limit + limit - open_size
+        if size > capacity:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{QUEUE_FULL}; task size is {size} "
+                               f"but scheduling capacity is only {capacity} (num_enqueued_"
+                               f"batches={enqueued}, max_enqueued_batches={allowed}, open_batch_"
+                               f"size={open_size}, max_execution_batch_size={limit})")
+        remaining = limit - open_size
+        if size <= remaining:
+            return [size]
+        sizes = [remaining] if remaining > 0 else []
+        left = size - sum(sizes)
+        sizes += [limit] * (left // limit) + ([left % limit] if left % limit else [])
+        return sizes
 
     def _add(self, task: _Task) -> None:
         if self.open_size + task.size > self.options.execution_batch_size:
@@ -209,6 +244,7 @@ class Batcher:
                  per_model_parameters: bool = False, inline_limit: float = 0.0) -> None:
         """``inline_limit``: seconds a queue's batches may take and still run on the event
         loop of ``run_async`` callers (0: always on the batch threads)."""
+        check_thread_count(options)
         self.options = options
         self._observers = list(observers)
         self._per_model = per_model_parameters
@@ -230,10 +266,10 @@ class Batcher:
         planned = self._plan(servable, signature, feeds, fetches)
         if planned is None:
             return servable.run(feeds, fetches)
-        queue, parts = planned
+        queue, arrays, size = planned
         context = request_context.current.get()
-        tasks = [_Task(arrays, size, context) for arrays, size in parts]
-        self._enqueue(queue, tasks)
+        tasks, _ = self._enqueue(queue, arrays, size,
+                                 lambda part, rows: _Task(part, rows, context))
         if len(tasks) == 1:
             return tasks[0].wait()
         return _joined([task.wait() for task in tasks])
@@ -246,10 +282,12 @@ class Batcher:
         if planned is None:
             return await loop.run_in_executor(executor, contextvars.copy_context().run,
                                               servable.run, feeds, fetches)
-        queue, parts = planned
+        queue, arrays, size = planned
         context = request_context.current.get()
-        tasks = [_Task(arrays, size, context, loop.create_future()) for arrays, size in parts]
-        if self._enqueue(queue, tasks, loop):
+        tasks, drive = self._enqueue(
+            queue, arrays, size,
+            lambda part, rows: _Task(part, rows, context, loop.create_future()), loop)
+        if drive:
             self._drive(queue)
         if len(tasks) == 1:
             return await tasks[0].future
@@ -257,44 +295,39 @@ class Batcher:
 
     def _plan(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
               fetches: Sequence[str]
-              ) -> tuple[_Queue, list[tuple[list[np.ndarray], int]]] | None:
-        """The queue and the parts (arrays, rows) of a call, or None to run it unbatched."""
+              ) -> tuple[_Queue, list[np.ndarray], int] | None:
+        """The queue, arrays and rows of a call, or None to run it unbatched."""
         options = self._options_for(servable)
         if options is None or not feeds or not _batchable(signature, feeds):
             return None
         size = int(feeds[0][1].shape[0])
-        limit = options.execution_batch_size
-        if size <= limit:
-            return self._queue(servable, options, feeds, fetches), \
-                [([array for _, array in feeds], size)]
-        if not options.enable_large_batch_splitting or size > options.max_batch_size:
+        if size > options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{options.max_batch_size}")
-        parts = [([array[start:start + limit] for _, array in feeds], min(limit, size - start))
-                 for start in range(0, size, limit)]
-        return self._queue(servable, options, feeds, fetches), parts
+        return self._queue(servable, options, feeds, fetches), \
+            [array for _, array in feeds], size
 
-    def _enqueue(self, queue: _Queue, tasks: list[_Task],
-                 loop: asyncio.AbstractEventLoop | None = None) -> bool:
-        """Add a request's tasks; True when the caller's event loop ``loop`` runs the queue
-        and must drive it now. Otherwise the batch threads, or the loop that runs the queue,
-        are told."""
+    def _enqueue(self, queue: _Queue, arrays: list[np.ndarray], size: int, make: TaskMaker,
+                 loop: asyncio.AbstractEventLoop | None = None) -> tuple[list[_Task], bool]:
+        """Add a request as one task or more, made by ``make``; also True when the caller's
+        event loop ``loop`` runs the queue and must drive it now. Otherwise the batch
+        threads, or the loop that runs the queue, are told."""
         with self._lock:
-            moved = queue.add_all(tasks)
+            tasks, moved = queue.add_request(arrays, size, make)
             if loop is not None and queue.loop is None and queue.inline_ok:
                 queue.loop = loop
             owner = queue.loop
             if owner is None:
                 if moved:  # else the batch threads' current wait still holds
                     self._lock.notify(len(tasks))
-                return False
+                return tasks, False
         if owner is loop:
-            return True
+            return tasks, True
         try:
             owner.call_soon_threadsafe(self._drive, queue)
         except RuntimeError:  # that loop has closed
             self._to_threads(queue)
-        return False
+        return tasks, False
 
     def _drive(self, queue: _Queue) -> None:
         """On the queue's event loop: run its ready batches, then time the next one."""
@@ -359,26 +392,26 @@ class Batcher:
             self._to_threads(queue)
 
     def prepare(self, servable: Servable) -> None:
-        """Read a loading version's batching_params.pbtxt (per-model parameters), so a bad
-        file fails the load, as in TF Serving."""
-        if not self._per_model:
-            return
-        path = os.path.join(servable.path, PER_MODEL_FILE)
-        options = read_batching_parameters(path) if os.path.exists(path) else None
+        """Check a loading version's queue options, so bad ones fail its load as in TF
+        Serving: the server's, or with per-model parameters its batching_params.pbtxt (whose
+        num_batch_threads TF Serving ignores: the pool is the server's), or none without one:
+        TF Serving batches such a model not at all."""
+        options: BatchingOptions | None = self.options
+        if self._per_model:
+            path = os.path.join(servable.path, PER_MODEL_FILE)
+            options = read_batching_parameters(path) if os.path.exists(path) else None
+        if options is not None:
+            options = queue_options(options)
         with self._lock:
             self._model_options[servable] = options
 
     def _options_for(self, servable: Servable) -> BatchingOptions | None:
-        """The server's options; with per-model parameters, the version's
-        batching_params.pbtxt (its thread count is ignored: the pool is shared), or None
-        without one: TF Serving batches such a model not at all."""
-        if not self._per_model:
-            return self.options
-        with self._lock:
-            if servable in self._model_options:
-                return self._model_options[servable]
-        self.prepare(servable)
-        return self._model_options.get(servable)
+        """The options ``prepare`` settled for a version, or None to run it unbatched."""
+        options = self._model_options.get(servable, _UNPREPARED)  # one lookup, no lock
+        if options is _UNPREPARED:
+            self.prepare(servable)
+            options = self._model_options.get(servable)
+        return options
 
     def _queue(self, servable: Servable, options: BatchingOptions, feeds: Feeds,
                fetches: Sequence[str]) -> _Queue:

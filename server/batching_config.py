@@ -7,8 +7,9 @@ private descriptor pool so it never clashes with another copy.
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf import (
     descriptor_pb2,
@@ -20,6 +21,10 @@ from google.protobuf import (
 
 from pyserving.server.config import read_text_file
 from pyserving.server.errors import invalid_argument
+
+log = logging.getLogger(__name__)
+
+_SIZE_T = 1 << 64
 
 _FIELDS = (  # name, number, wrapper type (None: a plain scalar field)
     ("max_batch_size", 1, "Int64Value"),
@@ -82,13 +87,15 @@ class BatchingOptions:
 
 
 def options_from_proto(proto: object) -> BatchingOptions:
+    """The options a BatchingParameters message sets, TF Serving's defaults for the rest
+    (unchecked: see ``check_thread_count`` and ``queue_options``)."""
     defaults = BatchingOptions()
 
     def value(name: str, default: int) -> int:
         return getattr(proto, name).value if proto.HasField(name) else default
 
     max_batch_size = value("max_batch_size", defaults.max_batch_size)
-    options = BatchingOptions(
+    return BatchingOptions(
         max_batch_size=max_batch_size,
         batch_timeout_micros=value("batch_timeout_micros", defaults.batch_timeout_micros),
         max_enqueued_batches=value("max_enqueued_batches", defaults.max_enqueued_batches),
@@ -100,29 +107,50 @@ def options_from_proto(proto: object) -> BatchingOptions:
                                       else False),
         max_execution_batch_size=value("max_execution_batch_size", max_batch_size),
     )
-    _validate(options)
-    return options
 
 
-def _validate(options: BatchingOptions) -> None:
-    if options.max_batch_size < 1:
-        raise invalid_argument("max_batch_size must be positive; was "
-                               f"{options.max_batch_size}")
+def check_thread_count(options: BatchingOptions) -> None:
+    """SharedBatchScheduler::Create's check, made at start-up for the server's one pool."""
     if options.num_batch_threads < 1:
         raise invalid_argument("num_batch_threads must be positive; was "
                                f"{options.num_batch_threads}")
-    if options.max_enqueued_batches < 1:
-        raise invalid_argument("max_enqueued_batches must be positive; was "
-                               f"{options.max_enqueued_batches}")
+
+
+def queue_options(options: BatchingOptions) -> BatchingOptions:
+    """The options a loading version's queues run with, checked as TF Serving checks them
+    when it wraps the session for batching (WrapSessionForBatching, then
+    SharedBatchScheduler::AddQueue); a failure fails that version's load."""
     sizes = options.allowed_batch_sizes
     if sizes:
-        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-            raise invalid_argument("allowed_batch_sizes entries must be monotonically "
-                                   "increasing")
         if sizes[-1] != options.max_batch_size:
             raise invalid_argument("Last entry in allowed_batch_sizes must match "
                                    f"max_batch_size; last entry was {sizes[-1]}; expected "
                                    f"{options.max_batch_size}")
+        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+            raise invalid_argument("allowed_batch_sizes entries must be monotonically "
+                                   "increasing")
+    # QueueOptions holds these as size_t: a negative value wraps around, as in C++.
+    options = replace(options, max_batch_size=options.max_batch_size % _SIZE_T,
+                      max_enqueued_batches=options.max_enqueued_batches % _SIZE_T,
+                      max_execution_batch_size=options.max_execution_batch_size % _SIZE_T)
+    splitting = options.enable_large_batch_splitting
+    if not splitting and options.max_enqueued_batches == 0:
+        # AddQueue's rewrite: "many existing models (with very low QPS) rely on" it.
+        options = replace(options, max_enqueued_batches=1)
+    if options.max_batch_size == 0:
+        raise invalid_argument("input_batch_size_limit must be positive; was 0")
+    if options.batch_timeout_micros < 0:
+        raise invalid_argument("batch_timeout_micros must be non-negative; was "
+                               f"{options.batch_timeout_micros}")
+    if options.max_enqueued_batches == 0:
+        raise invalid_argument("max_enqueued_batches must be positive; was 0")
+    if splitting and options.max_batch_size < options.max_execution_batch_size:
+        # TF's StrCat appends the flag and both sizes with no separator.
+        raise invalid_argument(
+            "When enable_large_batch_splitting is true, input_batch_size_limit must be greater "
+            "than or equal to max_execution_batch_size."
+            f"1{options.max_batch_size}{options.max_execution_batch_size}")
+    return options
 
 
 def parse_batching_parameters(text: str, path: str) -> BatchingOptions:
@@ -130,8 +158,10 @@ def parse_batching_parameters(text: str, path: str) -> BatchingOptions:
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as error:
-        raise invalid_argument(f"Invalid protobuf file: '{path}': Error parsing text-format "
-                               f"tensorflow.serving.BatchingParameters: {error}") from None
+        # TF Serving's ParseProtoTextFile names only the file; the parser's reason is logged.
+        log.error("Error parsing text-format tensorflow.serving.BatchingParameters in %s: %s",
+                  path, error)
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
     return options_from_proto(proto)
 
 

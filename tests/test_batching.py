@@ -26,6 +26,7 @@ from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_status_pb2,
+    model_management_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -208,6 +209,26 @@ def test_concurrent_requests_share_calls_and_get_exactly_their_own_rows(batching
     assert len(rows_per_call) < len(inputs)
 
 
+def test_requests_filtering_the_same_outputs_share_calls(batching_server, channel_to):
+    # TF Serving batches them too: a run whose outputs are not a whole signature gets a queue
+    # of its own from WrapSessionForBatching's default scheduler creator (batching_session.cc
+    # InternalRun), with the same options and size limit.
+    stub = stub_for(batching_server("max_batch_size { value: 4 }\n"
+                                    "batch_timeout_micros { value: 200000 }\n"), channel_to)
+    requests = [request_for(rows_of(caller, 1)) for caller in range(3)]
+    for request in requests:
+        request.output_filter.extend(["y", "batch"])
+    results = predict_all(stub, requests)
+    for caller, result in enumerate(results):
+        assert sorted(result) == ["batch", "y"]
+        np.testing.assert_array_equal(result["y"], rows_of(caller, 1) * 10)
+        assert result["batch"].tolist() == [3]
+    oversized = request_for(rows_of(1, 5))
+    oversized.output_filter.append("y")
+    assert rpc_error(lambda: stub.Predict(oversized, TIMEOUT)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "Task size 5 is larger than maximum input batch size 4")
+
+
 def test_waiting_requests_hold_no_thread_so_batches_outgrow_grpc_max_threads(
         serve, rows_base, tmp_path, channel_to):
     server = serve(model_base_path=str(rows_base), enable_batching=True, grpc_max_threads=2,
@@ -293,16 +314,63 @@ def test_batch_is_padded_to_an_allowed_size_and_the_padding_dropped(batching_ser
         np.testing.assert_array_equal(result["batch"], [padded] * size)
 
 
-@pytest.mark.parametrize("sizes, message", [
-    ([4, 2, 8], "allowed_batch_sizes entries must be monotonically increasing"),
-    ([2, 4], "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
-             "expected 8"),
-])
-def test_invalid_allowed_batch_sizes_fail_start_up(batching_server, sizes, message):
-    text = "max_batch_size { value: 8 }\n" + "".join(
-        f"allowed_batch_sizes: {size}\n" for size in sizes)
-    error = start_error(lambda: batching_server(text))
-    assert (error.code, error.message) == (grpc.StatusCode.INVALID_ARGUMENT, message)
+SPLITTING = "enable_large_batch_splitting { value: true }\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_batch_size { value: 8 }\nallowed_batch_sizes: [4, 2, 8]\n",
+     "allowed_batch_sizes entries must be monotonically increasing"),
+    ("max_batch_size { value: 8 }\nallowed_batch_sizes: [2, 4]\n",
+     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 4; "
+     "expected 8"),
+    ("batch_timeout_micros { value: -1 }\n",
+     "batch_timeout_micros must be non-negative; was -1"),
+    ("max_batch_size { value: 0 }\n", "input_batch_size_limit must be positive; was 0"),
+    (SPLITTING + "max_enqueued_batches { value: 0 }\n",
+     "max_enqueued_batches must be positive; was 0"),
+    (SPLITTING + "max_batch_size { value: 8 }\nmax_execution_batch_size { value: 16 }\n",
+     "When enable_large_batch_splitting is true, input_batch_size_limit must be greater than "
+     "or equal to max_execution_batch_size.1816"),
+], ids=["allowed sizes decrease", "last allowed size", "negative timeout", "max_batch_size 0",
+        "max_enqueued_batches 0 with splitting", "execution size over max_batch_size"])
+def test_invalid_queue_options_fail_the_load(batching_server, text, message):
+    # TF Serving checks them when it wraps a loading version's session for batching
+    # (bundle_factory_util.cc, SharedBatchScheduler::AddQueue), not when it reads the file.
+    error = start_error(lambda: batching_server(text, max_num_load_retries=0))
+    assert (error.code, error.message) == (grpc.StatusCode.UNKNOWN, load_failure(message))
+
+
+def load_failure(message: str, name: str = "default", what: str = "servable") -> str:
+    """ServerCore's text for one version of ``name`` failing to load with INVALID_ARGUMENT."""
+    return (f"1 {what}(s) did not become available: {{{{{{name: {name} version: 1}} due to "
+            f"error: INVALID_ARGUMENT: {message}}}, }}")
+
+
+def test_negative_sizes_wrap_around_as_in_tensorflow(batching_server, channel_to):
+    # SharedBatchScheduler's QueueOptions are size_t: max_batch_size -1 sets no useful limit.
+    stub = stub_for(batching_server("max_batch_size { value: -1 }\n"
+                                    "max_enqueued_batches { value: -1 }\n"), channel_to)
+    result = outputs_of(stub.Predict(request_for(rows_of(1, 1500)), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], rows_of(1, 1500) * 10)
+
+
+def test_command_line_reports_a_failed_load_after_its_retries(rows_base, tmp_path):
+    path = parameters(tmp_path, "batch_timeout_micros { value: -1 }\n")
+    process = subprocess.run(
+        [sys.executable, "-m", "pyserving.server", "--port=0", "--enable_batching",
+         f"--model_base_path={rows_base}", f"--batching_parameters_file={path}",
+         "--max_num_load_retries=1", "--load_retry_interval_micros=1000"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert process.returncode == 255
+    assert "Failed to start server. Error: UNKNOWN: " + load_failure(
+        "batch_timeout_micros must be non-negative; was -1") in process.stdout
+
+
+def test_zero_batch_threads_fail_start_up(batching_server):
+    # SharedBatchScheduler::Create: the server's one pool, made before any model loads.
+    error = start_error(lambda: batching_server("num_batch_threads { value: 0 }\n"))
+    assert (error.code, error.message) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                           "num_batch_threads must be positive; was 0")
 
 
 def test_request_larger_than_max_batch_size_is_rejected(batching_server, channel_to):
@@ -330,6 +398,20 @@ def test_large_batch_splitting_runs_a_request_in_parts(batching_server, channel_
                                "Task size 17 is larger than maximum input batch size 16")
 
 
+def test_a_split_request_first_fills_the_open_batch(batching_server, channel_to):
+    # TF's SplitInputBatchIntoSubtasks: the first part takes what the open batch has left.
+    stub = stub_for(batching_server("max_batch_size { value: 16 }\n"
+                                    "batch_timeout_micros { value: 300000 }\n"
+                                    "enable_large_batch_splitting { value: true }\n"
+                                    "max_execution_batch_size { value: 4 }\n"), channel_to)
+    first = stub.Predict.future(request_for(rows_of(1, 1)), TIMEOUT)
+    time.sleep(0.05)
+    result = outputs_of(stub.Predict(request_for(rows_of(2, 5)), TIMEOUT))
+    np.testing.assert_array_equal(result["y"], rows_of(2, 5) * 10)
+    assert result["batch"].tolist() == [4, 4, 4, 2, 2]
+    assert outputs_of(first.result())["batch"].tolist() == [4]
+
+
 # --- backpressure, deadlines and cancellation ------------------------------------------------
 
 
@@ -338,8 +420,11 @@ SINGLE_SLOW_QUEUE = ("max_batch_size { value: 1 }\n"
                      "num_batch_threads { value: 1 }\n")
 
 
-def test_full_queue_fails_fast_with_unavailable(batching_server, channel_to):
-    stub = stub_for(batching_server(SINGLE_SLOW_QUEUE + "max_enqueued_batches { value: 1 }\n"),
+@pytest.mark.parametrize("enqueued", [1, 0], ids=["1", "0 runs as 1"])
+def test_full_queue_fails_fast_with_unavailable(batching_server, channel_to, enqueued):
+    # Without splitting, SharedBatchScheduler::AddQueue rewrites max_enqueued_batches 0 to 1.
+    stub = stub_for(batching_server(SINGLE_SLOW_QUEUE +
+                                    f"max_enqueued_batches {{ value: {enqueued} }}\n"),
                     channel_to)
     started = time.monotonic()
     finished: dict[int, float] = {}
@@ -355,7 +440,9 @@ def test_full_queue_fails_fast_with_unavailable(batching_server, channel_to):
             np.testing.assert_array_equal(outputs_of(future.result())["y"], [caller * 2])
             succeeded.append(finished[caller])
         else:
-            assert (future.code(), future.details()) == (grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+            assert (future.code(), future.details()) == (
+                grpc.StatusCode.UNAVAILABLE,
+                f"{QUEUE_FULL}; currently 1 batches enqueued and max_enqueued_batches is 1")
             failed.append(finished[caller])
     # One batch runs and one waits; the rest are refused before any call finishes.
     assert 1 <= len(succeeded) <= 2 and len(failed) >= 4
@@ -391,9 +478,12 @@ def test_split_request_that_does_not_fit_is_refused_whole(batching_server, chann
                                     "num_batch_threads { value: 1 }\n"), channel_to)
     running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
     time.sleep(0.1)
-    # Six rows need three batches of two; only two may be enqueued.
+    # Six rows need three batches of two; only two may be enqueued, the open one empty.
     code, details = rpc_error(lambda: stub.Predict(request_for(np.arange(6), "slow"), TIMEOUT))
-    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, QUEUE_FULL)
+    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, f"{QUEUE_FULL}; task size is 6 but "
+                               "scheduling capacity is only 4 (num_enqueued_batches=1, "
+                               "max_enqueued_batches=2, open_batch_size=0, "
+                               "max_execution_batch_size=2)")
     result = outputs_of(stub.Predict(request_for([5], "slow"), TIMEOUT))
     assert outputs_of(running.result())["call"].tolist() == [1]
     assert result["call"].tolist() == [2]  # no part of the refused request ran
@@ -528,16 +618,19 @@ def test_command_line_reports_the_batching_flag_error_without_a_traceback(rows_b
     assert "Traceback" not in process.stderr
 
 
-def test_malformed_batching_parameters_fail_start_up(batching_server, tmp_path):
+def test_malformed_batching_parameters_fail_start_up(batching_server, tmp_path, caplog):
     error = start_error(lambda: batching_server("max_batch_size: 8\n"))
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.message.startswith(f"Invalid protobuf file: '{tmp_path / 'batching.txt'}'")
-    assert "max_batch_size" in error.message
+    # Exactly TF Serving's ParseProtoTextFile text; the parser's reason only in the log.
+    assert (error.code, error.message) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                           f"Invalid protobuf file: '{tmp_path / 'batching.txt'}'")
+    assert "max_batch_size" in caplog.text
 
 
 def test_per_model_batching_parameters_come_from_the_version_directory(batching_server,
                                                                        rows_base, channel_to):
-    (rows_base / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }\n")
+    # TF Serving ignores a per-model num_batch_threads: the pool is the server's.
+    (rows_base / "1" / "batching_params.pbtxt").write_text("max_batch_size { value: 2 }\n"
+                                                           "num_batch_threads { value: 0 }\n")
     stub = stub_for(batching_server("max_batch_size { value: 8 }\n",
                                     enable_per_model_batching_parameters=True), channel_to)
     code, details = rpc_error(lambda: stub.Predict(request_for(rows_of(1, 3)), TIMEOUT))
@@ -566,10 +659,34 @@ def test_malformed_per_model_parameters_fail_the_load(batching_server, rows_base
                                                 enable_per_model_batching_parameters=True,
                                                 max_num_load_retries=0))
     # The version fails to load; start-up reports it as ServerCore's initial load does.
-    assert error.code == grpc.StatusCode.UNKNOWN
-    assert error.message.startswith(
+    assert (error.code, error.message) == (
+        grpc.StatusCode.UNKNOWN,
         "1 servable(s) did not become available: {{{name: default version: 1} due to error: "
-        f"INVALID_ARGUMENT: Invalid protobuf file: '{rows_base / '1' / 'batching_params.pbtxt'}'")
+        f"INVALID_ARGUMENT: Invalid protobuf file: '{rows_base / '1' / 'batching_params.pbtxt'}'"
+        "}, }")
+
+
+def test_a_reload_reports_bad_per_model_queue_options_as_the_version_status(
+        batching_server, rows_base, rows_model, tmp_path, channel_to):
+    other = tmp_path / "other"
+    shutil.copytree(rows_model, other / "1")
+    (other / "1" / "batching_params.pbtxt").write_text("batch_timeout_micros { value: -1 }\n")
+    server = batching_server("# defaults\n", enable_per_model_batching_parameters=True,
+                             max_num_load_retries=0)
+    models = model_service_pb2_grpc.ModelServiceStub(channel_to(server.grpc_target))
+    request = model_management_pb2.ReloadConfigRequest()
+    for name, base in (("default", rows_base), ("other", other)):
+        request.config.model_config_list.config.add(name=name, base_path=str(base),
+                                                    model_platform="tensorflow")
+    message = "batch_timeout_micros must be non-negative; was -1"
+    code, details = rpc_error(lambda: models.HandleReloadConfigRequest(request, TIMEOUT))
+    assert (code, details) == (grpc.StatusCode.UNKNOWN, load_failure(message, "other", "model"))
+    status = models.GetModelStatus(get_model_status_pb2.GetModelStatusRequest(
+        model_spec={"name": "other"}), TIMEOUT)
+    [failed] = status.model_version_status
+    assert (failed.version, failed.state, failed.status.error_code,
+            failed.status.error_message) == (1, END, grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                             message)
 
 
 # --- hot swap --------------------------------------------------------------------------------
