@@ -292,3 +292,36 @@ def test_unlabeled_histograms_have_no_point_before_a_sample(serve, testdata_mode
     size = ":tensorflow:serving:batching_session:input_batch_size"
     assert f"# TYPE {size} histogram" in lines
     assert not any(line.startswith(size + "_") for line in lines)
+
+
+def test_page_path_with_a_query_is_refused(serve, testdata_model):
+    """ProcessPrometheusRequest compares uri_path, query included, with the configured path."""
+    import urllib.error
+    import urllib.request
+
+    server = _serve_page(serve, testdata_model)
+    for suffix in ("?x=1", "?"):
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(_metrics_url(server, suffix), timeout=10)
+        assert raised.value.code == 400
+        assert raised.value.headers["Content-Type"] == "text/plain"
+        assert raised.value.read().decode() == \
+            f"Unexpected path: {DEFAULT_PATH}{suffix}. Should be {DEFAULT_PATH}"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"])
+def test_page_is_served_for_any_method(serve, testdata_model, method):
+    """TF Serving registers the page's handler by URI, so the method does not matter."""
+    import urllib.request
+
+    server = _serve_page(serve, testdata_model)
+    request = urllib.request.Request(_metrics_url(server), method=method,
+                                     data=b"{}" if method in ("POST", "PUT") else None)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/plain"
+        body = response.read().decode()
+    if method == "HEAD":
+        assert body == ""
+    else:
+        assert "# TYPE :tensorflow:serving:request_count counter\n" in body
