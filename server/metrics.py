@@ -116,8 +116,9 @@ def read_monitoring_config(path: str) -> PrometheusSettings:
     text = read_text_file(path)
     try:
         config = text_format.Parse(text, MonitoringConfig())
-    except text_format.ParseError as error:
-        raise invalid_argument(f"Invalid monitoring config file {path}: {error}") from None
+    except text_format.ParseError:
+        # proto_util.h ParseProtoTextFile: the parser's detail is only in its log.
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
     prometheus = config.prometheus_config
     return PrometheusSettings(enable=prometheus.enable, path=prometheus.path or DEFAULT_PATH)
 

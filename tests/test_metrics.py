@@ -165,10 +165,31 @@ def test_monitoring_config_file(tmp_path: Path):
     custom.write_text('prometheus_config { enable: true path: "/metrics" }')
     assert read_monitoring_config(str(custom)) == PrometheusSettings(True, "/metrics")
     assert read_monitoring_config("") == PrometheusSettings(enable=False)
-    custom.write_text("prometheus_config { bogus: 1 }")
+
+
+def test_unparsable_monitoring_config_fails_start_up(serve, testdata_model, tmp_path: Path):
+    """proto_util.h ParseProtoTextFile: INVALID_ARGUMENT without the parser's detail."""
+    bad = tmp_path / "monitoring.txt"
+    bad.write_text("prometheus_config { bogus: 1 }")
     with pytest.raises(ServingError) as raised:
-        read_monitoring_config(str(custom))
+        serve(model_base_path=testdata_model(MODEL), rest_api_port=free_port(),
+              monitoring_config_file=str(bad))
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message == f"Invalid protobuf file: '{bad}'"
+
+
+@pytest.mark.parametrize("contents", ["prometheus_config { bogus: 1 }", None],
+                         ids=["unparsable", "missing"])
+def test_monitoring_config_is_not_read_without_rest(serve, testdata_model, channel_to,
+                                                    tmp_path: Path, contents: str | None):
+    """server.cc reads --monitoring_config_file only when --rest_api_port is not 0."""
+    path = tmp_path / "monitoring.txt"
+    if contents is not None:
+        path.write_text(contents)
+    server = serve(model_base_path=testdata_model(MODEL), rest_api_port=0,
+                   monitoring_config_file=str(path))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    assert stub.Predict(x_is(2.0), timeout=10).outputs["y"].float_val == [3.0]
 
 
 def test_one_structured_log_line_per_model_event(serve, testdata_model, caplog, tmp_path):
