@@ -113,8 +113,8 @@ class ModelServer:
         inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
                                      runner=runner, on_runtime=self.metrics.observe_runtime,
                                      on_examples=self.metrics.observe_examples)
-        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup) \
-            if options.enable_model_warmup else None
+        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup,
+                              self.metrics.observe_warmup) if options.enable_model_warmup else None
         self.health = ServingHealth(self.manager)
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)

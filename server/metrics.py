@@ -292,6 +292,12 @@ class ServerMetrics:
         finally:
             gauge.dec()
 
+    def observe_warmup(self, model_path: str, status: str, seconds: float,
+                       records: int) -> None:
+        """A warmup replay read to its end ("OK") or to a read error (absl's Status text)."""
+        self._child(self._warmup_latency, model_path, status).observe(int(seconds * 1e6))
+        self._child(self._warmup_records, model_path, status).inc(records)
+
     def observe_batch(self, model: str, size: int, padded: int, waits: list[float]) -> None:
         """Batcher observer. One shared pool, named as TF Serving's default one."""
         for wait in waits:
