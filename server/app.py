@@ -136,7 +136,8 @@ class ModelServer:
         return self.batcher.queue_depths() if self.batcher is not None else {}
 
     def _load(self, name: str, version: int, path: str) -> Servable:
-        servable = load_servable(name, version, path, self.options.tags, self._session_config)
+        servable = load_servable(name, version, path, self.options.tags, self._session_config,
+                                 self.metrics.observe_saved_model_load)
         if self.batcher is not None:
             try:
                 self.batcher.prepare(servable)

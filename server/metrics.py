@@ -307,14 +307,16 @@ class ServerMetrics:
         self._padding_size.labels(str(padded)).observe(padded - size)
 
     def observe_model_event(self, event: ModelEvent) -> None:
-        """Manager observer: load metrics, plus one structured log line per event."""
+        """Manager observer: load seconds, plus one structured log line per event."""
         if event.kind == "load":
-            self._load_attempts.labels(event.path, "success").inc()
-            self._load_latency.labels(event.path).inc(event.seconds * 1e6)
             self._model_loads.labels(event.model).observe(event.seconds)
-        elif event.kind == "load_failure":
-            self._load_attempts.labels(event.path, "fail").inc()
         log_model_event(event)
+
+    def observe_saved_model_load(self, path: str, loaded: bool, seconds: float) -> None:
+        """One LoadSavedModel attempt (loader.cc): counted as success or fail, its latency
+        added either way; batching and warmup come after it."""
+        self._load_attempts.labels(path, "success" if loaded else "fail").inc()
+        self._load_latency.labels(path).inc(int(seconds * 1e6))
 
 
 def log_model_event(event: ModelEvent) -> None:

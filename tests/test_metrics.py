@@ -128,19 +128,58 @@ def test_load_metrics_and_version_state(serve, testdata_model):
                  model_name="two", version="124", state="AVAILABLE") == 1
 
 
-def test_failed_load_attempts_are_counted(testdata_model):
+def failed_start(base_path: str, retries: int = 1) -> object:
+    """A server whose start-up failed on its model (kept for its metrics)."""
     from pyserving.server import ModelServer, ServerOptions
 
-    base_path = testdata_model("bad_half_plus_two")
-    server = ModelServer(ServerOptions(port=0, model_base_path=base_path, max_num_load_retries=1,
+    server = ModelServer(ServerOptions(port=0, model_base_path=base_path,
+                                       max_num_load_retries=retries,
                                        load_retry_interval_micros=0), host="127.0.0.1")
     with pytest.raises(ServingError):
         server.start()
-    samples = scrape(server)
+    return server
+
+
+def test_failed_load_attempts_are_counted(tmp_path: Path):
+    """TensorFlow's LoadSavedModel counts each failed attempt and adds its latency too."""
+    version = tmp_path / "base" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"not a SavedModel")
+    samples = scrape(failed_start(str(version.parent)))
     assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
-                 model_path=str(Path(base_path) / "00000123"), status="fail") == 2
+                 model_path=str(version), status="fail") == 2
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=str(version), status="success") == 0
+    assert (":tensorflow:cc:saved_model:load_latency",
+            frozenset({("model_path", str(version))})) in samples
     assert value(samples, "pyserving_model_version_state",
-                 model_name="default", version="123", state="END") == 1
+                 model_name="default", version="1", state="END") == 1
+
+
+def test_a_session_bundle_is_refused_before_load_saved_model(testdata_model):
+    """LoadSessionBundleOrSavedModelBundle refuses export.meta without calling LoadSavedModel,
+    so no load attempt is counted."""
+    samples = scrape(failed_start(testdata_model("bad_half_plus_two")))
+    assert not [key for key in samples if "saved_model:load" in key[0]]
+
+
+def test_a_warmup_failure_counts_a_successful_load_saved_model(testdata_model):
+    """TF Serving warms up after LoadSavedModel has counted the attempt as a success."""
+    import tensorflow as tf
+
+    base_path = testdata_model(MODEL)
+    version = Path(base_path) / "00000123"
+    (version / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(version / "assets.extra" / "tf_serving_warmup_requests")) \
+            as writer:
+        writer.write(b"malformed_record")
+    samples = scrape(failed_start(base_path, retries=0))
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=str(version), status="success") == 1
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=str(version), status="fail") == 0
+    assert value(samples, ":tensorflow:cc:saved_model:load_latency", model_path=str(version)) > 0
+    assert value(samples, "pyserving_model_load_seconds_count", model_name="default") == 0
 
 
 def test_batching_metrics(serve, testdata_model, channel_to):
