@@ -161,7 +161,9 @@ class ServerMetrics:
 
     def __init__(self, manager: ModelManager,
                  queue_depths: Callable[[], Mapping[str, int]] = dict) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # No collect() at registration: with --workers it would read the other workers'
+        # files, one of which may be half-created at start-up (struct.error, worker exits).
+        self.registry = CollectorRegistry(auto_describe=False)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._layouts: dict[str, MetricLayout] = {}
         self._store: CollectorRegistry | None = self.registry
