@@ -113,10 +113,10 @@ class ModelServer:
         inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
                                      runner=runner, on_runtime=self.metrics.observe_runtime,
                                      on_examples=self.metrics.observe_examples)
-        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup) \
-            if options.enable_model_warmup else None
+        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup,
+                              self.metrics.observe_warmup) if options.enable_model_warmup else None
         self.health = ServingHealth(self.manager)
-        self.monitoring = PrometheusSettings()  # read in start(): --monitoring_config_file
+        self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
         self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
@@ -136,7 +136,8 @@ class ModelServer:
         return self.batcher.queue_depths() if self.batcher is not None else {}
 
     def _load(self, name: str, version: int, path: str) -> Servable:
-        servable = load_servable(name, version, path, self.options.tags, self._session_config)
+        servable = load_servable(name, version, path, self.options.tags, self._session_config,
+                                 self.metrics.observe_saved_model_load)
         if self.batcher is not None:
             try:
                 self.batcher.prepare(servable)
@@ -168,7 +169,6 @@ class ModelServer:
         that have no version yet. Raises ServingError on failure."""
         log.info("%s", device.describe_devices())
         try:
-            self.monitoring = read_monitoring_config(self.options.monitoring_config_file)
             self.batcher = _batcher(self.options, self.metrics)
             config = model_config.model_server_config(self.options)
             # Polling runs while start-up waits: a model whose base path is missing or empty
@@ -231,6 +231,8 @@ class ModelServer:
         if options.rest_api_port == options.port:
             raise invalid_argument("server_options.http_port cannot be same as grpc_port. "
                                    "Please use a different port for HTTP/REST API.")
+        # server.cc reads --monitoring_config_file only here, when the REST port opens.
+        self.monitoring = read_monitoring_config(options.monitoring_config_file)
         self._rest = RestServer(self.core, RestOptions(
             port=options.rest_api_port, num_threads=options.rest_api_num_threads,
             timeout_ms=options.rest_api_timeout_in_ms,

@@ -1,9 +1,10 @@
 """Prometheus metrics under TF Serving's names, plus the queue/in-flight/state gauges a Triton
-user looks for; one registry per ModelServer, rendered by prometheus-client.
+user looks for; one registry per ModelServer, whose values prometheus-client keeps and whose
+page is TF Serving's text (prometheus_text).
 
 TF Serving exports ``/tensorflow/serving/request_count`` as ``:tensorflow:serving:request_count``
 (slashes become colons) and its counters without a ``_total`` suffix, so its counters are
-prometheus-client Gauges here: the series names stay exactly TF Serving's.
+prometheus-client Gauges here (typed ``counter`` on the page): the names stay TF Serving's.
 
 With ``--workers N`` every worker process keeps its values in prometheus-client's multiprocess
 files (``use_multiprocess_dir``) and any worker's page sums them: counters and histograms over
@@ -17,19 +18,27 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest, values
+from prometheus_client import CollectorRegistry, Gauge, values
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from pyserving.server.config import read_text_file
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.manager import ModelEvent, ModelManager
+from pyserving.server.prometheus_text import (
+    CONTENT_TYPE,
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    MetricLayout,
+    SamplerHistogram,
+    render,
+)
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("pyserving.server.events")
@@ -42,7 +51,10 @@ BATCH_THREAD_POOL = "batch_threads"  # BatchingParameters.thread_pool_name's def
 
 
 def _exponential(scale: float, growth: float, count: int) -> list[float]:
-    return [scale * growth ** i for i in range(count)] + [float("inf")]
+    limits = [scale]
+    for _ in range(count - 1):
+        limits.append(limits[-1] * growth)  # multiplied in turn, as TF computes them
+    return limits + [float("inf")]
 
 
 _LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # microseconds, ~20 minutes
@@ -104,14 +116,19 @@ def read_monitoring_config(path: str) -> PrometheusSettings:
     text = read_text_file(path)
     try:
         config = text_format.Parse(text, MonitoringConfig())
-    except text_format.ParseError as error:
-        raise invalid_argument(f"Invalid monitoring config file {path}: {error}") from None
+    except text_format.ParseError:
+        # proto_util.h ParseProtoTextFile: the parser's detail is only in its log.
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
     prometheus = config.prometheus_config
     return PrometheusSettings(enable=prometheus.enable, path=prometheus.path or DEFAULT_PATH)
 
 
 class _StateCollector(Collector):
     """Scrape-time gauges: each model version's state and each model's batch queue depth."""
+
+    LAYOUTS = {"pyserving_model_version_state": MetricLayout(
+                   GAUGE, ("model_name", "version", "state")),
+               "pyserving_batch_queue_size": MetricLayout(GAUGE, ("model_name",))}
 
     def __init__(self, manager: ModelManager,
                  queue_depths: Callable[[], Mapping[str, int]]) -> None:
@@ -144,67 +161,89 @@ class ServerMetrics:
 
     def __init__(self, manager: ModelManager,
                  queue_depths: Callable[[], Mapping[str, int]] = dict) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        # No collect() at registration: with --workers it would read the other workers'
+        # files, one of which may be half-created at start-up (struct.error, worker exits).
+        self.registry = CollectorRegistry(auto_describe=False)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        registry: CollectorRegistry | None = self.registry
+        self._layouts: dict[str, MetricLayout] = {}
+        self._store: CollectorRegistry | None = self.registry
         if _multiprocess_dir is not None:
             # The metrics below write files; the page is the sum of every worker's files.
             MultiProcessCollector(self.registry, path=_multiprocess_dir)
-            registry = None
-        self._request_count = Gauge(
-            ":tensorflow:serving:request_count", "The total number of requests.",
-            ["model_name", "status"], registry=registry, multiprocess_mode=_COUNTER)
-        self._request_latency = Histogram(
-            ":tensorflow:serving:request_latency",
+            self._store = None
+        tf_serving, saved_model = ":tensorflow:serving:", ":tensorflow:cc:saved_model:"
+        self._request_count = self._counter(
+            tf_serving + "request_count", "The total number of requests.",
+            "model_name", "status")
+        self._request_latency = self._sampler(
+            tf_serving + "request_latency",
             "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
-            ["model_name", "API", "entrypoint"], buckets=_LATENCY_BUCKETS, registry=registry)
-        self._runtime_latency = Histogram(
-            ":tensorflow:serving:runtime_latency",
+            _LATENCY_BUCKETS, "model_name", "API", "entrypoint")
+        self._runtime_latency = self._sampler(
+            tf_serving + "runtime_latency",
             "Distribution of wall time (in microseconds) for Tensorflow runtime.",
-            ["model_name", "API", "runtime"], buckets=_LATENCY_BUCKETS, registry=registry)
-        self._example_counts = Histogram(
-            ":tensorflow:serving:request_example_counts",
-            "The number of tensorflow.Examples per request.",
-            ["model"], buckets=_EXAMPLE_COUNT_BUCKETS, registry=registry)
-        self._example_count_total = Gauge(
-            ":tensorflow:serving:request_example_count_total",
-            "The total number of tensorflow.Examples.",
-            ["model"], registry=registry, multiprocess_mode=_COUNTER)
-        self._load_attempts = Gauge(
-            ":tensorflow:cc:saved_model:load_attempt_count",
-            "The number of times a SavedModel was successfully loaded.",
-            ["model_path", "status"], registry=registry, multiprocess_mode=_COUNTER)
-        self._load_latency = Gauge(
-            ":tensorflow:cc:saved_model:load_latency",
+            _LATENCY_BUCKETS, "model_name", "API", "runtime")
+        self._example_counts = self._sampler(
+            tf_serving + "request_example_counts",
+            "The number of tensorflow.Examples per request.", _EXAMPLE_COUNT_BUCKETS, "model")
+        self._example_count_total = self._counter(
+            tf_serving + "request_example_count_total",
+            "The total number of tensorflow.Examples.", "model")
+        self._load_attempts = self._counter(
+            saved_model + "load_attempt_count",
+            "The number of times a SavedModel was successfully loaded.", "model_path", "status")
+        self._load_latency = self._counter(
+            saved_model + "load_latency",
             "Latency in microseconds for SavedModels that were successfully loaded.",
-            ["model_path"], registry=registry, multiprocess_mode=_COUNTER)
-        self._queuing_latency = Histogram(
-            ":tensorflow:serving:batching_session:queuing_latency",
+            "model_path")
+        self._warmup_latency = self._sampler(
+            tf_serving + "model_warmup_latency",
+            "Distribution of wall time (in microseconds) for warming up the model.",
+            _LATENCY_BUCKETS, "model_path", "status")
+        self._warmup_records = self._counter(
+            tf_serving + "model_warmup_records_read",
+            "Total number of warmup records read during model warmup.", "model_path", "status")
+        self._queuing_latency = self._sampler(
+            tf_serving + "batching_session:queuing_latency",
             "Distribution of wall time spent (in microseconds) in queuing",
-            ["thread_pool_name"], buckets=_QUEUING_BUCKETS, registry=registry)
-        self._input_batch_size = Histogram(
-            ":tensorflow:serving:batching_session:input_batch_size",
-            "Tracks the batch size distribution on the inputs.",
-            buckets=_SIZE_BUCKETS, registry=registry)
-        self._processed_batch_size = Histogram(
-            ":tensorflow:serving:batching_session:processed_batch_size",
-            "Tracks the batch size distribution on processing.",
-            buckets=_SIZE_BUCKETS, registry=registry)
-        self._padding_size = Histogram(
-            ":tensorflow:serving:batching_session:padding_size",
-            "Tracks the padding size distribution on batches.",
-            ["execution_batch_size"], buckets=_SIZE_BUCKETS, registry=registry)
+            _QUEUING_BUCKETS, "thread_pool_name")
+        self._input_batch_size = self._sampler(
+            tf_serving + "batching_session:input_batch_size",
+            "Tracks the batch size distribution on the inputs.", _SIZE_BUCKETS)
+        self._processed_batch_size = self._sampler(
+            tf_serving + "batching_session:processed_batch_size",
+            "Tracks the batch size distribution on processing.", _SIZE_BUCKETS)
+        self._padding_size = self._sampler(
+            tf_serving + "batching_session:padding_size",
+            "Tracks the padding size distribution on batches.", _SIZE_BUCKETS,
+            "execution_batch_size")
         self._in_flight = Gauge(
             "pyserving_inflight_requests", "Requests being handled now.",
-            ["model_name", "API", "entrypoint"], registry=registry, multiprocess_mode=_LIVE)
-        self._model_loads = Histogram(
+            ["model_name", "API", "entrypoint"], registry=self._store, multiprocess_mode=_LIVE)
+        self._layouts["pyserving_inflight_requests"] = MetricLayout(
+            GAUGE, ("model_name", "API", "entrypoint"))
+        self._model_loads = self._sampler(
             "pyserving_model_load_seconds", "Wall time of successful model version loads.",
-            ["model_name"], registry=registry)
+            SamplerHistogram.DEFAULT_BUCKETS, "model_name")
+        self._layouts.update(_StateCollector.LAYOUTS)
         self.registry.register(_StateCollector(manager, queue_depths))
 
+    def _counter(self, name: str, documentation: str, *labels: str) -> Gauge:
+        """A TF monitoring::Counter (kCumulative): summed over --workers processes."""
+        self._layouts[name] = MetricLayout(COUNTER, labels)
+        return Gauge(name, documentation, labels, registry=self._store,
+                     multiprocess_mode=_COUNTER)
+
+    def _sampler(self, name: str, documentation: str, buckets: Sequence[float],
+                 *labels: str) -> SamplerHistogram:
+        """A TF monitoring::Sampler, exported as a histogram."""
+        self._layouts[name] = MetricLayout(HISTOGRAM, labels)
+        return SamplerHistogram(name, documentation, labels, buckets=buckets,
+                                registry=self._store)
+
     def render(self) -> tuple[bytes, str]:
-        """The metrics page: (body, Content-Type) in Prometheus' text format."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """The metrics page: (body, Content-Type), as TF Serving's PrometheusExporter."""
+        return render(self.registry.collect(), self._layouts), CONTENT_TYPE
 
     def int64_value(self, name: str) -> int:
         """What TF Serving's HandleReloadConfigRequest reads of a metric (``/tensorflow/...``
@@ -255,6 +294,12 @@ class ServerMetrics:
         finally:
             gauge.dec()
 
+    def observe_warmup(self, model_path: str, status: str, seconds: float,
+                       records: int) -> None:
+        """A warmup replay read to its end ("OK") or to a read error (absl's Status text)."""
+        self._child(self._warmup_latency, model_path, status).observe(int(seconds * 1e6))
+        self._child(self._warmup_records, model_path, status).inc(records)
+
     def observe_batch(self, model: str, size: int, padded: int, waits: list[float]) -> None:
         """Batcher observer. One shared pool, named as TF Serving's default one."""
         for wait in waits:
@@ -264,14 +309,16 @@ class ServerMetrics:
         self._padding_size.labels(str(padded)).observe(padded - size)
 
     def observe_model_event(self, event: ModelEvent) -> None:
-        """Manager observer: load metrics, plus one structured log line per event."""
+        """Manager observer: load seconds, plus one structured log line per event."""
         if event.kind == "load":
-            self._load_attempts.labels(event.path, "success").inc()
-            self._load_latency.labels(event.path).inc(event.seconds * 1e6)
             self._model_loads.labels(event.model).observe(event.seconds)
-        elif event.kind == "load_failure":
-            self._load_attempts.labels(event.path, "fail").inc()
         log_model_event(event)
+
+    def observe_saved_model_load(self, path: str, loaded: bool, seconds: float) -> None:
+        """One LoadSavedModel attempt (loader.cc): counted as success or fail, its latency
+        added either way; batching and warmup come after it."""
+        self._load_attempts.labels(path, "success" if loaded else "fail").inc()
+        self._load_latency.labels(path).inc(int(seconds * 1e6))
 
 
 def log_model_event(event: ModelEvent) -> None:

@@ -267,11 +267,8 @@ class RestServer:
         if not _STRICT_TARGET.fullmatch(target):
             return _libevent_error(400, "Bad Request")
         path = request.rel_url.raw_path
-        if self._metrics_page is not None and request.method == "GET" and \
-                path == self._metrics_page[0]:
-            body, content_type = await self._loop.run_in_executor(self._executor,
-                                                                  self._metrics_page[1])
-            return web.Response(status=200, body=body, headers={"Content-Type": content_type})
+        if self._metrics_page is not None and path == self._metrics_page[0]:
+            return await self._serve_metrics(target)
         if not _HANDLED_PATH.fullmatch(target):
             return _libevent_error(404, "Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
@@ -284,6 +281,16 @@ class RestServer:
             return self._preflight(request)
         status, payload = await self._run(request.method, target, body)
         return self._response(status, payload)
+
+    async def _serve_metrics(self, target: str) -> web.Response:
+        """http_server.cc ProcessPrometheusRequest, registered for the path whatever the
+        method: a target with a query or fragment is refused with its text."""
+        path, render = self._metrics_page
+        if target != path:
+            return web.Response(status=400, headers={"Content-Type": "text/plain"},
+                                body=f"Unexpected path: {target}. Should be {path}".encode())
+        body, content_type = await self._loop.run_in_executor(self._executor, render)
+        return web.Response(status=200, body=body, headers={"Content-Type": content_type})
 
     def _preflight(self, request: web.Request) -> web.Response:
         """http_server.cc: 200 with an Origin, else FAILED_PRECONDITION ("Origin header is

@@ -158,11 +158,31 @@ def check_saved_model_directory(path: str) -> None:
                         f"Specified file path: {path}")
 
 
+# Told of each LoadSavedModel attempt: export dir, whether it loaded, seconds (TensorFlow's
+# load_attempt_count and load_latency; a later warmup failure does not undo a success).
+SavedModelLoadObserver = Callable[[str, bool, float], None]
+
+
 def load_servable(name: str, version: int, path: str, tags: Sequence[str],
-                  session_config: config_pb2.ConfigProto) -> Servable:
+                  session_config: config_pb2.ConfigProto,
+                  on_attempt: SavedModelLoadObserver | None = None) -> Servable:
     """Load a SavedModel version; raises ServingError with TensorFlow's message on failure."""
     started = time.monotonic()
-    check_saved_model_directory(path)
+    check_saved_model_directory(path)  # before LoadSavedModel, which counts the attempts
+    loaded = False
+    try:
+        servable = _load_saved_model(name, version, path, tags, session_config)
+        loaded = True
+    finally:
+        if on_attempt is not None:
+            on_attempt(path, loaded, time.monotonic() - started)
+    log.info("loaded servable %s version %d from %s in %.0f ms with signatures %s", name,
+             version, path, (time.monotonic() - started) * 1000, sorted(servable.signatures))
+    return servable
+
+
+def _load_saved_model(name: str, version: int, path: str, tags: Sequence[str],
+                      session_config: config_pb2.ConfigProto) -> Servable:
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
@@ -176,10 +196,7 @@ def load_servable(name: str, version: int, path: str, tags: Sequence[str],
         session.close()
         raise _load_error(path, tags, error) from None
     graph.finalize()
-    servable = Servable(name, version, path, graph, session, meta_graph)
-    log.info("loaded servable %s version %d from %s in %.0f ms with signatures %s", name,
-             version, path, (time.monotonic() - started) * 1000, sorted(servable.signatures))
-    return servable
+    return Servable(name, version, path, graph, session, meta_graph)
 
 
 # How a request's signature is run: (servable, signature, feeds, fetches) -> outputs; the async

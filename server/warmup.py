@@ -2,7 +2,7 @@
 
 Follows TF Serving's saved_model_warmup_util.cc: a TFRecord file of PredictionLogs, at most
 1000 records, each replayed ``iterations`` times; a file that is not TFRecord fails the load
-with DATA_LOSS.
+with DATA_LOSS. Its observer gets what TF Serving's model_warmup_* metrics record.
 """
 
 from __future__ import annotations
@@ -42,39 +42,60 @@ def _replayers(predictor: Predictor, inference: ExampleInference
     }
 
 
+# What a finished replay tells its observer: (model path, status, seconds, records read).
+WarmupObserver = Callable[[str, str, float, int], None]
+
+
 class Warmup:
     """Replays a version's warmup requests through the same code that serves requests."""
 
     def __init__(self, predictor: Predictor, inference: ExampleInference,
-                 iterations: int = 1) -> None:
+                 iterations: int = 1, observer: WarmupObserver | None = None) -> None:
         self._replay = _replayers(predictor, inference)
         self._iterations = max(iterations, 1)
+        self._observer = observer
 
     def run(self, servable: Servable) -> int:
         """Replay the warmup file if the version has one; returns the records replayed."""
+        started = time.monotonic()
         path = os.path.join(servable.path, WARMUP_FILE)
         if not os.path.exists(path):
             log.info("No warmup data file found at %s", path)
             return 0
-        started = time.monotonic()
+        records = tf.compat.v1.io.tf_record_iterator(path)
         count = 0
-        try:
-            for record in tf.compat.v1.io.tf_record_iterator(path):
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                break
+            except tf.errors.OpError as error:
+                failure = from_tensorflow(error)
+                self._observe(servable, f"{failure.code.name}: {failure.message}", started,
+                              count)
+                if failure.code == grpc.StatusCode.DATA_LOSS:
+                    raise ServingError(failure.code, f"{failure.message}. Please verify your "
+                                       "warmup data is in TFRecord format.") from None
+                raise failure from None
+            try:
                 self._replay_record(servable, record, path)
-                count += 1
-                if count > MAX_RECORDS:
-                    raise invalid_argument("Number of warmup records exceeds the maximum "
-                                           f"({MAX_RECORDS}) at {path}")
-        except tf.errors.DataLossError as error:
-            raise ServingError(grpc.StatusCode.DATA_LOSS,
-                               f"{error.message}. Please verify your warmup data is in "
-                               "TFRecord format.") from None
-        except tf.errors.OpError as error:
-            raise from_tensorflow(error) from None
+            except tf.errors.OpError as error:
+                raise from_tensorflow(error) from None
+            count += 1
+            if count > MAX_RECORDS:
+                raise invalid_argument("Number of warmup records exceeds the maximum "
+                                       f"({MAX_RECORDS}) at {path}")
+        self._observe(servable, "OK", started, count)
         log.info("Finished reading warmup data for model at %s. Number of warmup records read: "
                  "%d. Elapsed time (microseconds): %d.", path, count,
                  (time.monotonic() - started) * 1e6)
         return count
+
+    def _observe(self, servable: Servable, status: str, started: float, count: int) -> None:
+        """saved_model_warmup_util.cc records its metrics only once the file has been read to
+        its end or to a read error; a failing record returns before that."""
+        if self._observer is not None:
+            self._observer(servable.path, status, time.monotonic() - started, count)
 
     def _replay_record(self, servable: Servable, record: bytes, path: str) -> None:
         try:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,3 +51,21 @@ def post_json(url: str, body: object, timeout: float = 20.0) -> tuple[int, objec
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+_PAGE_LINE = re.compile(r'([^{ ]+)\{(.*)\} (\S+)')
+_PAGE_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metrics_page_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample line of a metrics page in TF Serving's text (``name{l="v"} value``, each
+    label once), keyed by (name, labels)."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = _PAGE_LINE.fullmatch(line)
+        assert match, f"not a sample line: {line!r}"
+        labels = frozenset(_PAGE_LABEL.findall(match[2]))
+        samples[(match[1], labels)] = float(match[3])
+    return samples

@@ -10,13 +10,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pyserving.server.errors import ServingError
 from pyserving.server.metrics import DEFAULT_PATH, PrometheusSettings, read_monitoring_config
-from support import TESTDATA
+from support import TESTDATA, free_port, metrics_page_samples
 
 MODEL = "saved_model_half_plus_two_cpu"
 
@@ -34,10 +33,8 @@ def x_is(value: float, model: str = "default") -> predict_pb2.PredictRequest:
 def scrape(server: object) -> dict[tuple[str, frozenset], float]:
     """Every sample of the server's metrics page, keyed by (name, labels)."""
     body, content_type = server.metrics.render()
-    assert content_type.startswith("text/plain")
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(body.decode())
-            for sample in family.samples}
+    assert content_type == "text/plain"
+    return metrics_page_samples(body.decode())
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -70,7 +67,8 @@ def test_request_count_and_latency_use_tf_serving_names(serve, testdata_model, c
 
     body, _ = server.metrics.render()
     assert b"# TYPE :tensorflow:serving:request_latency histogram" in body
-    assert b':tensorflow:serving:request_count{model_name="default",status="OK"} 3.0' in body
+    assert b':tensorflow:serving:request_count{model_name="default",status="OK"} 3' \
+        in body.splitlines()
 
 
 @pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
@@ -113,7 +111,8 @@ def test_runtime_latency_and_example_counts_use_tf_serving_names(serve, testdata
                  model="default") == 3
     body, _ = server.metrics.render()
     assert b"# TYPE :tensorflow:serving:runtime_latency histogram" in body
-    assert b':tensorflow:serving:request_example_count_total{model="default"} 3.0' in body
+    assert b':tensorflow:serving:request_example_count_total{model="default"} 3' \
+        in body.splitlines()
 
 
 def test_load_metrics_and_version_state(serve, testdata_model):
@@ -129,19 +128,58 @@ def test_load_metrics_and_version_state(serve, testdata_model):
                  model_name="two", version="124", state="AVAILABLE") == 1
 
 
-def test_failed_load_attempts_are_counted(testdata_model):
+def failed_start(base_path: str, retries: int = 1) -> object:
+    """A server whose start-up failed on its model (kept for its metrics)."""
     from pyserving.server import ModelServer, ServerOptions
 
-    base_path = testdata_model("bad_half_plus_two")
-    server = ModelServer(ServerOptions(port=0, model_base_path=base_path, max_num_load_retries=1,
+    server = ModelServer(ServerOptions(port=0, model_base_path=base_path,
+                                       max_num_load_retries=retries,
                                        load_retry_interval_micros=0), host="127.0.0.1")
     with pytest.raises(ServingError):
         server.start()
-    samples = scrape(server)
+    return server
+
+
+def test_failed_load_attempts_are_counted(tmp_path: Path):
+    """TensorFlow's LoadSavedModel counts each failed attempt and adds its latency too."""
+    version = tmp_path / "base" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"not a SavedModel")
+    samples = scrape(failed_start(str(version.parent)))
     assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
-                 model_path=str(Path(base_path) / "00000123"), status="fail") == 2
+                 model_path=str(version), status="fail") == 2
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=str(version), status="success") == 0
+    assert (":tensorflow:cc:saved_model:load_latency",
+            frozenset({("model_path", str(version))})) in samples
     assert value(samples, "pyserving_model_version_state",
-                 model_name="default", version="123", state="END") == 1
+                 model_name="default", version="1", state="END") == 1
+
+
+def test_a_session_bundle_is_refused_before_load_saved_model(testdata_model):
+    """LoadSessionBundleOrSavedModelBundle refuses export.meta without calling LoadSavedModel,
+    so no load attempt is counted."""
+    samples = scrape(failed_start(testdata_model("bad_half_plus_two")))
+    assert not [key for key in samples if "saved_model:load" in key[0]]
+
+
+def test_a_warmup_failure_counts_a_successful_load_saved_model(testdata_model):
+    """TF Serving warms up after LoadSavedModel has counted the attempt as a success."""
+    import tensorflow as tf
+
+    base_path = testdata_model(MODEL)
+    version = Path(base_path) / "00000123"
+    (version / "assets.extra").mkdir()
+    with tf.io.TFRecordWriter(str(version / "assets.extra" / "tf_serving_warmup_requests")) \
+            as writer:
+        writer.write(b"malformed_record")
+    samples = scrape(failed_start(base_path, retries=0))
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=str(version), status="success") == 1
+    assert value(samples, ":tensorflow:cc:saved_model:load_attempt_count",
+                 model_path=str(version), status="fail") == 0
+    assert value(samples, ":tensorflow:cc:saved_model:load_latency", model_path=str(version)) > 0
+    assert value(samples, "pyserving_model_load_seconds_count", model_name="default") == 0
 
 
 def test_batching_metrics(serve, testdata_model, channel_to):
@@ -166,10 +204,31 @@ def test_monitoring_config_file(tmp_path: Path):
     custom.write_text('prometheus_config { enable: true path: "/metrics" }')
     assert read_monitoring_config(str(custom)) == PrometheusSettings(True, "/metrics")
     assert read_monitoring_config("") == PrometheusSettings(enable=False)
-    custom.write_text("prometheus_config { bogus: 1 }")
+
+
+def test_unparsable_monitoring_config_fails_start_up(serve, testdata_model, tmp_path: Path):
+    """proto_util.h ParseProtoTextFile: INVALID_ARGUMENT without the parser's detail."""
+    bad = tmp_path / "monitoring.txt"
+    bad.write_text("prometheus_config { bogus: 1 }")
     with pytest.raises(ServingError) as raised:
-        read_monitoring_config(str(custom))
+        serve(model_base_path=testdata_model(MODEL), rest_api_port=free_port(),
+              monitoring_config_file=str(bad))
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.message == f"Invalid protobuf file: '{bad}'"
+
+
+@pytest.mark.parametrize("contents", ["prometheus_config { bogus: 1 }", None],
+                         ids=["unparsable", "missing"])
+def test_monitoring_config_is_not_read_without_rest(serve, testdata_model, channel_to,
+                                                    tmp_path: Path, contents: str | None):
+    """server.cc reads --monitoring_config_file only when --rest_api_port is not 0."""
+    path = tmp_path / "monitoring.txt"
+    if contents is not None:
+        path.write_text(contents)
+    server = serve(model_base_path=testdata_model(MODEL), rest_api_port=0,
+                   monitoring_config_file=str(path))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    assert stub.Predict(x_is(2.0), timeout=10).outputs["y"].float_val == [3.0]
 
 
 def test_one_structured_log_line_per_model_event(serve, testdata_model, caplog, tmp_path):
@@ -228,5 +287,101 @@ def test_prometheus_page_on_the_rest_port_after_traffic(testdata_model, serve, c
     with urllib.request.urlopen(url, timeout=10) as response:
         page = response.read().decode()
     assert "# TYPE" in page
-    assert ':tensorflow:serving:request_count{model_name="default",status="OK"} 2.0' in page
+    assert ':tensorflow:serving:request_count{model_name="default",status="OK"} 2' \
+        in page.splitlines()
     assert 'entrypoint="REST"' in page
+
+
+def _metrics_url(server: object, suffix: str = "") -> str:
+    return f"http://127.0.0.1:{server.rest_port}{DEFAULT_PATH}{suffix}"
+
+
+def _serve_page(serve, testdata_model, **options: object) -> object:
+    return serve(model_base_path=testdata_model(MODEL), rest_api_port=free_port(),
+                 monitoring_config_file=str(TESTDATA / "monitoring_config.txt"), **options)
+
+
+def test_page_is_tf_serving_exporter_text(serve, testdata_model, channel_to):
+    """prometheus_exporter.cc GeneratePage: sorted TYPE lines (counter/gauge/histogram), no
+    HELP or _created, integer points, %g bucket limits, escaped label values."""
+    import urllib.request
+
+    server = _serve_page(serve, testdata_model, enable_batching=True)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    stub.Predict(x_is(1.0), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub.Predict(x_is(1.0, model='a"b\\c'), timeout=10)
+    with urllib.request.urlopen(_metrics_url(server), timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/plain"
+        page = response.read().decode()
+    assert page.endswith("\n") and not page.endswith("\n\n")
+    assert "# HELP" not in page and "_created" not in page
+    types = [line for line in page.splitlines() if line.startswith("# TYPE ")]
+    names = [line.split()[2] for line in types]
+    assert names == sorted(names, key=lambda name: name.replace(":", "/"))
+    assert "# TYPE :tensorflow:serving:request_count counter" in types
+    assert "# TYPE :tensorflow:cc:saved_model:load_latency counter" in types
+    assert "# TYPE :tensorflow:serving:request_latency histogram" in types
+    assert "# TYPE :tensorflow:serving:model_warmup_records_read counter" in types
+    assert "# TYPE pyserving_inflight_requests gauge" in types
+    lines = page.splitlines()
+    assert ':tensorflow:serving:request_count{model_name="a\\"b\\\\c",status="NOT_FOUND"} 1' \
+        in lines
+    assert ':tensorflow:serving:request_count{model_name="default",status="OK"} 1' in lines
+    labels = 'model_name="default",API="Predict",entrypoint="GRPC"'
+    buckets = [line for line in lines
+               if line.startswith(f":tensorflow:serving:request_latency_bucket{{{labels},")]
+    assert [line.split('le="')[1].split('"')[0] for line in buckets[:4]] == \
+        ["10", "18", "32.4", "58.32"]
+    assert buckets[-1] == f':tensorflow:serving:request_latency_bucket{{{labels},le="+Inf"}} 1'
+    assert len(buckets) == 34
+    position = lines.index(buckets[-1])
+    assert lines[position + 1].startswith(f":tensorflow:serving:request_latency_sum{{{labels}}} ")
+    assert lines[position + 2] == f":tensorflow:serving:request_latency_count{{{labels}}} 1"
+    # A Sampler puts a value under the first limit above it: a batch of 1 is not under le="1".
+    size = ":tensorflow:serving:batching_session:input_batch_size"
+    assert f'{size}_bucket{{le="1"}} 0' in lines
+    assert f'{size}_bucket{{le="2"}} 1' in lines
+    assert f"{size}_sum{{}} 1" in lines and f"{size}_count{{}} 1" in lines
+
+
+def test_unlabeled_histograms_have_no_point_before_a_sample(serve, testdata_model):
+    body, _ = serve(model_base_path=testdata_model(MODEL)).metrics.render()
+    lines = body.decode().splitlines()
+    size = ":tensorflow:serving:batching_session:input_batch_size"
+    assert f"# TYPE {size} histogram" in lines
+    assert not any(line.startswith(size + "_") for line in lines)
+
+
+def test_page_path_with_a_query_is_refused(serve, testdata_model):
+    """ProcessPrometheusRequest compares uri_path, query included, with the configured path."""
+    import urllib.error
+    import urllib.request
+
+    server = _serve_page(serve, testdata_model)
+    for suffix in ("?x=1", "?"):
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(_metrics_url(server, suffix), timeout=10)
+        assert raised.value.code == 400
+        assert raised.value.headers["Content-Type"] == "text/plain"
+        assert raised.value.read().decode() == \
+            f"Unexpected path: {DEFAULT_PATH}{suffix}. Should be {DEFAULT_PATH}"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD", "OPTIONS"])
+def test_page_is_served_for_any_method(serve, testdata_model, method):
+    """TF Serving registers the page's handler by URI, so the method does not matter."""
+    import urllib.request
+
+    server = _serve_page(serve, testdata_model)
+    request = urllib.request.Request(_metrics_url(server), method=method,
+                                     data=b"{}" if method in ("POST", "PUT") else None)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/plain"
+        body = response.read().decode()
+    if method == "HEAD":
+        assert body == ""
+    else:
+        assert "# TYPE :tensorflow:serving:request_count counter\n" in body

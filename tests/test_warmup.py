@@ -29,8 +29,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from pyserving.server import ModelServer
+from pyserving.server import ModelServer, ServerOptions
 from pyserving.server.errors import ServingError
+from support import metrics_page_samples
 
 TIMEOUT = 10.0
 VERSION = 1
@@ -389,3 +390,59 @@ def test_a_corrupt_new_version_ends_with_data_loss_and_the_old_one_keeps_serving
     request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(
         name="counter", signature_name="get_counter"))
     assert predictions.Predict(request, TIMEOUT).model_spec.version.value == VERSION
+
+
+# --- TF Serving's model_warmup_* metrics -----------------------------------------------------
+
+
+def warmup_metrics(server: ModelServer) -> dict[tuple[str, str], float]:
+    """(metric, status) -> value of the records-read counter and the latency sample count."""
+    body, _ = server.metrics.render()
+    found = {}
+    for (name, labels), value in metrics_page_samples(body.decode()).items():
+        labels = dict(labels)
+        if name in (":tensorflow:serving:model_warmup_records_read",
+                    ":tensorflow:serving:model_warmup_latency_count"):
+            assert labels["model_path"] == str(counter_path(server))
+            found[(name.rsplit(":", 1)[1], labels["status"])] = value
+    return found
+
+
+def counter_path(server: ModelServer) -> Path:
+    return Path(server.options.model_base_path) / str(VERSION)
+
+
+def failed_server(base: Path) -> ModelServer:
+    """A server whose start-up failed on the warmup file (kept for its metrics)."""
+    server = ModelServer(ServerOptions(port=0, model_name="counter", model_base_path=str(base),
+                                       max_num_load_retries=0), host="127.0.0.1")
+    with pytest.raises(ServingError):
+        server.start()
+    return server
+
+
+def test_warmup_metrics_after_a_replay(counter_model: Path, serve):
+    write_logs(counter_model, mixed_logs() * 2)
+    server = start(serve, counter_model, num_request_iterations_for_warmup=3)
+    # Records read, not requests replayed; one latency sample per warmup, status "OK".
+    assert warmup_metrics(server) == {("model_warmup_records_read", "OK"): 8,
+                                      ("model_warmup_latency_count", "OK"): 1}
+
+
+def test_warmup_metrics_after_a_read_error(counter_model: Path):
+    """A read error is recorded with absl's Status text and the records read before it."""
+    path = write_logs(counter_model, [predict_log()] * 2)
+    path.write_bytes(path.read_bytes()[:-3])
+    metrics = warmup_metrics(failed_server(counter_model))
+    assert len(metrics) == 2
+    (_, status), = [key for key in metrics if key[0] == "model_warmup_records_read"]
+    assert status.startswith("DATA_LOSS: truncated record at ")
+    assert not status.endswith("TFRecord format.")
+    assert metrics == {("model_warmup_records_read", status): 1,
+                       ("model_warmup_latency_count", status): 1}
+
+
+def test_no_warmup_metrics_after_a_failing_record(counter_model: Path):
+    """saved_model_warmup_util.cc returns before its metrics when a record fails."""
+    write_records(counter_model, [b"malformed_record"])
+    assert warmup_metrics(failed_server(counter_model)) == {}

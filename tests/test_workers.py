@@ -27,7 +27,6 @@ from typing import Callable, Iterator, Mapping
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -39,7 +38,7 @@ from tensorflow_serving.apis import (
 
 from pyserving.server.options import ServerOptions
 from pyserving.server.workers import worker_count
-from support import TESTDATA, free_port
+from support import TESTDATA, free_port, metrics_page_samples
 
 SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
 START_TIMEOUT = 180.0  # two TensorFlow imports at once on a busy two-core machine
@@ -210,12 +209,8 @@ def request_count(rest_port: int) -> float:
     url = f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics"
     with urllib.request.urlopen(url, timeout=RPC_TIMEOUT) as response:
         text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == ":tensorflow:serving:request_count" and sample.labels == {
-                    "model_name": "default", "status": "OK"}:
-                return sample.value
-    return 0.0
+    return metrics_page_samples(text).get((":tensorflow:serving:request_count", frozenset(
+        {("model_name", "default"), ("status", "OK")})), 0.0)
 
 
 def test_both_workers_answer_on_the_logged_port(cluster: tuple[Supervisor, int, int]) -> None:
