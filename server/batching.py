@@ -504,11 +504,11 @@ class Batcher:
         for task in live:
             task.outputs = [output[start:start + task.size] for output in outputs]
             start += task.size
-        _wake(live)
-        if self._observers:
+        if self._observers:  # before the callers wake: their answers follow the metrics
             waits = [started - task.enqueued for task in live]
             for observer in self._observers:
                 observer(queue.servable.name, start, padded, waits)
+        _wake(live)
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[list[np.ndarray], int]:
         size = sum(task.size for task in tasks)
