@@ -15,11 +15,10 @@ from google.protobuf import (
     descriptor_pb2,
     descriptor_pool,
     message_factory,
-    text_format,
     wrappers_pb2,
 )
 
-from pyserving.server.config import read_text_file
+from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import invalid_argument
 
 log = logging.getLogger(__name__)
@@ -153,17 +152,5 @@ def queue_options(options: BatchingOptions) -> BatchingOptions:
     return options
 
 
-def parse_batching_parameters(text: str, path: str) -> BatchingOptions:
-    proto = BatchingParameters()
-    try:
-        text_format.Parse(text, proto)
-    except text_format.ParseError as error:
-        # TF Serving's ParseProtoTextFile names only the file; the parser's reason is logged.
-        log.error("Error parsing text-format tensorflow.serving.BatchingParameters in %s: %s",
-                  path, error)
-        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
-    return options_from_proto(proto)
-
-
 def read_batching_parameters(path: str) -> BatchingOptions:
-    return parse_batching_parameters(read_text_file(path), path)
+    return options_from_proto(parse_proto_text_file(path, BatchingParameters()))

@@ -91,7 +91,6 @@ def run_server(options: ServerOptions, lifecycle: ServerLifecycle | None = None)
     log = logging.getLogger("pyserving")
     # TensorFlow is imported only now, so --help and bad flags answer at once.
     from pyserving.server.app import ModelServer
-    from pyserving.server.config import ConfigParseError
     from pyserving.server.errors import ServingError
 
     try:
@@ -118,10 +117,6 @@ def run_server(options: ServerOptions, lifecycle: ServerLifecycle | None = None)
     signal.signal(signal.SIGINT, _shutdown)
     try:
         server.start()
-    except ConfigParseError as error:
-        print(error.detail, file=sys.stderr)  # protobuf's parser logs it
-        report_startup_failure(error)
-        return EXIT_START_FAILED
     except ServingError as error:
         report_startup_failure(error)
         return EXIT_START_FAILED

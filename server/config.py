@@ -8,8 +8,10 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from typing import TypeVar
 
 from google.protobuf import text_format
+from google.protobuf.message import Message
 
 from pyserving.server.apis import model_server_config_pb2
 from pyserving.server.errors import ServingError, invalid_argument, io_error
@@ -17,20 +19,24 @@ from pyserving.server.options import ServerOptions
 
 log = logging.getLogger(__name__)
 
+_Message = TypeVar("_Message", bound=Message)
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
 _VERSION_DIR = re.compile(r"^\d+$")
 
 
-class ConfigParseError(ServingError):
-    """A config file that is not valid text format; ``detail`` is protobuf's parser message."""
-
-    def __init__(self, path: str, detail: str) -> None:
-        import grpc
-
-        super().__init__(grpc.StatusCode.INVALID_ARGUMENT, f"Invalid protobuf file: '{path}'")
-        self.detail = detail
+def parse_proto_text_file(path: str, message: _Message) -> _Message:
+    """util/proto_util.h ParseProtoTextFile: the file as ``read_text_file`` reads it, parsed
+    as text format into ``message``. A parse error is INVALID_ARGUMENT ``Invalid protobuf file:
+    '<path>'``; the parser's reason only goes to the log, as protobuf's parser logs it."""
+    text = read_text_file(path)
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        log.error("Error parsing text-format %s: %s", message.DESCRIPTOR.full_name, error)
+        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
+    return message
 
 
 def single_model_config(name: str, base_path: str) -> ModelServerConfig:
@@ -68,15 +74,7 @@ def read_text_file(path: str) -> str:
 
 def read_model_config_file(path: str) -> ModelServerConfig:
     """Parse a text-format ModelServerConfig file, failing the way TF Serving does."""
-    text = read_text_file(path)
-    config = ModelServerConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        raise ConfigParseError(
-            path, f"Error parsing text-format tensorflow.serving.ModelServerConfig: {error}"
-        ) from None
-    return config
+    return parse_proto_text_file(path, ModelServerConfig())
 
 
 def model_server_config(options: ServerOptions) -> ModelServerConfig:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from google.protobuf import text_format
-
 from pyserving.server.apis import config_pb2
-from pyserving.server.config import read_text_file
+from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import invalid_argument
 from pyserving.server.options import ServerOptions
 
@@ -19,12 +17,7 @@ def session_config(options: ServerOptions) -> config_pb2.ConfigProto:
     thread pools, and GPU memory (a fixed fraction, or growth on demand)."""
     config = config_pb2.ConfigProto()
     if options.tensorflow_session_config_file:
-        text = read_text_file(options.tensorflow_session_config_file)
-        try:
-            text_format.Parse(text, config)
-        except text_format.ParseError as error:
-            raise invalid_argument(f"Invalid protobuf file: "
-                                   f"'{options.tensorflow_session_config_file}': {error}") from None
+        parse_proto_text_file(options.tensorflow_session_config_file, config)
     config.allow_soft_placement = True
     if options.tensorflow_session_parallelism > 0 and \
             options.tensorflow_intra_op_parallelism > 0 and \

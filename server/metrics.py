@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from prometheus_client import CollectorRegistry, Gauge, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from pyserving.server.config import read_text_file
-from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.config import parse_proto_text_file
+from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelEvent, ModelManager
 from pyserving.server.prometheus_text import (
     CONTENT_TYPE,
@@ -113,13 +113,7 @@ def read_monitoring_config(path: str) -> PrometheusSettings:
     """Parse a text-format MonitoringConfig file ("" means monitoring off)."""
     if not path:
         return PrometheusSettings()
-    text = read_text_file(path)
-    try:
-        config = text_format.Parse(text, MonitoringConfig())
-    except text_format.ParseError:
-        # proto_util.h ParseProtoTextFile: the parser's detail is only in its log.
-        raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
-    prometheus = config.prometheus_config
+    prometheus = parse_proto_text_file(path, MonitoringConfig()).prometheus_config
     return PrometheusSettings(enable=prometheus.enable, path=prometheus.path or DEFAULT_PATH)
 
 

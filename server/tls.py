@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from pyserving.server.config import ConfigParseError, read_text_file
+from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import invalid_argument
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,8 @@ def _message_class() -> type:
 SSLConfig = _message_class()
 
 
-def parse_ssl_config(text: str, path: str) -> object:
-    """An SSLConfig from text format; a parse error fails the way TF Serving's does."""
-    config = SSLConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        raise ConfigParseError(
-            path, f"Error parsing text-format tensorflow.serving.SSLConfig: {error}") from None
-    return config
-
-
 def read_ssl_config(path: str) -> object:
-    return parse_ssl_config(read_text_file(path), path)
+    return parse_proto_text_file(path, SSLConfig())
 
 
 def _check_pem(config: object, field: str, marker: str, path: str) -> None:
