@@ -224,22 +224,29 @@ class ModelServer:
         server.start()
 
     def _open_rest(self) -> None:
-        """TF Serving's HTTP/REST API on --rest_api_port (0: off), once gRPC is open."""
+        """TF Serving's HTTP/REST API on --rest_api_port (0: off), once gRPC is open. As in
+        server.cc, a REST port equal to the gRPC port, or one that cannot be bound, is logged
+        and skipped: the server goes on serving gRPC."""
         options = self.options
         if not options.rest_api_port:
             return
         if options.rest_api_port == options.port:
-            raise invalid_argument("server_options.http_port cannot be same as grpc_port. "
-                                   "Please use a different port for HTTP/REST API.")
+            log.error("server_options.http_port cannot be same as grpc_port. Please use a "
+                      "different port for HTTP/REST API. Skipped exporting HTTP/REST API.")
+            return
         # server.cc reads --monitoring_config_file only here, when the REST port opens.
         self.monitoring = read_monitoring_config(options.monitoring_config_file)
-        self._rest = RestServer(self.core, RestOptions(
-            port=options.rest_api_port, num_threads=options.rest_api_num_threads,
-            timeout_ms=options.rest_api_timeout_in_ms,
-            enable_cors=options.rest_api_enable_cors_support,
-            max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
-            metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
-                          if self.monitoring.enable else None)).start()
+        try:
+            self._rest = RestServer(self.core, RestOptions(
+                port=options.rest_api_port, num_threads=options.rest_api_num_threads,
+                timeout_ms=options.rest_api_timeout_in_ms,
+                enable_cors=options.rest_api_enable_cors_support,
+                max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
+                metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
+                              if self.monitoring.enable else None)).start()
+        except ServingError as error:
+            log.error("%s", error.message)
+            return
         log.info("Exporting HTTP/REST API at:localhost:%d ...", self._rest.port)
 
     @property

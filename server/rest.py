@@ -230,8 +230,8 @@ class RestServer:
             self.port = future.result()
         except OSError as error:
             self.stop()
-            raise unavailable(f"Failed to start HTTP Server at {self._host}:"
-                              f"{self._options.port}: {error}") from None
+            raise unavailable(f"Failed to start HTTP Server at localhost:"
+                              f"{self._options.port} ({error})") from None
         return self
 
     async def _open(self) -> int:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import logging
 import shutil
+import socket
 import stat
 import time
 import urllib.error
@@ -649,15 +651,37 @@ def test_rest_port_zero_is_off(serve: Callable, testdata_model: Callable) -> Non
     assert server.rest_port is None
 
 
-def test_rest_port_equal_to_grpc_port_is_a_start_up_error(serve: Callable,
-                                                          testdata_model: Callable) -> None:
-    from pyserving.server.errors import ServingError
-
+def test_rest_port_equal_to_grpc_port_is_skipped_and_grpc_serves(
+        serve: Callable, testdata_model: Callable, caplog: pytest.LogCaptureFixture) -> None:
     same = free_port()
-    with pytest.raises(ServingError, match="server_options.http_port cannot be same as "
-                                           "grpc_port"):
-        serve(port=same, rest_api_port=same, model_name="default",
-              model_base_path=testdata_model(TF1_MODEL))
+    with caplog.at_level(logging.ERROR, logger="pyserving.server.app"):
+        server = serve(port=same, rest_api_port=same, model_name="default",
+                       model_base_path=testdata_model(TF1_MODEL))
+    assert server.rest_port is None  # server.cc logs it and serves gRPC only
+    assert "server_options.http_port cannot be same as grpc_port. Please use a different port " \
+        "for HTTP/REST API. Skipped exporting HTTP/REST API." in caplog.text
+    assert _grpc_predict(server.grpc_target) == [3.0]
+
+
+def test_rest_port_that_cannot_be_bound_is_skipped_and_grpc_serves(
+        serve: Callable, testdata_model: Callable, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with caplog.at_level(logging.ERROR, logger="pyserving.server.app"):
+            server = serve(rest_api_port=port, model_name="default",
+                           model_base_path=testdata_model(TF1_MODEL))
+    assert server.rest_port is None
+    assert f"Failed to start HTTP Server at localhost:{port}" in caplog.text
+    assert _grpc_predict(server.grpc_target) == [3.0]
+
+
+def _grpc_predict(target: str) -> list[float]:
+    from pyserving.client import PredictionClient
+
+    with PredictionClient(target, timeout=30) as client:
+        return client.predict("default", {"x": [[2.0]]})["y"].reshape(-1).tolist()
 
 
 # --- measurement -------------------------------------------------------------------------------
