@@ -8,12 +8,14 @@ bundle_factory_util.cc, batching_session.cc and TensorFlow's shared_batch_schedu
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -153,6 +155,15 @@ def rows_of(caller: int, size: int) -> np.ndarray:
     return np.stack([first, first + 1000], axis=1)
 
 
+def rest_predict_row(server: object, caller: int) -> dict:
+    """POST the caller's one row to the server's REST predict; its one prediction."""
+    body = json.dumps({"instances": rows_of(caller, 1).tolist()}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.rest_port}/v1/models/default:predict", data=body)
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+        return json.loads(response.read())["predictions"][0]
+
+
 def predict_all(stub: Stub, requests: Sequence[predict_pb2.PredictRequest],
                 timeout: float = TIMEOUT) -> list[dict[str, np.ndarray]]:
     """Send every request at once; the outputs in request order (raises the first error)."""
@@ -268,8 +279,6 @@ def test_every_other_rpc_still_answers_on_a_batching_server(batching_server, cha
 
 
 def test_rest_requests_are_batched_too(serve, rows_base, tmp_path):
-    import json
-    import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
     server = serve(model_base_path=str(rows_base), enable_batching=True, grpc_max_threads=8,
@@ -277,15 +286,8 @@ def test_rest_requests_are_batched_too(serve, rows_base, tmp_path):
                        tmp_path, "max_batch_size { value: 8 }\n"
                                  "batch_timeout_micros { value: 200000 }\n"))
 
-    def predict(caller: int) -> dict:
-        body = json.dumps({"instances": rows_of(caller, 1).tolist()}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{server.rest_port}/v1/models/default:predict", data=body)
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return json.loads(response.read())["predictions"][0]
-
     with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(predict, range(6)))
+        results = list(pool.map(lambda caller: rest_predict_row(server, caller), range(6)))
     for caller, result in enumerate(results):
         assert result["y"] == (rows_of(caller, 1)[0] * 10).tolist()
     assert max(result["batch"] for result in results) > 1
@@ -824,8 +826,6 @@ def test_a_queue_whose_batches_slow_down_goes_back_to_the_batch_threads(batching
 
 def test_rest_and_grpc_callers_share_batches_run_on_the_event_loop(serve, rows_base, tmp_path,
                                                                   channel_to, caplog):
-    import json
-    import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
     caplog.set_level(logging.INFO, logger="pyserving.server.batching")
@@ -838,17 +838,11 @@ def test_rest_and_grpc_callers_share_batches_run_on_the_event_loop(serve, rows_b
     stub.Predict(request_for(rows_of(99, 1)), TIMEOUT)
     assert ON_THE_LOOP in caplog.text
 
-    def rest_predict(caller: int) -> dict:
-        body = json.dumps({"instances": rows_of(caller, 1).tolist()}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{server.rest_port}/v1/models/default:predict", data=body)
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            return json.loads(response.read())["predictions"][0]
-
     grpc_futures = [stub.Predict.future(request_for(rows_of(caller, 1)), TIMEOUT)
                     for caller in range(3)]
     with ThreadPoolExecutor(3) as pool:
-        rest_results = list(pool.map(rest_predict, range(3, 6)))
+        rest_results = list(pool.map(lambda caller: rest_predict_row(server, caller),
+                                     range(3, 6)))
     grpc_results = [outputs_of(future.result()) for future in grpc_futures]
     for caller, result in enumerate(grpc_results):
         np.testing.assert_array_equal(result["y"], rows_of(caller, 1) * 10)
