@@ -143,8 +143,8 @@ def test_an_arm_failing_past_the_guard_is_taken_out_until_the_plan_changes(tmp_p
     assert status["guard"]["tripped"]
     assert "version 2 failed 3 of 4 requests" in status["guard"]["reason"]
     assert status["arms"][1] == {"label": "", "version": 2, "weight": 0.0,
-                                      "configured_weight": 20.0, "tripped": True,
-                                      "requests": 4, "errors": 3}
+                                  "configured_weight": 20.0, "tripped": True,
+                                  "requests": 4, "errors": 3}
 
     rollouts.apply(plans(tmp_path, CANARY))
     assert rollouts.get("m") is model  # an unchanged plan keeps its state
