@@ -6,7 +6,8 @@ tokenizes inside its graph serves there unchanged. TensorFlow registers ops per 
 their library is loaded; pyserving loads the same ones at start-up, before any model: the
 installed op packages (``pip install 'pyserving[text]'``), then each ``--custom_op_libraries``
 file (as ``tf.load_op_library`` loads it), which TF Serving could only take by a rebuild.
-Importing tensorflow_text 2.21.1 once TensorFlow is in costs 0.2 s and registers its 38 ops.
+Importing tensorflow_text 2.21.1 once TensorFlow is in costs 0.2 s and 130 MB of resident
+memory (its 22 op libraries alone: 0.08 s, 100 MB) and registers its 38 ops.
 
 TensorFlow Decision Forests has no build for TensorFlow 2.21: its newest release, 1.12.0,
 requires ``tensorflow==2.19.0``, and its inference library fails to load into TensorFlow 2.21

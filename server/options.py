@@ -128,9 +128,9 @@ class ServerOptions:
         1024, "pyserving: RPCs the gRPC server accepts at once (all services); more are "
               "answered RESOURCE_EXHAUSTED by gRPC. 0 = unlimited.")
     custom_op_libraries: str = _flag(
-        "", "pyserving: comma-separated compiled TensorFlow op libraries (.so) loaded with "
-            "tf.load_op_library before any model loads; one that cannot be loaded fails "
-            "start-up. TensorFlow Text's ops need no flag: pip install 'pyserving[text]'.")
+        "", "pyserving: comma-separated compiled TensorFlow op libraries (.so), loaded as "
+            "tf.load_op_library loads them before any model loads; one that cannot be loaded "
+            "fails start-up. TensorFlow Text's ops need no flag: pip install 'pyserving[text]'.")
 
     @property
     def tags(self) -> tuple[str, ...]:
