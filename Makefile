@@ -38,6 +38,7 @@ bench: install-test
 	$(BIN)/python bench/batching_throughput.py
 	$(BIN)/python bench/memory_cycles.py
 	$(BIN)/python bench/workers_throughput.py
+	$(BIN)/python bench/rest_vs_grpc.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

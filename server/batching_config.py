@@ -23,8 +23,6 @@ from pyserving.server.errors import invalid_argument
 
 log = logging.getLogger(__name__)
 
-_SIZE_T = 1 << 64
-
 _FIELDS = (  # name, number, wrapper type (None: a plain scalar field)
     ("max_batch_size", 1, "Int64Value"),
     ("batch_timeout_micros", 2, "Int64Value"),
@@ -128,10 +126,13 @@ def queue_options(options: BatchingOptions) -> BatchingOptions:
         if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
             raise invalid_argument("allowed_batch_sizes entries must be monotonically "
                                    "increasing")
-    # QueueOptions holds these as size_t: a negative value wraps around, as in C++.
-    options = replace(options, max_batch_size=options.max_batch_size % _SIZE_T,
-                      max_enqueued_batches=options.max_enqueued_batches % _SIZE_T,
-                      max_execution_batch_size=options.max_execution_batch_size % _SIZE_T)
+    # TF Serving's size_t QueueOptions wrap a negative size around to ~2**64, a limit nobody
+    # meant; here it is refused with the texts of the zero checks.
+    for name, size in (("input_batch_size_limit", options.max_batch_size),
+                       ("max_enqueued_batches", options.max_enqueued_batches),
+                       ("max_execution_batch_size", options.max_execution_batch_size)):
+        if size < 0:
+            raise invalid_argument(f"{name} must be positive; was {size}")
     splitting = options.enable_large_batch_splitting
     if not splitting and options.max_enqueued_batches == 0:
         # AddQueue's rewrite: "many existing models (with very low QPS) rely on" it.
@@ -144,11 +145,11 @@ def queue_options(options: BatchingOptions) -> BatchingOptions:
     if options.max_enqueued_batches == 0:
         raise invalid_argument("max_enqueued_batches must be positive; was 0")
     if splitting and options.max_batch_size < options.max_execution_batch_size:
-        # TF's StrCat appends the flag and both sizes with no separator.
         raise invalid_argument(
             "When enable_large_batch_splitting is true, input_batch_size_limit must be greater "
-            "than or equal to max_execution_batch_size."
-            f"1{options.max_batch_size}{options.max_execution_batch_size}")
+            f"than or equal to max_execution_batch_size; input_batch_size_limit was "
+            f"{options.max_batch_size}, max_execution_batch_size "
+            f"{options.max_execution_batch_size}")
     return options
 
 

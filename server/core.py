@@ -7,7 +7,9 @@ model are admitted first: past its in-flight limit a model fails fast with UNAVA
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+import numpy as np
 
 from pyserving.server.admission import InFlightLimit
 from pyserving.server.apis import (
@@ -66,6 +68,16 @@ class ServingCore:
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         with self._serving(request) as servable:
             return self._predictor.predict(servable, request)
+
+    def predict_arrays(self, spec: model_pb2.ModelSpec,
+                       read: Callable[[Servable], tuple[str, Mapping[str, np.ndarray]]]
+                       ) -> list[tuple[str, np.ndarray, int]]:
+        """Predict for a transport that decodes its own tensors against the signature: the
+        spec is resolved once, ``read(servable)`` gives (signature name, input arrays) for
+        that very version, and the outputs come back as (alias, array, DataType)."""
+        with _Admitted(self.servable_for(spec), self.in_flight) as servable:
+            signature_name, inputs = read(servable)
+            return self._predictor.predict_arrays(servable, spec.name, signature_name, inputs)
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:

@@ -1,10 +1,13 @@
 """Prometheus metrics under TF Serving's names, plus the queue/in-flight/state gauges a Triton
-user looks for; one registry per ModelServer, whose values prometheus-client keeps and whose
-page is TF Serving's text (prometheus_text).
+user looks for; one registry per ModelServer, whose page prometheus-client writes
+(``generate_latest``).
 
 TF Serving exports ``/tensorflow/serving/request_count`` as ``:tensorflow:serving:request_count``
-(slashes become colons) and its counters without a ``_total`` suffix, so its counters are
-prometheus-client Gauges here (typed ``counter`` on the page): the names stay TF Serving's.
+(slashes become colons) and its counters without a ``_total`` suffix. prometheus-client's text
+format always adds ``_total`` to a counter's samples, so TF Serving's counters are Gauges here:
+their series keep TF Serving's names (what queries and alerts use), their TYPE line says gauge.
+TF's Samplers are Histograms with the same bucket limits; a value equal to a limit counts under
+that ``le``, as Prometheus defines it (TF counts it under the next one).
 
 With ``--workers N`` every worker process keeps its values in prometheus-client's multiprocess
 files (``use_multiprocess_dir``) and any worker's page sums them: counters and histograms over
@@ -22,7 +25,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from prometheus_client import CollectorRegistry, Gauge, values
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -30,15 +40,6 @@ from prometheus_client.registry import Collector
 from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelEvent, ModelManager
-from pyserving.server.prometheus_text import (
-    CONTENT_TYPE,
-    COUNTER,
-    GAUGE,
-    HISTOGRAM,
-    MetricLayout,
-    SamplerHistogram,
-    render,
-)
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("pyserving.server.events")
@@ -120,10 +121,6 @@ def read_monitoring_config(path: str) -> PrometheusSettings:
 class _StateCollector(Collector):
     """Scrape-time gauges: each model version's state and each model's batch queue depth."""
 
-    LAYOUTS = {"pyserving_model_version_state": MetricLayout(
-                   GAUGE, ("model_name", "version", "state")),
-               "pyserving_batch_queue_size": MetricLayout(GAUGE, ("model_name",))}
-
     def __init__(self, manager: ModelManager,
                  queue_depths: Callable[[], Mapping[str, int]]) -> None:
         self._manager = manager
@@ -159,7 +156,6 @@ class ServerMetrics:
         # files, one of which may be half-created at start-up (struct.error, worker exits).
         self.registry = CollectorRegistry(auto_describe=False)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._layouts: dict[str, MetricLayout] = {}
         self._store: CollectorRegistry | None = self.registry
         if _multiprocess_dir is not None:
             # The metrics below write files; the page is the sum of every worker's files.
@@ -214,30 +210,24 @@ class ServerMetrics:
         self._in_flight = Gauge(
             "pyserving_inflight_requests", "Requests being handled now.",
             ["model_name", "API", "entrypoint"], registry=self._store, multiprocess_mode=_LIVE)
-        self._layouts["pyserving_inflight_requests"] = MetricLayout(
-            GAUGE, ("model_name", "API", "entrypoint"))
         self._model_loads = self._sampler(
             "pyserving_model_load_seconds", "Wall time of successful model version loads.",
-            SamplerHistogram.DEFAULT_BUCKETS, "model_name")
-        self._layouts.update(_StateCollector.LAYOUTS)
+            Histogram.DEFAULT_BUCKETS, "model_name")
         self.registry.register(_StateCollector(manager, queue_depths))
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Gauge:
         """A TF monitoring::Counter (kCumulative): summed over --workers processes."""
-        self._layouts[name] = MetricLayout(COUNTER, labels)
         return Gauge(name, documentation, labels, registry=self._store,
                      multiprocess_mode=_COUNTER)
 
     def _sampler(self, name: str, documentation: str, buckets: Sequence[float],
-                 *labels: str) -> SamplerHistogram:
+                 *labels: str) -> Histogram:
         """A TF monitoring::Sampler, exported as a histogram."""
-        self._layouts[name] = MetricLayout(HISTOGRAM, labels)
-        return SamplerHistogram(name, documentation, labels, buckets=buckets,
-                                registry=self._store)
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self._store)
 
     def render(self) -> tuple[bytes, str]:
-        """The metrics page: (body, Content-Type), as TF Serving's PrometheusExporter."""
-        return render(self.registry.collect(), self._layouts), CONTENT_TYPE
+        """The metrics page: (body, Content-Type), in Prometheus' text format."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def int64_value(self, name: str) -> int:
         """What TF Serving's HandleReloadConfigRequest reads of a metric (``/tensorflow/...``

@@ -7,13 +7,15 @@ saved_model::GetInputValues, in the same order.
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 from pyserving.client.tensors import (
+    DTYPE_NAMES,
     TensorParseError,
     TensorTooLargeError,
+    dtype_enum_for,
     fill_tensor_proto,
     ndarray_from_tensor_proto,
 )
@@ -75,10 +77,27 @@ def _too_large(alias: str, error: TensorTooLargeError, max_bytes: int, taken: in
             f"take at most {max_bytes} bytes (--max_request_tensor_bytes)")
 
 
-def input_feeds(signature: SignatureDef, inputs: Any,
+def _decoded(alias: str, tensor: Any, max_bytes: int, taken: int) -> np.ndarray:
+    """A TensorProto decoded within ``max_bytes - taken`` bytes, or an array (REST decodes
+    its own) checked against the same limit."""
+    try:
+        if not isinstance(tensor, np.ndarray):
+            return ndarray_from_tensor_proto(tensor, max_bytes=max_bytes - taken)
+        if tensor.nbytes > max_bytes - taken:
+            raise TensorTooLargeError(tensor.shape, DTYPE_NAMES.get(dtype_enum_for(tensor), ""),
+                                      tensor.nbytes, max_bytes - taken)
+        return tensor
+    except TensorTooLargeError as error:
+        raise invalid_argument(_too_large(alias, error, max_bytes, taken)) from None
+    except TensorParseError:
+        raise invalid_argument(f"tensor parsing error: {alias}") from None
+
+
+def input_feeds(signature: SignatureDef, inputs: Mapping[str, Any],
                 max_bytes: int) -> list[tuple[str, np.ndarray]]:
-    """Decode the request's tensors (or the signature's defaults) into (feed name, array);
-    together they may take at most ``max_bytes``, checked before each is allocated."""
+    """Decode the request's tensors (TensorProtos or arrays; else the signature's defaults)
+    into (feed name, array); together they may take at most ``max_bytes``, checked before
+    each proto is decoded."""
     feeds = []
     used = 0
     taken = 0
@@ -94,12 +113,7 @@ def input_feeds(signature: SignatureDef, inputs: Any,
                 f"and no default value provided. Inputs expected to be in the request "
                 f"{{{_joined(inputs.keys())}}}, or default input alias set: "
                 f"{_joined(signature.defaults.keys())}")
-        try:
-            array = ndarray_from_tensor_proto(proto, max_bytes=max_bytes - taken)
-        except TensorTooLargeError as error:
-            raise invalid_argument(_too_large(alias, error, max_bytes, taken)) from None
-        except TensorParseError:
-            raise invalid_argument(f"tensor parsing error: {alias}") from None
+        array = _decoded(alias, proto, max_bytes, taken)
         if array.ndim > _MAX_STRING_RANK and array.dtype.kind == "O":
             raise invalid_argument(f"tensor parsing error: {alias}: string tensors of more than "
                                    f"{_MAX_STRING_RANK} dimensions are not supported")
@@ -152,14 +166,31 @@ class Predictor:
 
     def plan(self, servable: Servable, request: predict_pb2.PredictRequest) -> PredictPlan:
         """Validate the request against its signature and decode its tensors."""
-        name, signature = find_predict_signature(servable, request.model_spec.signature_name)
+        return self._plan(servable, request.model_spec.signature_name, request.inputs,
+                          request.output_filter)
+
+    def _plan(self, servable: Servable, signature_name: str, inputs: Mapping[str, Any],
+              output_filter: Any) -> PredictPlan:
+        name, signature = find_predict_signature(servable, signature_name)
         if self._check_method_name:
             _verify_method_name(signature)
-        _verify_inputs_size(signature, request.inputs)
-        feeds = input_feeds(signature, request.inputs, self._max_tensor_bytes)
-        aliases = output_aliases(signature, request.output_filter)
+        _verify_inputs_size(signature, inputs)
+        feeds = input_feeds(signature, inputs, self._max_tensor_bytes)
+        aliases = output_aliases(signature, output_filter)
         fetches = [signature.outputs[alias].name for alias in aliases]
         return PredictPlan(name, signature, feeds, aliases, fetches)
+
+    def predict_arrays(self, servable: Servable, model: str, signature_name: str,
+                       inputs: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, int]]:
+        """Predict for a transport that decodes its own tensors (REST): the inputs as arrays
+        by alias; every output as (alias, array, tensorflow.DataType), no protos between."""
+        plan = self._plan(servable, signature_name, inputs, ())
+        started = time.monotonic()
+        values = self._run(servable, plan.signature, plan.feeds, plan.fetches)
+        self._ran(model, started)
+        outputs = plan.signature.outputs
+        return [(alias, value, outputs[alias].dtype)
+                for alias, value in zip(plan.aliases, values)]
 
     def respond(self, servable: Servable, request: predict_pb2.PredictRequest,
                 plan: PredictPlan, values: list[np.ndarray]) -> predict_pb2.PredictResponse:
@@ -181,7 +212,7 @@ class Predictor:
         plan = self.plan(servable, request)
         started = time.monotonic()
         values = self._run(servable, plan.signature, plan.feeds, plan.fetches)
-        self._ran(request, started)
+        self._ran(request.model_spec.name, started)
         return self.respond(servable, request, plan, values)
 
     async def predict_async(self, servable: Servable, request: predict_pb2.PredictRequest,
@@ -190,9 +221,9 @@ class Predictor:
         plan = self.plan(servable, request)
         started = time.monotonic()
         values = await run(servable, plan.signature, plan.feeds, plan.fetches)
-        self._ran(request, started)
+        self._ran(request.model_spec.name, started)
         return self.respond(servable, request, plan, values)
 
-    def _ran(self, request: predict_pb2.PredictRequest, started: float) -> None:
+    def _ran(self, model: str, started: float) -> None:
         if self._on_runtime is not None:
-            self._on_runtime(request.model_spec.name, "Predict", time.monotonic() - started)
+            self._on_runtime(model, "Predict", time.monotonic() - started)

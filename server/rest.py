@@ -25,7 +25,6 @@ from pyserving.server.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_pb2,
-    predict_pb2,
     regression_pb2,
 )
 from pyserving.server.core import SIGNATURE_DEF_FIELD, ServingCore
@@ -33,6 +32,7 @@ from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.metrics import REST, ServerMetrics
 from pyserving.server.predict import DEFAULT_SIGNATURE
 from pyserving.server.request_context import RequestContext
+from pyserving.server.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +73,8 @@ _CORS_HEADERS = {
     "Access-Control-Allow-Headers": "Content-Type",
 }
 _ORIGIN = re.compile(r"https?://")
-# evhttp_server.cc evhttp_set_allowed_methods; libevent answers any other method with 501.
+# evhttp_server.cc evhttp_set_allowed_methods (libevent answers others with its own page)
 _ALLOWED_METHODS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"})
-# ParsedEvRequest::decode parses the target with evhttp_uri_parse, strict RFC 3986: a path of
-# unreserved and sub-delim characters, ':', '@', '/' and %XX; a query and a fragment may add '?'.
-_URI_CHARACTER = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})"
-_STRICT_TARGET = re.compile(
-    rf"{_URI_CHARACTER}*(?:\?(?:{_URI_CHARACTER}|\?)*)?(?:#(?:{_URI_CHARACTER}|\?)*)?")
-# libevent's default for a reply that sets none (evhttp_new_object), as a preflight's is.
-_LIBEVENT_CONTENT_TYPE = "text/html; charset=ISO-8859-1"
 _share_port = False
 
 
@@ -126,35 +119,36 @@ class RestHandler:
         self._metrics = metrics
 
     def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        measured = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
-        if measured is None or self._metrics is None:
-            return self._process(method, path, body)[1:]
-        model, api = unquote(measured.group(1)), measured.group(4)
+        prediction = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
+        if prediction is None or self._metrics is None:
+            return self._process(method, path, body, prediction)[1:]
+        model, api = unquote(prediction.group(1)), prediction.group(4)
         started = time.monotonic()
         with self._metrics.in_flight(model, api, REST):
-            code, status, payload = self._process(method, path, body)
+            code, status, payload = self._process(method, path, body, prediction)
         self._metrics.observe_request(model, api, REST, code, time.monotonic() - started)
         return status, payload
 
-    def _process(self, method: str, path: str, body: bytes
+    def _process(self, method: str, path: str, body: bytes, prediction: re.Match | None
                  ) -> tuple[grpc.StatusCode, int, bytes]:
         try:
-            return grpc.StatusCode.OK, 200, self._dispatch(method, path, body)
+            return grpc.StatusCode.OK, 200, self._dispatch(method, path, body, prediction)
         except ServingError as error:
             body = b"" if isinstance(error, _UnparsedModelInfo) else \
                 rest_responses.error_json(error.message)
             return error.code, HTTP_STATUS.get(error.code, 500), body
+        except Exception as error:  # a bug: logged, and answered as TF Serving's INTERNAL
+            log.exception("REST %s %s failed", method, path)
+            return grpc.StatusCode.INTERNAL, 500, rest_responses.error_json(repr(error))
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> bytes:
-        if method == "POST":
-            match = _PREDICTION_PATH.fullmatch(path)
-            if match:
-                name, version, label, verb = match.groups()
-                spec = _model_spec(name, version or "", label or "")
-                call = {"predict": self._predict, "classify": self._classify,
-                        "regress": self._regress}.get(verb)
-                if call is not None:
-                    return call(spec, body)
+    def _dispatch(self, method: str, path: str, body: bytes, prediction: re.Match | None
+                  ) -> bytes:
+        if prediction is not None:
+            name, version, label, verb = prediction.groups()
+            call = {"predict": self._predict, "classify": self._classify,
+                    "regress": self._regress}.get(verb)
+            if call is not None:
+                return call(_model_spec(name, version or "", label or ""), body)
         elif method == "GET":
             match = _STATUS_PATH.fullmatch(path)
             if match:
@@ -165,21 +159,21 @@ class RestHandler:
                 return self._status(spec)
         raise invalid_argument(f"Malformed request: {method} {path}")
 
-    def _signature_inputs(self, spec: model_pb2.ModelSpec, name: str) -> Mapping[str, Any]:
-        """HttpRestApiHandler::GetInfoMap."""
-        with self._core.servable_for(spec) as servable:
-            signature = servable.signatures.get(name or DEFAULT_SIGNATURE)
-        if signature is None:
-            raise invalid_argument(f'Serving signature name: "{name or DEFAULT_SIGNATURE}" '
-                                   "not found in signature def")
-        return signature.inputs
-
     def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
-        request = predict_pb2.PredictRequest(model_spec=spec)
+        """The body is parsed before the model is resolved, and read against the signature
+        of the one version that then runs it."""
         document = rest_json_parse.parse_json(body)
-        fmt = rest_json.fill_predict_request(
-            document, request, lambda name: self._signature_inputs(spec, name))
-        return rest_responses.predict_response_json(self._core.predict(request), fmt)
+        rest_json.signature_name(document)  # checked before the model, as in TF Serving
+        may_hold_bools = rest_json_parse.may_hold_bools(body)
+        fmt = rest_json.RequestFormat.ROW
+
+        def read(servable: Servable) -> tuple[str, Mapping[str, Any]]:
+            nonlocal fmt
+            name, arrays, fmt = rest_json.predict_inputs(
+                document, lambda name: _signature_inputs(servable, name), may_hold_bools)
+            return name, arrays
+
+        return rest_responses.predict_json(self._core.predict_arrays(spec, read), fmt)
 
     def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = classification_pb2.ClassificationRequest(model_spec=spec)
@@ -201,6 +195,15 @@ class RestHandler:
         request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
         return rest_responses.model_metadata_json(self._core.model_metadata(request))
+
+
+def _signature_inputs(servable: Servable, name: str) -> Mapping[str, Any]:
+    """HttpRestApiHandler::GetInfoMap."""
+    signature = servable.signatures.get(name or DEFAULT_SIGNATURE)
+    if signature is None:
+        raise invalid_argument(f'Serving signature name: "{name or DEFAULT_SIGNATURE}" '
+                               "not found in signature def")
+    return signature.inputs
 
 
 class RestServer:
@@ -262,15 +265,14 @@ class RestServer:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         if request.method not in _ALLOWED_METHODS:
-            return _libevent_error(501, "Not Implemented")
+            return web.Response(status=405, text="405: Method Not Allowed",
+                                headers={"Allow": ", ".join(sorted(_ALLOWED_METHODS))})
         target = _path_and_query(request)
-        if not _STRICT_TARGET.fullmatch(target):
-            return _libevent_error(400, "Bad Request")
         path = request.rel_url.raw_path
         if self._metrics_page is not None and path == self._metrics_page[0]:
             return await self._serve_metrics(target)
         if not _HANDLED_PATH.fullmatch(target):
-            return _libevent_error(404, "Not Found")  # no handler for the path
+            return web.Response(status=404, text="404: Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
             return self._too_large(request.content_length)
         try:
@@ -295,11 +297,8 @@ class RestServer:
     def _preflight(self, request: web.Request) -> web.Response:
         """http_server.cc: 200 with an Origin, else FAILED_PRECONDITION ("Origin header is
         missing in CORS preflight"), which is only logged: the body is empty either way."""
-        status = 200 if _ORIGIN.search(request.headers.get("Origin", "")) else 400
-        headers = {"Content-Type": _LIBEVENT_CONTENT_TYPE}
-        if self._options.enable_cors:
-            headers.update(_CORS_HEADERS)
-        return web.Response(status=status, body=b"", headers=headers)
+        return self._response(200 if _ORIGIN.search(request.headers.get("Origin", "")) else 400,
+                              b"")
 
     async def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
@@ -331,16 +330,6 @@ class RestServer:
         if self._options.enable_cors:
             headers.update(_CORS_HEADERS)
         return web.Response(status=status, body=payload, headers=headers)
-
-
-def _libevent_error(status: int, reason: str) -> web.Response:
-    """evhttp_send_error: libevent's own page, and the connection closed after it."""
-    page = (f"<HTML><HEAD>\n<TITLE>{status} {reason}</TITLE>\n</HEAD><BODY>\n<H1>{reason}</H1>\n"
-            "</BODY></HTML>\n")
-    response = web.Response(status=status, body=page.encode(),
-                            headers={"Content-Type": "text/html"})
-    response.force_close()
-    return response
 
 
 def _path_and_query(request: web.Request) -> str:

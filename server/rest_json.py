@@ -1,4 +1,5 @@
-"""TF Serving's REST request JSON -> request protos (tensorflow_serving/util/json_tensor.cc).
+"""TF Serving's REST request JSON -> input arrays and Example protos
+(tensorflow_serving/util/json_tensor.cc).
 
 Takes the values ``rest_json_parse.parse_json`` gives. Numeric tensors take a numpy fast path;
 anything it cannot vouch for is walked value by value as json_tensor.cc does, which also yields
@@ -15,12 +16,11 @@ import grpc
 import numpy as np
 
 from pyserving.client import tensors
-from pyserving.client.tensors import DTYPE_NAMES, fill_tensor_proto
+from pyserving.client.tensors import DTYPE_NAMES
 from pyserving.server import rest_base64
-from pyserving.server.apis import example_pb2, feature_pb2, predict_pb2
+from pyserving.server.apis import example_pb2, feature_pb2
 from pyserving.server.errors import ServingError, invalid_argument
-from pyserving.server.rest_json_errors import debug_string, json_type_name, json_value_error
-from pyserving.server.rest_json_reader import DuplicateNamesObject
+from pyserving.server.rest_json_parse import debug_string, json_type_name, json_value_error
 
 _INT32 = (-2**31, 2**31 - 1)
 _INT64 = (-2**63, 2**63 - 1)
@@ -48,7 +48,7 @@ def signature_name(document: dict) -> str:
 
 def proto_string(text: str) -> str:
     """A JSON string for a proto string field, which must be UTF-8: the raw non-UTF-8 bytes
-    rapidjson lets through (held as surrogate escapes) become U+FFFD."""
+    TF Serving lets through (held as surrogate escapes) become U+FFFD."""
     if text.isascii():
         return text
     try:
@@ -64,9 +64,8 @@ def _type_error(value: Any, dtype: int) -> ServingError:
 
 
 def _is_base64_object(value: Any) -> bool:
-    """IsValBase64Object: one member (MemberCount counts repeated names), "b64", a string."""
-    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str) \
-        and not isinstance(value, DuplicateNamesObject)
+    """IsValBase64Object: one member, "b64", a string."""
+    return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
 def _decode_base64(value: Any) -> bytes:
@@ -200,12 +199,6 @@ def _check_rank(value: Any, rank: int) -> None:
                                f"deep; a tensor has at most {_MAX_RANK} dimensions")
 
 
-def _set_input(request: predict_pb2.PredictRequest, name: str, array: np.ndarray,
-               dtype: int) -> None:
-    fill_tensor_proto(request.inputs[name], array, dtype_enum=dtype,
-                      as_content=array.dtype.kind != "O")
-
-
 def _instance_item(value: Any, name: str, inputs: Mapping[str, Any],
                    seen: dict[str, tuple[int, tuple]], check_bools: bool) -> np.ndarray:
     if name not in inputs:
@@ -233,8 +226,8 @@ def _is_element_object(value: Any) -> bool:
     return isinstance(value, dict) and not _is_base64_object(value)
 
 
-def _fill_from_instances(request: predict_pb2.PredictRequest, instances: list,
-                         inputs: Mapping[str, Any], check_bools: bool) -> None:
+def _from_instances(arrays: dict[str, np.ndarray], instances: list,
+                    inputs: Mapping[str, Any], check_bools: bool) -> None:
     if not isinstance(instances[0], dict) and len(inputs) > 1:
         raise invalid_argument("instances is a plain list, but expecting list of objects as "
                                "multiple input tensors required as per tensorinfo_map")
@@ -242,7 +235,7 @@ def _fill_from_instances(request: predict_pb2.PredictRequest, instances: list,
     if not _is_element_object(instances[0]):
         fast = _numeric_array(instances, inputs[first].dtype, check_bools)
         if fast is not None and fast.ndim >= 1:
-            _set_input(request, first, fast, inputs[first].dtype)
+            arrays[first] = fast
             return
     by_name: dict[str, list[np.ndarray]] = {}
     seen: dict[str, tuple[int, tuple]] = {}
@@ -275,13 +268,13 @@ def _fill_from_instances(request: predict_pb2.PredictRequest, instances: list,
             except ServingError as error:
                 raise invalid_argument(f"Failed to process element: {index} of 'instances' "
                                        f"list. Error: {_status_string(error)}") from None
-    for name, arrays in by_name.items():
-        _check_rank(instances, arrays[0].ndim + 1)  # the batch dimension comes on top
-        _set_input(request, name, np.stack(arrays), inputs[name].dtype)
+    for name, rows in by_name.items():
+        _check_rank(instances, rows[0].ndim + 1)  # the batch dimension comes on top
+        arrays[name] = np.stack(rows)
 
 
-def _fill_from_inputs(request: predict_pb2.PredictRequest, value: Any,
-                      inputs: Mapping[str, Any], check_bools: bool) -> None:
+def _from_inputs(arrays: dict[str, np.ndarray], value: Any, inputs: Mapping[str, Any],
+                 check_bools: bool) -> None:
     if not isinstance(value, dict) or _is_base64_object(value):
         if len(inputs) > 1:
             raise invalid_argument("inputs is a plain value/list, but expecting an object as "
@@ -290,19 +283,20 @@ def _fill_from_inputs(request: predict_pb2.PredictRequest, value: Any,
     for name in sorted(inputs):
         if name not in value:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        dtype = inputs[name].dtype
-        _set_input(request, name, tensor_from_json(value[name], dtype, check_bools)[0], dtype)
+        arrays[name] = tensor_from_json(value[name], inputs[name].dtype, check_bools)[0]
 
 
-def fill_predict_request(document: dict, request: predict_pb2.PredictRequest,
-                         signature_inputs: Callable[[str], Mapping[str, Any]]) -> RequestFormat:
-    """FillPredictRequestFromJson: ``signature_inputs(name)`` gives the signature's inputs."""
-    request.model_spec.signature_name = signature_name(document)
-    check_bools = getattr(document, "may_hold_bools", True)
-    inputs = signature_inputs(request.model_spec.signature_name)
+def predict_inputs(document: dict, signature_inputs: Callable[[str], Mapping[str, Any]],
+                   check_bools: bool = True
+                   ) -> tuple[str, dict[str, np.ndarray], RequestFormat]:
+    """FillPredictRequestFromJson: (signature name, input arrays by alias, format);
+    ``signature_inputs(name)`` gives the signature's inputs, ``check_bools=False`` when the
+    body is known to hold no bool."""
+    name = signature_name(document)
+    inputs = signature_inputs(name)
     if not inputs:
-        raise invalid_argument("Failed to get input map for signature: "
-                               f"{request.model_spec.signature_name or 'DEFAULT'}")
+        raise invalid_argument(f"Failed to get input map for signature: {name or 'DEFAULT'}")
+    arrays: dict[str, np.ndarray] = {}
     if "instances" in document:
         if "inputs" in document:
             raise json_value_error(document, "Not formatted correctly expecting only one of "
@@ -312,11 +306,11 @@ def fill_predict_request(document: dict, request: predict_pb2.PredictRequest,
             raise json_value_error(document, "Expecting 'instances' to be an list/array")
         if not instances:
             raise json_value_error(document, "No values in 'instances' array")
-        _fill_from_instances(request, instances, inputs, check_bools)
-        return RequestFormat.ROW
+        _from_instances(arrays, instances, inputs, check_bools)
+        return name, arrays, RequestFormat.ROW
     if "inputs" in document:
-        _fill_from_inputs(request, document["inputs"], inputs, check_bools)
-        return RequestFormat.COLUMNAR
+        _from_inputs(arrays, document["inputs"], inputs, check_bools)
+        return name, arrays, RequestFormat.COLUMNAR
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
@@ -356,8 +350,7 @@ def _fill_example(value: Any, example: example_pb2.Example) -> None:
     if not isinstance(value, dict):
         raise invalid_argument(
             f"Example must be JSON object but got JSON {json_type_name(value)}")
-    members = value.members if isinstance(value, DuplicateNamesObject) else value.items()
-    for name, content in members:  # every member, the last of a repeated name wins
+    for name, content in value.items():
         feature = feature_pb2.Feature()
         for item in content if isinstance(content, list) else [content]:
             _add_feature_value(item, name, feature)

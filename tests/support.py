@@ -57,19 +57,19 @@ def post_json(url: str, body: object, timeout: float = 20.0) -> tuple[int, objec
         return error.code, json.loads(error.read())
 
 
-_PAGE_LINE = re.compile(r'([^{ ]+)\{(.*)\} (\S+)')
+_PAGE_LINE = re.compile(r'([^{ ]+)(?:\{(.*)\})? (\S+)')
 _PAGE_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def metrics_page_samples(text: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample line of a metrics page in TF Serving's text (``name{l="v"} value``, each
-    label once), keyed by (name, labels)."""
+    """Every sample line of a metrics page in Prometheus' text format (``name{l="v"} value``
+    or ``name value``, each label once), keyed by (name, labels)."""
     samples = {}
     for line in text.splitlines():
         if line.startswith("#"):
             continue
         match = _PAGE_LINE.fullmatch(line)
         assert match, f"not a sample line: {line!r}"
-        labels = frozenset(_PAGE_LABEL.findall(match[2]))
+        labels = frozenset(_PAGE_LABEL.findall(match[2] or ""))
         samples[(match[1], labels)] = float(match[3])
     return samples

@@ -332,9 +332,13 @@ SPLITTING = "enable_large_batch_splitting { value: true }\n"
      "max_enqueued_batches must be positive; was 0"),
     (SPLITTING + "max_batch_size { value: 8 }\nmax_execution_batch_size { value: 16 }\n",
      "When enable_large_batch_splitting is true, input_batch_size_limit must be greater than "
-     "or equal to max_execution_batch_size.1816"),
+     "or equal to max_execution_batch_size; input_batch_size_limit was 8, "
+     "max_execution_batch_size 16"),
+    ("max_batch_size { value: -1 }\n", "input_batch_size_limit must be positive; was -1"),
+    ("max_enqueued_batches { value: -2 }\n", "max_enqueued_batches must be positive; was -2"),
 ], ids=["allowed sizes decrease", "last allowed size", "negative timeout", "max_batch_size 0",
-        "max_enqueued_batches 0 with splitting", "execution size over max_batch_size"])
+        "max_enqueued_batches 0 with splitting", "execution size over max_batch_size",
+        "negative max_batch_size", "negative max_enqueued_batches"])
 def test_invalid_queue_options_fail_the_load(batching_server, text, message):
     # TF Serving checks them when it wraps a loading version's session for batching
     # (bundle_factory_util.cc, SharedBatchScheduler::AddQueue), not when it reads the file.
@@ -346,14 +350,6 @@ def load_failure(message: str, name: str = "default", what: str = "servable") ->
     """ServerCore's text for one version of ``name`` failing to load with INVALID_ARGUMENT."""
     return (f"1 {what}(s) did not become available: {{{{{{name: {name} version: 1}} due to "
             f"error: INVALID_ARGUMENT: {message}}}, }}")
-
-
-def test_negative_sizes_wrap_around_as_in_tensorflow(batching_server, channel_to):
-    # SharedBatchScheduler's QueueOptions are size_t: max_batch_size -1 sets no useful limit.
-    stub = stub_for(batching_server("max_batch_size { value: -1 }\n"
-                                    "max_enqueued_batches { value: -1 }\n"), channel_to)
-    result = outputs_of(stub.Predict(request_for(rows_of(1, 1500)), TIMEOUT))
-    np.testing.assert_array_equal(result["y"], rows_of(1, 1500) * 10)
 
 
 def test_command_line_reports_a_failed_load_after_its_retries(rows_base, tmp_path):

@@ -153,8 +153,8 @@ def check(target: Target, method: str, path: str, body: bytes | None, case: str
     shown = f"{case}: {method} {path} {body[:200] if body else body!r}"
     assert status in ALLOWED, f"{shown} -> {status} {payload[:300]!r}"
     assert content_type == "application/json", f"{shown} -> {content_type}"
-    # string outputs go out as their raw bytes, UTF-8 or not, as TF Serving writes them
-    document = json.loads(payload.decode("utf-8", "surrogateescape")) if payload else None
+    # always valid JSON: string outputs that are not UTF-8 come out with U+FFFD
+    document = json.loads(payload.decode("utf-8")) if payload else None
     unconvertible_version = f"/versions/{_HUGE_VERSION}" in path  # 400 with an empty body
     if status != 200 and not (status == 400 and not payload and unconvertible_version):
         assert isinstance(document, dict) and list(document) == ["error"], shown
@@ -360,10 +360,6 @@ def test_urls(target: Target, data: st.DataObject, method: str) -> None:
     path += data.draw(st.sampled_from(["", "", "/metadata", ":predict", ":classify", ":regress",
                                        ":PREDICT", "/", "/metadata/x", ":", "%ZZ", "%ff"]))
     body = encode(data.draw(JSON_VALUES)) if method != "GET" else None
-    if "%ZZ" in path:  # not RFC 3986: libevent's own 400 page, before any route
-        status, _, content_type, _ = target.call(method, path, body)
-        assert (status, content_type) == (400, "text/html")
-        return
     check(target, method, path, body, "urls")
 
 
@@ -403,8 +399,10 @@ def test_deep_nesting(target: Target, depth: int, shape: str) -> None:
      "JSON Parse error: Number too big to be stored in double. at offset: 40"),
     (b'{"signature_name": "string", "inputs": ["\\ud800"], "x": NaN}',
      "JSON Parse error: The surrogate pair in string is invalid. at offset: 41"),
-    (b'{"signature_name": "\\udc00"}',  # rapidjson 1.1.0 keeps a lone low surrogate
-     'Serving signature name: "\ufffd\ufffd\ufffd" not found in signature def'),
+    (b'{"signature_name": "\\udc00"}',  # rapidjson 1.1.0 (TF Serving's) kept it
+     "JSON Parse error: The surrogate pair in string is invalid. at offset: 20"),
+    (b'{"signature_name": "\xff"}',  # bytes that are not UTF-8 are taken as they are
+     'Serving signature name: "\ufffd" not found in signature def'),
 ])
 def test_values_tf_serving_rejects(target: Target, body: bytes, message: str) -> None:
     status, answer = check(target, "POST", "/v1/models/echo:predict", body, "rejected")
@@ -428,7 +426,8 @@ def test_integers_below_int64_are_float_features(target: Target) -> None:
     """rapidjson holds -2**63-1 as a double, so the feature is a float_list."""
     body = b'{"signature_name": "regress_x_to_y", "examples": [{"x": -9223372036854775809}]}'
     status, answer = check(target, "POST", "/v1/models/default:regress", body, "accepted")
-    assert (status, answer) == (200, {"results": [-4.61168602e18]})
+    assert status == 200
+    np.testing.assert_array_equal(np.float32(answer["results"]), [np.float32(-4.61168602e18)])
 
 
 def test_body_over_the_limit_is_413_and_the_server_serves_on(target: Target) -> None:

@@ -33,7 +33,7 @@ def x_is(value: float, model: str = "default") -> predict_pb2.PredictRequest:
 def scrape(server: object) -> dict[tuple[str, frozenset], float]:
     """Every sample of the server's metrics page, keyed by (name, labels)."""
     body, content_type = server.metrics.render()
-    assert content_type == "text/plain"
+    assert content_type.startswith("text/plain")
     return metrics_page_samples(body.decode())
 
 
@@ -67,7 +67,7 @@ def test_request_count_and_latency_use_tf_serving_names(serve, testdata_model, c
 
     body, _ = server.metrics.render()
     assert b"# TYPE :tensorflow:serving:request_latency histogram" in body
-    assert b':tensorflow:serving:request_count{model_name="default",status="OK"} 3' \
+    assert b':tensorflow:serving:request_count{model_name="default",status="OK"} 3.0' \
         in body.splitlines()
 
 
@@ -111,7 +111,7 @@ def test_runtime_latency_and_example_counts_use_tf_serving_names(serve, testdata
                  model="default") == 3
     body, _ = server.metrics.render()
     assert b"# TYPE :tensorflow:serving:runtime_latency histogram" in body
-    assert b':tensorflow:serving:request_example_count_total{model="default"} 3' \
+    assert b':tensorflow:serving:request_example_count_total{model="default"} 3.0' \
         in body.splitlines()
 
 
@@ -287,7 +287,7 @@ def test_prometheus_page_on_the_rest_port_after_traffic(testdata_model, serve, c
     with urllib.request.urlopen(url, timeout=10) as response:
         page = response.read().decode()
     assert "# TYPE" in page
-    assert ':tensorflow:serving:request_count{model_name="default",status="OK"} 2' \
+    assert ':tensorflow:serving:request_count{model_name="default",status="OK"} 2.0' \
         in page.splitlines()
     assert 'entrypoint="REST"' in page
 
@@ -301,10 +301,13 @@ def _serve_page(serve, testdata_model, **options: object) -> object:
                  monitoring_config_file=str(TESTDATA / "monitoring_config.txt"), **options)
 
 
-def test_page_is_tf_serving_exporter_text(serve, testdata_model, channel_to):
-    """prometheus_exporter.cc GeneratePage: sorted TYPE lines (counter/gauge/histogram), no
-    HELP or _created, integer points, %g bucket limits, escaped label values."""
+def test_page_is_prometheus_clients_text_with_tf_serving_names(serve, testdata_model,
+                                                                channel_to):
+    """prometheus-client writes the page; names, label names and values and bucket limits are
+    TF Serving's. TF's counters are gauges: the text format would add _total to a counter."""
     import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
 
     server = _serve_page(serve, testdata_model, enable_batching=True)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
@@ -313,45 +316,39 @@ def test_page_is_tf_serving_exporter_text(serve, testdata_model, channel_to):
         stub.Predict(x_is(1.0, model='a"b\\c'), timeout=10)
     with urllib.request.urlopen(_metrics_url(server), timeout=10) as response:
         assert response.status == 200
-        assert response.headers["Content-Type"] == "text/plain"
+        assert response.headers["Content-Type"].startswith("text/plain")
         page = response.read().decode()
-    assert page.endswith("\n") and not page.endswith("\n\n")
-    assert "# HELP" not in page and "_created" not in page
-    types = [line for line in page.splitlines() if line.startswith("# TYPE ")]
-    names = [line.split()[2] for line in types]
-    assert names == sorted(names, key=lambda name: name.replace(":", "/"))
-    assert "# TYPE :tensorflow:serving:request_count counter" in types
-    assert "# TYPE :tensorflow:cc:saved_model:load_latency counter" in types
-    assert "# TYPE :tensorflow:serving:request_latency histogram" in types
-    assert "# TYPE :tensorflow:serving:model_warmup_records_read counter" in types
-    assert "# TYPE pyserving_inflight_requests gauge" in types
-    lines = page.splitlines()
-    assert ':tensorflow:serving:request_count{model_name="a\\"b\\\\c",status="NOT_FOUND"} 1' \
-        in lines
-    assert ':tensorflow:serving:request_count{model_name="default",status="OK"} 1' in lines
-    labels = 'model_name="default",API="Predict",entrypoint="GRPC"'
-    buckets = [line for line in lines
-               if line.startswith(f":tensorflow:serving:request_latency_bucket{{{labels},")]
-    assert [line.split('le="')[1].split('"')[0] for line in buckets[:4]] == \
-        ["10", "18", "32.4", "58.32"]
-    assert buckets[-1] == f':tensorflow:serving:request_latency_bucket{{{labels},le="+Inf"}} 1'
-    assert len(buckets) == 34
-    position = lines.index(buckets[-1])
-    assert lines[position + 1].startswith(f":tensorflow:serving:request_latency_sum{{{labels}}} ")
-    assert lines[position + 2] == f":tensorflow:serving:request_latency_count{{{labels}}} 1"
-    # A Sampler puts a value under the first limit above it: a batch of 1 is not under le="1".
+    families = {family.name: family for family in text_string_to_metric_families(page)}
+    types = {name: family.type for name, family in families.items()}
+    for name in ("request_count", "model_warmup_records_read"):
+        assert types[":tensorflow:serving:" + name] == "gauge"
+    assert types[":tensorflow:cc:saved_model:load_latency"] == "gauge"
+    assert types[":tensorflow:serving:request_latency"] == "histogram"
+    assert types["pyserving_inflight_requests"] == "gauge"
+    counts = {(sample.labels["model_name"], sample.labels["status"]): sample.value
+              for sample in families[":tensorflow:serving:request_count"].samples}
+    assert counts == {('a"b\\c', "NOT_FOUND"): 1, ("default", "OK"): 1}
+    samples = metrics_page_samples(page)
+    labels = {"model_name": "default", "API": "Predict", "entrypoint": "GRPC"}
+    limits = [float(dict(key[1])["le"]) for key in samples
+              if key[0] == ":tensorflow:serving:request_latency_bucket"
+              and set(labels.items()) <= key[1]]
+    assert limits[:4] == [10, 18, 10 * 1.8 * 1.8, 10 * 1.8 * 1.8 * 1.8]
+    assert len(limits) == 34 and limits[-1] == float("inf")
+    assert value(samples, ":tensorflow:serving:request_latency_bucket", le="+Inf",
+                 **labels) == 1
+    assert value(samples, ":tensorflow:serving:request_latency_count", **labels) == 1
+    # Prometheus' le is "less than or equal": a batch of 1 counts under le="1".
     size = ":tensorflow:serving:batching_session:input_batch_size"
-    assert f'{size}_bucket{{le="1"}} 0' in lines
-    assert f'{size}_bucket{{le="2"}} 1' in lines
-    assert f"{size}_sum{{}} 1" in lines and f"{size}_count{{}} 1" in lines
+    assert value(samples, size + "_bucket", le="1.0") == 1
+    assert value(samples, size + "_sum") == 1 and value(samples, size + "_count") == 1
 
 
-def test_unlabeled_histograms_have_no_point_before_a_sample(serve, testdata_model):
+def test_unlabeled_histograms_start_at_zero(serve, testdata_model):
     body, _ = serve(model_base_path=testdata_model(MODEL)).metrics.render()
-    lines = body.decode().splitlines()
     size = ":tensorflow:serving:batching_session:input_batch_size"
-    assert f"# TYPE {size} histogram" in lines
-    assert not any(line.startswith(size + "_") for line in lines)
+    assert f"# TYPE {size} histogram" in body.decode().splitlines()
+    assert value(metrics_page_samples(body.decode()), size + "_count") == 0
 
 
 def test_page_path_with_a_query_is_refused(serve, testdata_model):
@@ -379,9 +376,9 @@ def test_page_is_served_for_any_method(serve, testdata_model, method):
                                      data=b"{}" if method in ("POST", "PUT") else None)
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
-        assert response.headers["Content-Type"] == "text/plain"
+        assert response.headers["Content-Type"].startswith("text/plain")
         body = response.read().decode()
     if method == "HEAD":
         assert body == ""
     else:
-        assert "# TYPE :tensorflow:serving:request_count counter\n" in body
+        assert "# TYPE :tensorflow:serving:request_count gauge\n" in body

@@ -13,6 +13,7 @@ PYSERVING_SOAK_SECONDS sets the load's duration (default 45).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -179,7 +180,7 @@ def client_loop(target: str, rest_port: int, stop: threading.Event, tally: Tally
 
     def rest_predict() -> None:
         with urllib.request.urlopen(rest, timeout=30) as response:
-            assert response.read() == b'{\n    "predictions": [[2.5], [3.0]\n    ]\n}'
+            assert json.loads(response.read()) == {"predictions": [[2.5], [3.0]]}
 
     with PredictionClient(target, timeout=30, retries=0) as client:
         calls = {
