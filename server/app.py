@@ -307,8 +307,7 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
     return Batcher(batching, [metrics.observe_batch],
-                   per_model_parameters=options.enable_per_model_batching_parameters,
-                   inline_limit=max(options.inline_batch_max_micros, 0) / 1e6)
+                   per_model_parameters=options.enable_per_model_batching_parameters)
 
 
 def _keep_models_out_of_gc_scans(event: ModelEvent) -> None:

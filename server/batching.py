@@ -8,16 +8,9 @@ gets its own slice of every output. A failing batch is re-run request by request
 input never fails its batch-mates.
 
 Callers wait either in their thread (``run``) or as an asyncio future (``run_async``, the
-grpc.aio path): a finished batch wakes each event loop once for all of its requests.
-
-A queue whose batches take at most ``inline_limit`` seconds is run on the event loop itself
-(its batch is cut at the same size or timeout), because handing a microsecond-long call to a
-batch thread and back costs more than the call: thread wake-ups and the GIL changing hands. A
-queue starts on the batch threads; one batch there that runs within the limit lets the loop
-take over. A queue whose batches on the loop average more than the limit (after a few batches
-of warm-up), or one batch of which takes many times the limit, goes back to the threads, and
-may return only after a back-off that doubles each time: a slow model never stalls request
-intake for long.
+grpc.aio path): a finished batch wakes each event loop once for all of its requests. Batches
+always run on the batch threads: running fast ones on the event loop instead measured 0.84-0.93x
+the requests/s on a model whose batches take over 1 ms (bench/README.md).
 """
 
 from __future__ import annotations
@@ -60,10 +53,6 @@ Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
-INLINE_AVERAGING = 0.2  # weight of the newest batch in a queue's average run time on the loop
-INLINE_WARMUP = 16  # batches on the loop before the average counts (the first calls are slow)
-INLINE_OUTLIER = 8  # one batch on the loop this many times over the limit sends it back at once
-INLINE_BACKOFF = (1.0, 64.0)  # seconds before a queue sent back may return: first, most
 _UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
 
 
@@ -112,19 +101,14 @@ TaskMaker = Callable[[list[np.ndarray], int], _Task]  # a request's arrays and r
 
 
 def _wake(tasks: Sequence[_Task]) -> None:
-    """Hand finished tasks to their callers: threads one by one, each event loop once (the
-    loop running this code at once)."""
+    """Hand finished tasks to their callers: threads one by one, each event loop once."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Task]] = {}
     for task in tasks:
         if task.loop is None:
             task._done.release()
         else:
             by_loop.setdefault(task.loop, []).append(task)
-    running = asyncio._get_running_loop() if by_loop else None
     for loop, waiting in by_loop.items():
-        if loop is running:
-            _resolve(waiting)
-            continue
         try:
             loop.call_soon_threadsafe(_resolve, waiting)
         except RuntimeError:  # the loop closed: its callers are gone
@@ -152,16 +136,6 @@ class _Queue:
         self.batches: deque[list[_Task]] = deque([[]])
         self.open_size = 0
         self.open_since = 0.0
-        # Where batches run (guarded by the scheduler lock): on the batch threads while loop is
-        # None, else on that event loop, which the next run_async caller's loop becomes once
-        # inline_ok is set.
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.inline_ok = False
-        self.inline_batches = 0
-        self.inline_seconds = 0.0  # average run time of its batches on the loop
-        self.inline_retry_at = 0.0
-        self.inline_backoff = INLINE_BACKOFF[0]
-        self.timer: asyncio.TimerHandle | None = None
 
     def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker
                     ) -> tuple[list[_Task], bool]:
@@ -241,14 +215,11 @@ class Batcher:
     """Runs signature calls through per-signature batch queues on a shared thread pool."""
 
     def __init__(self, options: BatchingOptions, observers: Sequence[BatchObserver] = (), *,
-                 per_model_parameters: bool = False, inline_limit: float = 0.0) -> None:
-        """``inline_limit``: seconds a queue's batches may take and still run on the event
-        loop of ``run_async`` callers (0: always on the batch threads)."""
+                 per_model_parameters: bool = False) -> None:
         check_thread_count(options)
         self.options = options
         self._observers = list(observers)
         self._per_model = per_model_parameters
-        self._inline_limit = inline_limit
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
             weakref.WeakKeyDictionary()
         self._lock = threading.Condition()
@@ -268,8 +239,7 @@ class Batcher:
             return servable.run(feeds, fetches)
         queue, arrays, size = planned
         context = request_context.current.get()
-        tasks, _ = self._enqueue(queue, arrays, size,
-                                 lambda part, rows: _Task(part, rows, context))
+        tasks = self._enqueue(queue, arrays, size, lambda part, rows: _Task(part, rows, context))
         if len(tasks) == 1:
             return tasks[0].wait()
         return _joined([task.wait() for task in tasks])
@@ -284,11 +254,8 @@ class Batcher:
                                               servable.run, feeds, fetches)
         queue, arrays, size = planned
         context = request_context.current.get()
-        tasks, drive = self._enqueue(
-            queue, arrays, size,
-            lambda part, rows: _Task(part, rows, context, loop.create_future()), loop)
-        if drive:
-            self._drive(queue)
+        tasks = self._enqueue(queue, arrays, size,
+                              lambda part, rows: _Task(part, rows, context, loop.create_future()))
         if len(tasks) == 1:
             return await tasks[0].future
         return _joined(await asyncio.gather(*(task.future for task in tasks)))
@@ -307,89 +274,14 @@ class Batcher:
         return self._queue(servable, options, feeds, fetches), \
             [array for _, array in feeds], size
 
-    def _enqueue(self, queue: _Queue, arrays: list[np.ndarray], size: int, make: TaskMaker,
-                 loop: asyncio.AbstractEventLoop | None = None) -> tuple[list[_Task], bool]:
-        """Add a request as one task or more, made by ``make``; also True when the caller's
-        event loop ``loop`` runs the queue and must drive it now. Otherwise the batch
-        threads, or the loop that runs the queue, are told."""
+    def _enqueue(self, queue: _Queue, arrays: list[np.ndarray], size: int,
+                 make: TaskMaker) -> list[_Task]:
+        """Add a request as one task or more, made by ``make``, and tell the batch threads."""
         with self._lock:
             tasks, moved = queue.add_request(arrays, size, make)
-            if loop is not None and queue.loop is None and queue.inline_ok:
-                queue.loop = loop
-            owner = queue.loop
-            if owner is None:
-                if moved:  # else the batch threads' current wait still holds
-                    self._lock.notify(len(tasks))
-                return tasks, False
-        if owner is loop:
-            return tasks, True
-        try:
-            owner.call_soon_threadsafe(self._drive, queue)
-        except RuntimeError:  # that loop has closed
-            self._to_threads(queue)
-        return tasks, False
-
-    def _drive(self, queue: _Queue) -> None:
-        """On the queue's event loop: run its ready batches, then time the next one."""
-        while True:
-            with self._lock:
-                if queue.loop is None:
-                    return  # the batch threads took it over
-                at = queue.ready_at()
-                if at is None:
-                    return
-                delay = at - time.monotonic()
-                if delay > 0 and not self._stopped:
-                    if queue.timer is None:
-                        queue.timer = queue.loop.call_later(delay, self._on_timer, queue)
-                    return
-                batch = queue.take()
-            self._execute(queue, batch, inline=True)
-
-    def _on_timer(self, queue: _Queue) -> None:
-        with self._lock:
-            queue.timer = None
-        self._drive(queue)
-
-    def _to_threads(self, queue: _Queue) -> None:
-        """Hand a queue run on an event loop back to the batch threads, for a back-off."""
-        with self._lock:
-            queue.loop = None
-            queue.timer = None  # a timer still armed finds the queue gone from its loop
-            queue.inline_ok = False
-            queue.inline_batches = 0
-            queue.inline_retry_at = time.monotonic() + queue.inline_backoff
-            queue.inline_backoff = min(queue.inline_backoff * 2, INLINE_BACKOFF[1])
-            self._lock.notify_all()
-
-    def _learn(self, queue: _Queue, seconds: float, inline: bool) -> None:
-        """Let the event loop take a queue whose batch ran within the limit, or give it back
-        to the threads when its batches there run longer."""
-        limit = self._inline_limit
-        if not limit:
-            return
-        if not inline:
-            if queue.inline_ok or seconds > limit or time.monotonic() < queue.inline_retry_at:
-                return
-            with self._lock:
-                promoted, queue.inline_ok = not queue.inline_ok, True
-            if promoted:
-                log.info("a batch of %s took %.0f us (limit %.0f us); its batches may now run "
-                         "on the gRPC event loop", queue.servable.name, seconds * 1e6,
-                         limit * 1e6)
-            return
-        queue.inline_batches += 1
-        if queue.inline_batches <= INLINE_WARMUP:
-            average = queue.inline_seconds = limit / 2  # where the average starts after warm-up
-        else:
-            average = queue.inline_seconds = \
-                queue.inline_seconds + INLINE_AVERAGING * (seconds - queue.inline_seconds)
-        if average > limit or seconds > INLINE_OUTLIER * limit:
-            log.info("a batch of %s took %.0f us on the event loop (average %.0f us, limit "
-                     "%.0f us); its batches run on the batch threads for %.0f s",
-                     queue.servable.name, seconds * 1e6, average * 1e6, limit * 1e6,
-                     queue.inline_backoff)
-            self._to_threads(queue)
+            if moved:  # else the batch threads' current wait still holds
+                self._lock.notify(len(tasks))
+            return tasks
 
     def prepare(self, servable: Servable) -> None:
         """Check a loading version's queue options, so bad ones fail its load as in TF
@@ -451,8 +343,6 @@ class Batcher:
             if at is None:
                 retired = retired or queue.servable.retired
                 continue
-            if queue.loop is not None and not self._stopped:
-                continue  # its event loop runs it
             if self._stopped:
                 at = 0.0  # stopping: run what is queued now, so no caller waits forever
             if at <= now and (best_at is None or at < best_at):
@@ -469,11 +359,11 @@ class Batcher:
         self._queues = {key: q for key, q in self._queues.items() if id(q) in kept}
 
     def _wait_time(self) -> float | None:
-        pending = [at for at in (queue.ready_at() for queue in self._queue_list
-                                 if queue.loop is None or self._stopped) if at is not None]
+        pending = [at for at in (queue.ready_at() for queue in self._queue_list)
+                   if at is not None]
         return max(min(pending) - time.monotonic(), 0.0) if pending else None
 
-    def _execute(self, queue: _Queue, batch: list[_Task], inline: bool = False) -> None:
+    def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
         live, dropped = [], []
         for task in batch:
             task.error = task.dropped()
@@ -491,7 +381,7 @@ class Batcher:
                 return
             log.info("batch of %d failed (%s); running its requests one by one", len(live), error)
             for task in live:
-                self._execute(queue, [task], inline)
+                self._execute(queue, [task])
             return
         except Exception as error:  # a bug must not leave callers waiting forever
             log.exception("batch of %d failed", len(live))
@@ -499,7 +389,6 @@ class Batcher:
                 task.error = internal(f"Batch failed: {error}")
             _wake(live)
             return
-        self._learn(queue, time.monotonic() - started, inline)
         start = 0
         for task in live:
             task.outputs = [output[start:start + task.size] for output in outputs]

@@ -50,10 +50,6 @@ class ServerOptions:
                                               "(requires --enable_batching).")
     enable_per_model_batching_parameters: bool = _flag(
         False, "Read batching_params.pbtxt from each SavedModel directory.")
-    inline_batch_max_micros: int = _flag(
-        500, "pyserving: with --enable_batching, a batch queue whose batches run within this "
-             "many microseconds is run on the gRPC event loop, not on a batch thread (0 = "
-             "always on batch threads). See README, Batching.")
     model_config_file: str = _flag("", "Text-format ModelServerConfig file listing the models "
                                        "to serve (if set, --model_name and --model_base_path "
                                        "are ignored).")
