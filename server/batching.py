@@ -24,7 +24,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Executor
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, NamedTuple, Sequence
 
 import grpc
 import numpy as np
@@ -81,10 +81,16 @@ class _Task:
             self._done = None
 
     def wait(self) -> list[np.ndarray]:
-        self._done.acquire()
+        """The task's outputs, waiting at most until the request's deadline."""
+        if not self._done.acquire(timeout=_seconds_left(self.context, -1)):
+            raise _late()
         if self.error is not None:
             raise self.error
         return self.outputs
+
+    async def wait_async(self) -> list[np.ndarray]:
+        """``wait`` for a coroutine; a task given up on is dropped from its batch."""
+        return await _within_deadline(self.future, self.context)
 
     def dropped(self) -> ServingError | None:
         """Why the task must not run any more (deadline passed, caller gone), else None."""
@@ -98,6 +104,28 @@ class _Task:
 
 
 TaskMaker = Callable[[list[np.ndarray], int], _Task]  # a request's arrays and rows -> its task
+
+
+def _seconds_left(context: request_context.RequestContext, none: float | None) -> float | None:
+    """Seconds until the request's deadline (at least 0), or ``none`` without one."""
+    if context.deadline is None:
+        return none
+    return max(context.deadline - time.monotonic(), 0.0)
+
+
+def _late() -> ServingError:
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "Deadline exceeded while waiting for the batch")
+
+
+async def _within_deadline(awaitable: Awaitable[list], context: request_context.RequestContext
+                           ) -> list:
+    """Await ``awaitable`` until the request's deadline; cancel it then (its tasks are
+    dropped from their batch: ``_Task.dropped``)."""
+    try:
+        return await asyncio.wait_for(awaitable, _seconds_left(context, None))
+    except asyncio.TimeoutError:
+        raise _late() from None
 
 
 def _wake(tasks: Sequence[_Task]) -> None:
@@ -122,6 +150,16 @@ def _resolve(tasks: list[_Task]) -> None:
                 task.future.set_exception(task.error)
             else:
                 task.future.set_result(task.outputs)
+
+
+class _Plan(NamedTuple):
+    """Where a batchable call queues (servable, feed names, fetches, input signature) and
+    what it adds."""
+
+    key: tuple
+    options: BatchingOptions
+    arrays: list[np.ndarray]
+    size: int
 
 
 class _Queue:
@@ -233,13 +271,13 @@ class Batcher:
 
     def run(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
             fetches: Sequence[str]) -> list[np.ndarray]:
-        """Like ``servable.run``, batched with concurrent calls of the same shape."""
+        """Like ``servable.run``, batched with concurrent calls of the same shape; waits at
+        most until the request's deadline."""
         planned = self._plan(servable, signature, feeds, fetches)
         if planned is None:
             return servable.run(feeds, fetches)
-        queue, arrays, size = planned
         context = request_context.current.get()
-        tasks = self._enqueue(queue, arrays, size, lambda part, rows: _Task(part, rows, context))
+        tasks = self._enqueue(planned, lambda part, rows: _Task(part, rows, context))
         if len(tasks) == 1:
             return tasks[0].wait()
         return _joined([task.wait() for task in tasks])
@@ -252,18 +290,17 @@ class Batcher:
         if planned is None:
             return await loop.run_in_executor(executor, contextvars.copy_context().run,
                                               servable.run, feeds, fetches)
-        queue, arrays, size = planned
         context = request_context.current.get()
-        tasks = self._enqueue(queue, arrays, size,
+        tasks = self._enqueue(planned,
                               lambda part, rows: _Task(part, rows, context, loop.create_future()))
         if len(tasks) == 1:
-            return await tasks[0].future
-        return _joined(await asyncio.gather(*(task.future for task in tasks)))
+            return await tasks[0].wait_async()
+        return _joined(await _within_deadline(
+            asyncio.gather(*(task.future for task in tasks)), context))
 
     def _plan(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
-              fetches: Sequence[str]
-              ) -> tuple[_Queue, list[np.ndarray], int] | None:
-        """The queue, arrays and rows of a call, or None to run it unbatched."""
+              fetches: Sequence[str]) -> _Plan | None:
+        """Where a call queues and what it adds, or None to run it unbatched."""
         options = self._options_for(servable)
         if options is None or not feeds or not _batchable(signature, feeds):
             return None
@@ -271,14 +308,19 @@ class Batcher:
         if size > options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{options.max_batch_size}")
-        return self._queue(servable, options, feeds, fetches), \
-            [array for _, array in feeds], size
+        pad = options.pad_variable_length_inputs
+        names = tuple(name for name, _ in feeds)
+        key = (servable, names, tuple(fetches),
+               tuple((a.dtype.str, a.ndim if pad else a.shape[1:]) for _, a in feeds))
+        return _Plan(key, options, [array for _, array in feeds], size)
 
-    def _enqueue(self, queue: _Queue, arrays: list[np.ndarray], size: int,
-                 make: TaskMaker) -> list[_Task]:
-        """Add a request as one task or more, made by ``make``, and tell the batch threads."""
+    def _enqueue(self, plan: _Plan, make: TaskMaker) -> list[_Task]:
+        """Add a request to its queue as one task or more, made by ``make``, and tell the
+        batch threads. Finding the queue and adding to it is one step under the lock: a queue
+        forgotten in between would hold its tasks where no batch thread looks."""
         with self._lock:
-            tasks, moved = queue.add_request(arrays, size, make)
+            queue = self._queue(plan)
+            tasks, moved = queue.add_request(plan.arrays, plan.size, make)
             if moved:  # else the batch threads' current wait still holds
                 self._lock.notify(len(tasks))
             return tasks
@@ -305,21 +347,14 @@ class Batcher:
             options = self._model_options.get(servable)
         return options
 
-    def _queue(self, servable: Servable, options: BatchingOptions, feeds: Feeds,
-               fetches: Sequence[str]) -> _Queue:
-        pad = options.pad_variable_length_inputs
-        names = tuple(name for name, _ in feeds)
-        key = (servable, names, tuple(fetches),
-               tuple((a.dtype.str, a.ndim if pad else a.shape[1:]) for _, a in feeds))
-        queue = self._queues.get(key)
-        if queue is not None:
-            return queue
-        with self._lock:
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = _Queue(servable, names, key[2], options)
-                self._queue_list.append(queue)
-            return queue
+    def _queue(self, plan: _Plan) -> _Queue:
+        """The queue of a plan's key, made on first use (the lock is held)."""
+        queue = self._queues.get(plan.key)
+        if queue is None:
+            servable, names, fetches, _ = plan.key
+            queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options)
+            self._queue_list.append(queue)
+        return queue
 
     def _work(self) -> None:
         while True:
@@ -352,9 +387,10 @@ class Batcher:
         return best
 
     def _forget_retired(self) -> None:
-        """Drop the empty queues of unloaded versions (the lock is held)."""
+        """Drop the empty queues of versions that are unloaded and hold no request any more
+        (the lock is held): a request still counted in may yet enqueue."""
         self._queue_list = [q for q in self._queue_list
-                            if not (q.idle() and q.servable.retired)]
+                            if not (q.idle() and q.servable.drained)]
         kept = set(map(id, self._queue_list))
         self._queues = {key: q for key, q in self._queues.items() if id(q) in kept}
 

@@ -89,6 +89,13 @@ class Servable:
         """True once unloading began: no new requests are admitted."""
         return self._retired
 
+    @property
+    def drained(self) -> bool:
+        """True once unloading began and no request holds the servable: none can use it
+        again."""
+        with self._usage:
+            return self._retired and not self._in_flight
+
     def try_acquire(self) -> bool:
         """Count a request in; False once the servable is being unloaded."""
         with self._usage:
