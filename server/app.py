@@ -33,7 +33,8 @@ from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_mon
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
 from pyserving.server.rest import RestOptions, RestServer
-from pyserving.server.servable import Servable, SignatureDef, load_servable, run_unbatched
+from pyserving.server.saved_model import load_servable, tfrecords
+from pyserving.server.servable import Servable, SignatureDef, run_unbatched
 from pyserving.server.source import FileSystemSource
 from pyserving.server.tls import server_credentials
 from pyserving.server.warmup import Warmup
@@ -113,7 +114,8 @@ class ModelServer:
         inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
                                      runner=runner, on_runtime=self.metrics.observe_runtime,
                                      on_examples=self.metrics.observe_examples)
-        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup,
+        self._warmup = Warmup(predictor, inference, tfrecords,
+                              options.num_request_iterations_for_warmup,
                               self.metrics.observe_warmup) if options.enable_model_warmup else None
         self.health = ServingHealth(self.manager)
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
