@@ -119,7 +119,8 @@ class ModelServer:
                               self.metrics.observe_warmup) if options.enable_model_warmup else None
         self.health = ServingHealth(self.manager)
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
-        self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        self._source = FileSystemSource(options.file_system_poll_wait_seconds)
+        self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
