@@ -26,7 +26,7 @@ from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
 from pyserving.server.grpc_services import PredictionService, add_services
-from pyserving.server.health import ServingHealth, add_health_and_reflection
+from pyserving.server.health import ServingHealth
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
 from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_monitoring_config
@@ -117,7 +117,7 @@ class ModelServer:
         self._warmup = Warmup(predictor, inference, tfrecords,
                               options.num_request_iterations_for_warmup,
                               self.metrics.observe_warmup) if options.enable_model_warmup else None
-        self.health = ServingHealth(self.manager)
+        self.health = ServingHealth(self.manager, options.enable_grpc_healthcheck_service)
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
         self._source = FileSystemSource(options.file_system_poll_wait_seconds)
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
@@ -214,7 +214,7 @@ class ModelServer:
                                  maximum_concurrent_rpcs=max_rpcs)
             prediction = PredictionService(self.core, self.metrics)
         add_services(server, self.core, prediction)
-        add_health_and_reflection(server, self.health)
+        self.health.serve_on(server)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
         self._server = server
@@ -263,9 +263,8 @@ class ModelServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        # grpc_health's set() can block on a Watch stream whose client is leaving (the stream's
-        # close callback waits for the same lock); bound the wait: the gRPC stop below cancels
-        # such streams, which releases it.
+        # Publishing NOT_SERVING to Watch streams waits on gRPC (on grpc.aio, for the event
+        # loop); bound the wait: the gRPC stop below ends those streams anyway.
         notifier = threading.Thread(target=self.health.shut_down, name="health-shutdown",
                                     daemon=True)
         notifier.start()

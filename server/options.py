@@ -106,8 +106,9 @@ class ServerOptions:
     mixed_precision: str = _flag("", "Mixed precision mode.")
     skip_initialize_tpu: bool = _flag(False, "Skip auto-initialising a TPU.")
     enable_grpc_healthcheck_service: bool = _flag(
-        False, "Accepted for compatibility: pyserving always serves the standard gRPC health "
-               "service (grpc.health.v1).")
+        False, "Also mark the gRPC health service names ModelService and PredictionService "
+               "SERVING, as TF Serving does (pyserving always serves grpc.health.v1 for the "
+               "server and each model).")
     enable_serialization_as_tensor_content: bool = _flag(
         False, "Serialise Predict outputs as tensor_content instead of typed *_val fields.")
     shutdown_grace_period_seconds: float = _flag(
