@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -734,6 +735,67 @@ def version_states(server: object, channel_to: Callable[[str], grpc.Channel],
         if states == expected or time.monotonic() > until:
             return states
         time.sleep(0.05)
+
+
+def test_a_swap_under_batched_grpc_and_rest_load_and_scrapes_fails_no_request(
+        serve, rows_base, rows_model, tmp_path, channel_to):
+    # Issue 15: scrapes and batch-thread wake-ups forget the idle queues of the unloading
+    # version while requests still enqueue into them; none may be lost or fail.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pyserving.server.metrics import DEFAULT_PATH
+
+    server = serve(model_base_path=str(rows_base), enable_batching=True,
+                   rest_api_port=free_port(), file_system_poll_wait_seconds=1,
+                   monitoring_config_file=str(TESTDATA / "monitoring_config.txt"),
+                   batching_parameters_file=parameters(
+                       tmp_path, "max_batch_size { value: 8 }\n"
+                                 "batch_timeout_micros { value: 2000 }\n"))
+    stub = stub_for(server, channel_to)
+    page = f"http://127.0.0.1:{server.rest_port}{DEFAULT_PATH}"
+    stop = threading.Event()
+    failures: list[str] = []
+    served: set[int] = set()
+
+    def grpc_caller(caller: int) -> None:
+        while not stop.is_set():
+            try:
+                response = stub.Predict(request_for(rows_of(caller, 1)), TIMEOUT)
+            except grpc.RpcError as error:
+                failures.append(f"gRPC {error.code().name}: {error.details()}")
+                continue
+            served.add(response.model_spec.version.value)
+            if outputs_of(response)["y"].tolist() != (rows_of(caller, 1) * 10).tolist():
+                failures.append(f"gRPC caller {caller} got another caller's rows")
+
+    def rest_caller(caller: int) -> None:
+        while not stop.is_set():
+            try:
+                if rest_predict_row(server, caller)["y"] != (rows_of(caller, 1)[0] * 10).tolist():
+                    failures.append(f"REST caller {caller} got another caller's rows")
+            except OSError as error:  # urllib's HTTPError and URLError
+                failures.append(f"REST {error}")
+
+    def scraper() -> None:
+        while not stop.is_set():
+            with urllib.request.urlopen(page, timeout=TIMEOUT) as response:
+                response.read()
+
+    with ThreadPoolExecutor(7) as pool:
+        running = [pool.submit(grpc_caller, caller) for caller in range(3)]
+        running += [pool.submit(rest_caller, caller) for caller in range(3, 6)]
+        running.append(pool.submit(scraper))
+        try:
+            shutil.copytree(rows_model, rows_base / "incoming")
+            (rows_base / "incoming").rename(rows_base / "2")
+            states = version_states(server, channel_to, {1: END, 2: AVAILABLE}, timeout=30)
+        finally:
+            stop.set()
+            for future in running:
+                future.result(timeout=TIMEOUT * 2)
+    assert states == {1: END, 2: AVAILABLE}
+    assert failures == []
+    assert served == {1, 2}
 
 
 def test_stop_lets_queued_and_running_batches_finish_within_the_grace_period(batching_server,
