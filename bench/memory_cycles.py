@@ -49,7 +49,7 @@ def run(cycles: int, megabytes: int) -> tuple[list[float], float]:
     from pyserving.server.config import VersionDirectory
     from pyserving.server.device import session_config
     from pyserving.server.manager import ModelManager, VersionState
-    from pyserving.server.servable import load_servable
+    from pyserving.server.saved_model import load_servable
 
     with tempfile.TemporaryDirectory() as base:
         model = build_model(base, megabytes)

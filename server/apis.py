@@ -1,11 +1,10 @@
 """The single import point of the protobuf modules the server uses.
 
-The TF Serving API comes through the client's generated modules (``pyserving.client.apis``),
-whose descriptors are byte-identical to TensorFlow's, so the server and the client share one
-set of message classes. Only TensorFlow's session ConfigProto is taken from TensorFlow.
+The TF Serving API and TensorFlow's ConfigProto come through the client's generated modules
+(``pyserving.client.protos``), whose descriptors are byte-identical to TensorFlow's: in one
+process both register the same message classes, so the server and TensorFlow share them and
+importing this module does not import TensorFlow.
 """
-
-from tensorflow.core.protobuf import config_pb2  # noqa: F401
 
 from pyserving.client.apis import (  # noqa: F401
     classification_pb2,
@@ -30,3 +29,4 @@ from pyserving.client.apis import (  # noqa: F401
     tensor_pb2,
     types_pb2,
 )
+from pyserving.client.protos.tensorflow.core.protobuf import config_pb2  # noqa: F401

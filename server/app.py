@@ -26,7 +26,7 @@ from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
 from pyserving.server.grpc_services import PredictionService, add_services
-from pyserving.server.health import ServingHealth, add_health_and_reflection
+from pyserving.server.health import ServingHealth
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
 from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_monitoring_config
@@ -34,7 +34,8 @@ from pyserving.server.op_libraries import load_op_libraries
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
 from pyserving.server.rest import RestOptions, RestServer
-from pyserving.server.servable import Servable, SignatureDef, load_servable, run_unbatched
+from pyserving.server.saved_model import load_servable, tfrecords
+from pyserving.server.servable import Servable, SignatureDef, run_unbatched
 from pyserving.server.source import FileSystemSource
 from pyserving.server.tls import server_credentials
 from pyserving.server.warmup import Warmup
@@ -114,11 +115,13 @@ class ModelServer:
         inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
                                      runner=runner, on_runtime=self.metrics.observe_runtime,
                                      on_examples=self.metrics.observe_examples)
-        self._warmup = Warmup(predictor, inference, options.num_request_iterations_for_warmup,
+        self._warmup = Warmup(predictor, inference, tfrecords,
+                              options.num_request_iterations_for_warmup,
                               self.metrics.observe_warmup) if options.enable_model_warmup else None
-        self.health = ServingHealth(self.manager)
+        self.health = ServingHealth(self.manager, options.enable_grpc_healthcheck_service)
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
-        self._source = FileSystemSource(self.manager, options.file_system_poll_wait_seconds)
+        self._source = FileSystemSource(options.file_system_poll_wait_seconds)
+        self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
@@ -213,7 +216,7 @@ class ModelServer:
                                  maximum_concurrent_rpcs=max_rpcs)
             prediction = PredictionService(self.core, self.metrics)
         add_services(server, self.core, prediction)
-        add_health_and_reflection(server, self.health)
+        self.health.serve_on(server)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
         self._server = server
@@ -262,9 +265,8 @@ class ModelServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        # grpc_health's set() can block on a Watch stream whose client is leaving (the stream's
-        # close callback waits for the same lock); bound the wait: the gRPC stop below cancels
-        # such streams, which releases it.
+        # Publishing NOT_SERVING to Watch streams waits on gRPC (on grpc.aio, for the event
+        # loop); bound the wait: the gRPC stop below ends those streams anyway.
         notifier = threading.Thread(target=self.health.shut_down, name="health-shutdown",
                                     daemon=True)
         notifier.start()
@@ -309,8 +311,7 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
     return Batcher(batching, [metrics.observe_batch],
-                   per_model_parameters=options.enable_per_model_batching_parameters,
-                   inline_limit=max(options.inline_batch_max_micros, 0) / 1e6)
+                   per_model_parameters=options.enable_per_model_batching_parameters)
 
 
 def _keep_models_out_of_gc_scans(event: ModelEvent) -> None:

@@ -8,16 +8,9 @@ gets its own slice of every output. A failing batch is re-run request by request
 input never fails its batch-mates.
 
 Callers wait either in their thread (``run``) or as an asyncio future (``run_async``, the
-grpc.aio path): a finished batch wakes each event loop once for all of its requests.
-
-A queue whose batches take at most ``inline_limit`` seconds is run on the event loop itself
-(its batch is cut at the same size or timeout), because handing a microsecond-long call to a
-batch thread and back costs more than the call: thread wake-ups and the GIL changing hands. A
-queue starts on the batch threads; one batch there that runs within the limit lets the loop
-take over. A queue whose batches on the loop average more than the limit (after a few batches
-of warm-up), or one batch of which takes many times the limit, goes back to the threads, and
-may return only after a back-off that doubles each time: a slow model never stalls request
-intake for long.
+grpc.aio path): a finished batch wakes each event loop once for all of its requests. Batches
+always run on the batch threads: running fast ones on the event loop instead measured 0.84-0.93x
+the requests/s on a model whose batches take over 1 ms (bench/README.md).
 """
 
 from __future__ import annotations
@@ -31,7 +24,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Executor
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, NamedTuple, Sequence
 
 import grpc
 import numpy as np
@@ -60,10 +53,6 @@ Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
-INLINE_AVERAGING = 0.2  # weight of the newest batch in a queue's average run time on the loop
-INLINE_WARMUP = 16  # batches on the loop before the average counts (the first calls are slow)
-INLINE_OUTLIER = 8  # one batch on the loop this many times over the limit sends it back at once
-INLINE_BACKOFF = (1.0, 64.0)  # seconds before a queue sent back may return: first, most
 _UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
 
 
@@ -92,10 +81,16 @@ class _Task:
             self._done = None
 
     def wait(self) -> list[np.ndarray]:
-        self._done.acquire()
+        """The task's outputs, waiting at most until the request's deadline."""
+        if not self._done.acquire(timeout=_seconds_left(self.context, -1)):
+            raise _late()
         if self.error is not None:
             raise self.error
         return self.outputs
+
+    async def wait_async(self) -> list[np.ndarray]:
+        """``wait`` for a coroutine; a task given up on is dropped from its batch."""
+        return await _within_deadline(self.future, self.context)
 
     def dropped(self) -> ServingError | None:
         """Why the task must not run any more (deadline passed, caller gone), else None."""
@@ -111,20 +106,37 @@ class _Task:
 TaskMaker = Callable[[list[np.ndarray], int], _Task]  # a request's arrays and rows -> its task
 
 
+def _seconds_left(context: request_context.RequestContext, none: float | None) -> float | None:
+    """Seconds until the request's deadline (at least 0), or ``none`` without one."""
+    if context.deadline is None:
+        return none
+    return max(context.deadline - time.monotonic(), 0.0)
+
+
+def _late() -> ServingError:
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        "Deadline exceeded while waiting for the batch")
+
+
+async def _within_deadline(awaitable: Awaitable[list], context: request_context.RequestContext
+                           ) -> list:
+    """Await ``awaitable`` until the request's deadline; cancel it then (its tasks are
+    dropped from their batch: ``_Task.dropped``)."""
+    try:
+        return await asyncio.wait_for(awaitable, _seconds_left(context, None))
+    except asyncio.TimeoutError:
+        raise _late() from None
+
+
 def _wake(tasks: Sequence[_Task]) -> None:
-    """Hand finished tasks to their callers: threads one by one, each event loop once (the
-    loop running this code at once)."""
+    """Hand finished tasks to their callers: threads one by one, each event loop once."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Task]] = {}
     for task in tasks:
         if task.loop is None:
             task._done.release()
         else:
             by_loop.setdefault(task.loop, []).append(task)
-    running = asyncio._get_running_loop() if by_loop else None
     for loop, waiting in by_loop.items():
-        if loop is running:
-            _resolve(waiting)
-            continue
         try:
             loop.call_soon_threadsafe(_resolve, waiting)
         except RuntimeError:  # the loop closed: its callers are gone
@@ -140,6 +152,16 @@ def _resolve(tasks: list[_Task]) -> None:
                 task.future.set_result(task.outputs)
 
 
+class _Plan(NamedTuple):
+    """Where a batchable call queues (servable, feed names, fetches, input signature) and
+    what it adds."""
+
+    key: tuple
+    options: BatchingOptions
+    arrays: list[np.ndarray]
+    size: int
+
+
 class _Queue:
     """Tasks for one signature of one servable, grouped into batches of at most max size."""
 
@@ -152,16 +174,6 @@ class _Queue:
         self.batches: deque[list[_Task]] = deque([[]])
         self.open_size = 0
         self.open_since = 0.0
-        # Where batches run (guarded by the scheduler lock): on the batch threads while loop is
-        # None, else on that event loop, which the next run_async caller's loop becomes once
-        # inline_ok is set.
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.inline_ok = False
-        self.inline_batches = 0
-        self.inline_seconds = 0.0  # average run time of its batches on the loop
-        self.inline_retry_at = 0.0
-        self.inline_backoff = INLINE_BACKOFF[0]
-        self.timer: asyncio.TimerHandle | None = None
 
     def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker
                     ) -> tuple[list[_Task], bool]:
@@ -241,14 +253,11 @@ class Batcher:
     """Runs signature calls through per-signature batch queues on a shared thread pool."""
 
     def __init__(self, options: BatchingOptions, observers: Sequence[BatchObserver] = (), *,
-                 per_model_parameters: bool = False, inline_limit: float = 0.0) -> None:
-        """``inline_limit``: seconds a queue's batches may take and still run on the event
-        loop of ``run_async`` callers (0: always on the batch threads)."""
+                 per_model_parameters: bool = False) -> None:
         check_thread_count(options)
         self.options = options
         self._observers = list(observers)
         self._per_model = per_model_parameters
-        self._inline_limit = inline_limit
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
             weakref.WeakKeyDictionary()
         self._lock = threading.Condition()
@@ -262,14 +271,13 @@ class Batcher:
 
     def run(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
             fetches: Sequence[str]) -> list[np.ndarray]:
-        """Like ``servable.run``, batched with concurrent calls of the same shape."""
+        """Like ``servable.run``, batched with concurrent calls of the same shape; waits at
+        most until the request's deadline."""
         planned = self._plan(servable, signature, feeds, fetches)
         if planned is None:
             return servable.run(feeds, fetches)
-        queue, arrays, size = planned
         context = request_context.current.get()
-        tasks, _ = self._enqueue(queue, arrays, size,
-                                 lambda part, rows: _Task(part, rows, context))
+        tasks = self._enqueue(planned, lambda part, rows: _Task(part, rows, context))
         if len(tasks) == 1:
             return tasks[0].wait()
         return _joined([task.wait() for task in tasks])
@@ -282,21 +290,17 @@ class Batcher:
         if planned is None:
             return await loop.run_in_executor(executor, contextvars.copy_context().run,
                                               servable.run, feeds, fetches)
-        queue, arrays, size = planned
         context = request_context.current.get()
-        tasks, drive = self._enqueue(
-            queue, arrays, size,
-            lambda part, rows: _Task(part, rows, context, loop.create_future()), loop)
-        if drive:
-            self._drive(queue)
+        tasks = self._enqueue(planned,
+                              lambda part, rows: _Task(part, rows, context, loop.create_future()))
         if len(tasks) == 1:
-            return await tasks[0].future
-        return _joined(await asyncio.gather(*(task.future for task in tasks)))
+            return await tasks[0].wait_async()
+        return _joined(await _within_deadline(
+            asyncio.gather(*(task.future for task in tasks)), context))
 
     def _plan(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
-              fetches: Sequence[str]
-              ) -> tuple[_Queue, list[np.ndarray], int] | None:
-        """The queue, arrays and rows of a call, or None to run it unbatched."""
+              fetches: Sequence[str]) -> _Plan | None:
+        """Where a call queues and what it adds, or None to run it unbatched."""
         options = self._options_for(servable)
         if options is None or not feeds or not _batchable(signature, feeds):
             return None
@@ -304,92 +308,22 @@ class Batcher:
         if size > options.max_batch_size:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
                                    f"{options.max_batch_size}")
-        return self._queue(servable, options, feeds, fetches), \
-            [array for _, array in feeds], size
+        pad = options.pad_variable_length_inputs
+        names = tuple(name for name, _ in feeds)
+        key = (servable, names, tuple(fetches),
+               tuple((a.dtype.str, a.ndim if pad else a.shape[1:]) for _, a in feeds))
+        return _Plan(key, options, [array for _, array in feeds], size)
 
-    def _enqueue(self, queue: _Queue, arrays: list[np.ndarray], size: int, make: TaskMaker,
-                 loop: asyncio.AbstractEventLoop | None = None) -> tuple[list[_Task], bool]:
-        """Add a request as one task or more, made by ``make``; also True when the caller's
-        event loop ``loop`` runs the queue and must drive it now. Otherwise the batch
-        threads, or the loop that runs the queue, are told."""
+    def _enqueue(self, plan: _Plan, make: TaskMaker) -> list[_Task]:
+        """Add a request to its queue as one task or more, made by ``make``, and tell the
+        batch threads. Finding the queue and adding to it is one step under the lock: a queue
+        forgotten in between would hold its tasks where no batch thread looks."""
         with self._lock:
-            tasks, moved = queue.add_request(arrays, size, make)
-            if loop is not None and queue.loop is None and queue.inline_ok:
-                queue.loop = loop
-            owner = queue.loop
-            if owner is None:
-                if moved:  # else the batch threads' current wait still holds
-                    self._lock.notify(len(tasks))
-                return tasks, False
-        if owner is loop:
-            return tasks, True
-        try:
-            owner.call_soon_threadsafe(self._drive, queue)
-        except RuntimeError:  # that loop has closed
-            self._to_threads(queue)
-        return tasks, False
-
-    def _drive(self, queue: _Queue) -> None:
-        """On the queue's event loop: run its ready batches, then time the next one."""
-        while True:
-            with self._lock:
-                if queue.loop is None:
-                    return  # the batch threads took it over
-                at = queue.ready_at()
-                if at is None:
-                    return
-                delay = at - time.monotonic()
-                if delay > 0 and not self._stopped:
-                    if queue.timer is None:
-                        queue.timer = queue.loop.call_later(delay, self._on_timer, queue)
-                    return
-                batch = queue.take()
-            self._execute(queue, batch, inline=True)
-
-    def _on_timer(self, queue: _Queue) -> None:
-        with self._lock:
-            queue.timer = None
-        self._drive(queue)
-
-    def _to_threads(self, queue: _Queue) -> None:
-        """Hand a queue run on an event loop back to the batch threads, for a back-off."""
-        with self._lock:
-            queue.loop = None
-            queue.timer = None  # a timer still armed finds the queue gone from its loop
-            queue.inline_ok = False
-            queue.inline_batches = 0
-            queue.inline_retry_at = time.monotonic() + queue.inline_backoff
-            queue.inline_backoff = min(queue.inline_backoff * 2, INLINE_BACKOFF[1])
-            self._lock.notify_all()
-
-    def _learn(self, queue: _Queue, seconds: float, inline: bool) -> None:
-        """Let the event loop take a queue whose batch ran within the limit, or give it back
-        to the threads when its batches there run longer."""
-        limit = self._inline_limit
-        if not limit:
-            return
-        if not inline:
-            if queue.inline_ok or seconds > limit or time.monotonic() < queue.inline_retry_at:
-                return
-            with self._lock:
-                promoted, queue.inline_ok = not queue.inline_ok, True
-            if promoted:
-                log.info("a batch of %s took %.0f us (limit %.0f us); its batches may now run "
-                         "on the gRPC event loop", queue.servable.name, seconds * 1e6,
-                         limit * 1e6)
-            return
-        queue.inline_batches += 1
-        if queue.inline_batches <= INLINE_WARMUP:
-            average = queue.inline_seconds = limit / 2  # where the average starts after warm-up
-        else:
-            average = queue.inline_seconds = \
-                queue.inline_seconds + INLINE_AVERAGING * (seconds - queue.inline_seconds)
-        if average > limit or seconds > INLINE_OUTLIER * limit:
-            log.info("a batch of %s took %.0f us on the event loop (average %.0f us, limit "
-                     "%.0f us); its batches run on the batch threads for %.0f s",
-                     queue.servable.name, seconds * 1e6, average * 1e6, limit * 1e6,
-                     queue.inline_backoff)
-            self._to_threads(queue)
+            queue = self._queue(plan)
+            tasks, moved = queue.add_request(plan.arrays, plan.size, make)
+            if moved:  # else the batch threads' current wait still holds
+                self._lock.notify(len(tasks))
+            return tasks
 
     def prepare(self, servable: Servable) -> None:
         """Check a loading version's queue options, so bad ones fail its load as in TF
@@ -413,21 +347,14 @@ class Batcher:
             options = self._model_options.get(servable)
         return options
 
-    def _queue(self, servable: Servable, options: BatchingOptions, feeds: Feeds,
-               fetches: Sequence[str]) -> _Queue:
-        pad = options.pad_variable_length_inputs
-        names = tuple(name for name, _ in feeds)
-        key = (servable, names, tuple(fetches),
-               tuple((a.dtype.str, a.ndim if pad else a.shape[1:]) for _, a in feeds))
-        queue = self._queues.get(key)
-        if queue is not None:
-            return queue
-        with self._lock:
-            queue = self._queues.get(key)
-            if queue is None:
-                queue = self._queues[key] = _Queue(servable, names, key[2], options)
-                self._queue_list.append(queue)
-            return queue
+    def _queue(self, plan: _Plan) -> _Queue:
+        """The queue of a plan's key, made on first use (the lock is held)."""
+        queue = self._queues.get(plan.key)
+        if queue is None:
+            servable, names, fetches, _ = plan.key
+            queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options)
+            self._queue_list.append(queue)
+        return queue
 
     def _work(self) -> None:
         while True:
@@ -451,8 +378,6 @@ class Batcher:
             if at is None:
                 retired = retired or queue.servable.retired
                 continue
-            if queue.loop is not None and not self._stopped:
-                continue  # its event loop runs it
             if self._stopped:
                 at = 0.0  # stopping: run what is queued now, so no caller waits forever
             if at <= now and (best_at is None or at < best_at):
@@ -462,18 +387,19 @@ class Batcher:
         return best
 
     def _forget_retired(self) -> None:
-        """Drop the empty queues of unloaded versions (the lock is held)."""
+        """Drop the empty queues of versions that are unloaded and hold no request any more
+        (the lock is held): a request still counted in may yet enqueue."""
         self._queue_list = [q for q in self._queue_list
-                            if not (q.idle() and q.servable.retired)]
+                            if not (q.idle() and q.servable.drained)]
         kept = set(map(id, self._queue_list))
         self._queues = {key: q for key, q in self._queues.items() if id(q) in kept}
 
     def _wait_time(self) -> float | None:
-        pending = [at for at in (queue.ready_at() for queue in self._queue_list
-                                 if queue.loop is None or self._stopped) if at is not None]
+        pending = [at for at in (queue.ready_at() for queue in self._queue_list)
+                   if at is not None]
         return max(min(pending) - time.monotonic(), 0.0) if pending else None
 
-    def _execute(self, queue: _Queue, batch: list[_Task], inline: bool = False) -> None:
+    def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
         live, dropped = [], []
         for task in batch:
             task.error = task.dropped()
@@ -491,7 +417,7 @@ class Batcher:
                 return
             log.info("batch of %d failed (%s); running its requests one by one", len(live), error)
             for task in live:
-                self._execute(queue, [task], inline)
+                self._execute(queue, [task])
             return
         except Exception as error:  # a bug must not leave callers waiting forever
             log.exception("batch of %d failed", len(live))
@@ -499,7 +425,6 @@ class Batcher:
                 task.error = internal(f"Batch failed: {error}")
             _wake(live)
             return
-        self._learn(queue, time.monotonic() - started, inline)
         start = 0
         for task in live:
             task.outputs = [output[start:start + task.size] for output in outputs]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import stat
 from dataclasses import dataclass
 from typing import TypeVar
@@ -14,7 +13,7 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from pyserving.server.apis import model_server_config_pb2
-from pyserving.server.errors import ServingError, invalid_argument, io_error
+from pyserving.server.errors import invalid_argument, io_error
 from pyserving.server.options import ServerOptions
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,6 @@ _Message = TypeVar("_Message", bound=Message)
 ModelConfig = model_server_config_pb2.ModelConfig
 ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
-_VERSION_DIR = re.compile(r"^\d+$")
 
 
 def parse_proto_text_file(path: str, message: _Message) -> _Message:
@@ -159,68 +157,3 @@ def validate_model_server_config(config: ModelServerConfig) -> None:
 class VersionDirectory:
     version: int
     path: str
-
-
-def base_path_missing(model: ModelConfig) -> ServingError:
-    return invalid_argument(f"Could not find base path {model.base_path} for servable "
-                            f"{model.name} with error NOT_FOUND: {model.base_path} not found")
-
-
-def versions_on_disk(model: ModelConfig) -> list[VersionDirectory]:
-    """The versions the model's policy picks under its base path, as
-    FileSystemStoragePathSource's PollFileSystemForServable finds them (and logs what it
-    logs); raises ServingError if the base path is missing or cannot be listed."""
-    base = model.base_path
-    if not os.access(base, os.F_OK):
-        raise base_path_missing(model)
-    policy = model.model_version_policy
-    if policy.WhichOneof("policy_choice") == "specific":
-        fast = _specific_versions_present(model)
-        if fast is not None:
-            return fast
-    try:
-        names = os.listdir(base)
-    except OSError as error:
-        raise io_error(base, error.errno or 0) from None
-    found = []
-    for name in names:
-        path = os.path.join(base, name)
-        if _VERSION_DIR.match(name) and os.path.isdir(path):
-            found.append(VersionDirectory(int(name), path))
-    aspired = _apply_policy(model, sorted(found, key=lambda v: v.version))
-    if not aspired:
-        log.warning("No versions of servable %s found under base path %s. Did you forget to "
-                    "name your leaf directory as a number (eg. '/1/')?", model.name, base)
-    return aspired
-
-
-def _specific_versions_present(model: ModelConfig) -> list[VersionDirectory] | None:
-    """AspireSpecificVersionsFastPath: every requested ``<base>/<version>`` exists (or none
-    was requested); None sends the caller to a directory listing."""
-    versions = list(model.model_version_policy.specific.versions)
-    if not versions:
-        log.warning("No specific versions requested for servable %s.", model.name)
-        return []
-    paths = [os.path.join(model.base_path, str(version)) for version in versions]
-    if not all(os.access(path, os.F_OK) for path in paths):
-        return None
-    return [VersionDirectory(version, path) for version, path in zip(versions, paths)]
-
-
-def _apply_policy(model: ModelConfig, available: list[VersionDirectory]
-                  ) -> list[VersionDirectory]:
-    """The model's version policy (latest 1 by default) over the versions on disk."""
-    policy = model.model_version_policy
-    choice = policy.WhichOneof("policy_choice")
-    if choice == "all":
-        return list(available)
-    if choice == "specific":
-        wanted = set(policy.specific.versions)
-        aspired = [v for v in available if v.version in wanted]
-        for version in sorted(wanted - {v.version for v in aspired}):
-            log.warning("Version %d of servable %s, which was requested to be served as a "
-                        "'specific' version in the servable's version policy, was not found in "
-                        "the file system", version, model.name)
-        return aspired
-    count = policy.latest.num_versions if choice == "latest" else 1
-    return available[-max(count, 1):] if available else []

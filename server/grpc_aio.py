@@ -10,20 +10,15 @@ server's thread pool, so slow calls (metadata, config reloads) never block the l
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
-import time
 from concurrent.futures import Executor
-from typing import Any, Awaitable, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Sequence, TypeVar
 
 import grpc
 
-from pyserving.server import request_context
 from pyserving.server.core import ServingCore
-from pyserving.server.errors import ServingError
-from pyserving.server.grpc_services import PredictionService, status_message
-from pyserving.server.metrics import GRPC, ServerMetrics
-from pyserving.server.request_context import RequestContext
+from pyserving.server.grpc_services import PredictionService, Rpc
+from pyserving.server.metrics import ServerMetrics
 from pyserving.server.servable import AsyncRunner
 
 T = TypeVar("T")
@@ -94,48 +89,27 @@ class LoopServer:
         return stopped
 
 
-def _async_unary(call: Callable[[Any], Awaitable[Any]], metrics: ServerMetrics | None,
-                 api: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    """The coroutine handler of one RPC: request context, status mapping and metrics."""
-
-    @functools.wraps(call)
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        request_context.current.set(RequestContext(deadline))  # each RPC has its own Task
-        model = request.model_spec.name
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
-            if metrics is None:
-                return await call(request)
-            with metrics.in_flight(model, api, GRPC):
-                return await call(request)
-        except ServingError as error:
-            code = error.code
-            await context.abort(error.code, status_message(error.message))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            if metrics is not None:
-                metrics.observe_request(model, api, GRPC, code, time.monotonic() - started)
-    return handler
-
-
 class AsyncPredictionService(PredictionService):
-    """tensorflow.serving.PredictionService whose Predict, Classify and Regress await
-    ``run`` (the batcher) on the event loop."""
+    """tensorflow.serving.PredictionService whose Predict, Classify and Regress are coroutines
+    awaiting ``run`` (the batcher) on the event loop; MultiInference and GetModelMetadata keep
+    their plain handlers, which grpc.aio runs on its thread pool."""
 
     def __init__(self, core: ServingCore, run: AsyncRunner,
                  metrics: ServerMetrics | None = None) -> None:
         super().__init__(core, metrics)
-        self.Predict = _async_unary(functools.partial(core.predict_async, run=run),
-                                    metrics, "Predict")
-        self.Classify = _async_unary(functools.partial(core.classify_async, run=run),
-                                     metrics, "Classify")
-        self.Regress = _async_unary(functools.partial(core.regress_async, run=run),
-                                    metrics, "Regress")
+        self._run = run
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        with Rpc(context, request, self._metrics, "Predict") as rpc:
+            return await self._core.predict_async(request, self._run)
+        await context.abort(rpc.status, rpc.details)
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        with Rpc(context, request, self._metrics, "Classify") as rpc:
+            return await self._core.classify_async(request, self._run)
+        await context.abort(rpc.status, rpc.details)
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        with Rpc(context, request, self._metrics, "Regress") as rpc:
+            return await self._core.regress_async(request, self._run)
+        await context.abort(rpc.status, rpc.details)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import time
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -29,66 +29,101 @@ def status_message(message: str) -> str:
 def _request_context(context: grpc.ServicerContext) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
-    # grpc.aio runs plain handlers with a context that cannot tell whether the caller left.
+    # grpc.aio's contexts cannot tell whether the caller left (a coroutine is cancelled).
     is_active = getattr(context, "is_active", None)
     return RequestContext(deadline, is_active) if is_active else RequestContext(deadline)
 
 
-def _unary(call: Callable[[Any], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
-    @functools.wraps(call)
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        token = request_context.current.set(_request_context(context))
-        try:
-            return call(request)
-        except ServingError as error:
-            context.abort(error.code, status_message(error.message))
-        finally:
-            request_context.current.reset(token)
-    return handler
+class Rpc:
+    """``with``: the edge of one RPC, for the sync and the grpc.aio services alike. Sets the
+    request context (deadline, liveness), counts the request and its latency when ``api`` is
+    given (TF Serving's request_count / request_latency), and catches the ServingError it
+    ends with into ``status`` / ``details`` for ``context.abort``."""
 
+    __slots__ = ("_context", "_metrics", "_api", "_model", "_token", "_started", "_in_flight",
+                 "status", "details")
 
-def _measured(call: Callable[[Any], Any], metrics: ServerMetrics | None,
-              api: str) -> Callable[[Any], Any]:
-    """Count the request and its latency (TF Serving's request_count/request_latency)."""
-    if metrics is None:
-        return call
+    def __init__(self, context: grpc.ServicerContext, request: Any,
+                 metrics: ServerMetrics | None = None, api: str = "") -> None:
+        self._context = context
+        self._metrics = metrics if api else None
+        self._api = api
+        self._model = request.model_spec.name if self._metrics is not None else ""
+        self.status = grpc.StatusCode.OK
+        self.details = ""
 
-    @functools.wraps(call)
-    def measured(request: Any) -> Any:
-        model = request.model_spec.name
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
-            with metrics.in_flight(model, api, GRPC):
-                return call(request)
-        except ServingError as error:
-            code = error.code
-            raise
-        except Exception:
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        finally:
-            metrics.observe_request(model, api, GRPC, code, time.monotonic() - started)
-    return measured
+    def __enter__(self) -> "Rpc":
+        self._token = request_context.current.set(_request_context(self._context))
+        if self._metrics is not None:
+            self._started = time.monotonic()
+            self._in_flight = self._metrics.in_flight(self._model, self._api, GRPC)
+            self._in_flight.__enter__()
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, _: object) -> bool:
+        request_context.current.reset(self._token)
+        if isinstance(error, ServingError):
+            self.status, self.details = error.code, status_message(error.message)
+        elif isinstance(error, asyncio.CancelledError):
+            self.status = grpc.StatusCode.CANCELLED
+        elif error is not None:
+            self.status = grpc.StatusCode.UNKNOWN
+        if self._metrics is not None:
+            self._in_flight.__exit__(None, None, None)
+            self._metrics.observe_request(self._model, self._api, GRPC, self.status,
+                                          time.monotonic() - self._started)
+        return isinstance(error, ServingError)  # the caller aborts with it
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """tensorflow.serving.PredictionService."""
+    """tensorflow.serving.PredictionService (prediction_service_impl.cc): each RPC sets its
+    context, calls the core, converts the status and records metrics."""
 
     def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
-        self.Predict = _unary(_measured(core.predict, metrics, "Predict"))
-        self.Classify = _unary(_measured(core.classify, metrics, "Classify"))
-        self.Regress = _unary(_measured(core.regress, metrics, "Regress"))
-        self.MultiInference = _unary(core.multi_inference)
-        self.GetModelMetadata = _unary(core.model_metadata)
+        self._core = core
+        self._metrics = metrics
+
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request, self._metrics, "Predict") as rpc:
+            return self._core.predict(request)
+        context.abort(rpc.status, rpc.details)
+
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request, self._metrics, "Classify") as rpc:
+            return self._core.classify(request)
+        context.abort(rpc.status, rpc.details)
+
+    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request, self._metrics, "Regress") as rpc:
+            return self._core.regress(request)
+        context.abort(rpc.status, rpc.details)
+
+    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request) as rpc:
+            return self._core.multi_inference(request)
+        context.abort(rpc.status, rpc.details)
+
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request) as rpc:
+            return self._core.model_metadata(request)
+        context.abort(rpc.status, rpc.details)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService."""
 
     def __init__(self, core: ServingCore) -> None:
-        self.GetModelStatus = _unary(core.model_status)
-        self.HandleReloadConfigRequest = _unary(core.reload_config)
+        self._core = core
+
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request) as rpc:
+            return self._core.model_status(request)
+        context.abort(rpc.status, rpc.details)
+
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request) as rpc:
+            return self._core.reload_config(request)
+        context.abort(rpc.status, rpc.details)
 
 
 def add_services(server: grpc.Server, core: ServingCore,

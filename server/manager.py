@@ -5,6 +5,8 @@ the manager loads new ones in the background (with retries), serves a new versio
 it is AVAILABLE, and unloads versions that are no longer aspired once another aspired version
 is available (TF Serving's availability-preserving policy) and their in-flight requests have
 finished. Request threads read an immutable snapshot, replaced whole under the lock.
+Observers hear each model event in order, after the lock is released (they may read state,
+block on gRPC or freeze the heap without stalling requests, loads and unloads).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -115,6 +118,8 @@ class ModelManager:
         self._closed = False
         self._waits_cancelled = False
         self._changes = 0
+        self._events: deque[ModelEvent] = deque()  # for observers, in order (under the lock)
+        self._delivering = False
         self._load_pool = ThreadPoolExecutor(max(policy.load_threads, 1), "load")
         self._unload_pool = ThreadPoolExecutor(max(policy.unload_threads, 1), "unload")
 
@@ -176,8 +181,10 @@ class ModelManager:
                                                           f"{unexpected}")
                 log.error("Loading servable: {name: %s version: %d} failed (attempt %d of %d): %s",
                           name, number, attempt + 1, attempts, error)
-                self._notify(ModelEvent("load_failure", name, number, entry.path,
-                                        time.monotonic() - started, error))
+                with self._lock:
+                    self._events.append(ModelEvent("load_failure", name, number, entry.path,
+                                                   time.monotonic() - started, error))
+                self._deliver()
                 if attempt + 1 < attempts and \
                         not entry.cancel.wait(self._policy.retry_interval_seconds):
                     continue
@@ -188,26 +195,33 @@ class ModelManager:
                     self._set_state(name, number, entry, VersionState.END, error)
                     self._reconcile(name)
                 return
-            with self._lock:
-                if entry.cancel.is_set() or self._closed:
-                    self._set_state(name, number, entry, VersionState.END)
-                    servable.retire()
-                    self._reconcile(name)
-                    return
-                entry.servable = servable
-                previous = self._serving.servables.get(name, {})
-                self._publish(name, number, servable)
-                self._set_state(name, number, entry, VersionState.AVAILABLE)
-                seconds = time.monotonic() - started
-                log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
-                         name, number, seconds * 1000)
-                # Before _reconcile schedules unloads, so observers hear load, swap, unload.
-                self._notify(ModelEvent("load", name, number, entry.path, seconds))
-                if previous and max(previous) < number:
-                    self._notify(ModelEvent("swap", name, number, entry.path,
-                                            previous_version=max(previous)))
-                self._reconcile(name)
+            self._loaded(name, number, entry, servable, started)
             return
+
+    def _loaded(self, name: str, number: int, entry: _Version, servable: Servable,
+                started: float) -> None:
+        """Serve a version that loaded, unless it was cancelled meanwhile; then tell the
+        observers (after the lock)."""
+        with self._lock:
+            if entry.cancel.is_set() or self._closed:
+                self._set_state(name, number, entry, VersionState.END)
+                servable.retire()
+                self._reconcile(name)
+                return
+            entry.servable = servable
+            previous = self._serving.servables.get(name, {})
+            self._publish(name, number, servable)
+            self._set_state(name, number, entry, VersionState.AVAILABLE)
+            seconds = time.monotonic() - started
+            log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
+                     name, number, seconds * 1000)
+            # Queued before _reconcile schedules unloads: observers hear load, swap, unload.
+            self._events.append(ModelEvent("load", name, number, entry.path, seconds))
+            if previous and max(previous) < number:
+                self._events.append(ModelEvent("swap", name, number, entry.path,
+                                               previous_version=max(previous)))
+            self._reconcile(name)
+        self._deliver()
 
     def _unload(self, name: str, number: int, entry: _Version,
                 drain_seconds: float | None = None) -> None:
@@ -217,17 +231,35 @@ class ModelManager:
         if entry.servable is not None:
             entry.servable.retire(drain_seconds)
             entry.servable = None
-        with self._lock:
-            self._set_state(name, number, entry, VersionState.END)
         seconds = time.monotonic() - started
         log.info("Unloaded servable version {name: %s version: %d} in %.0f ms", name, number,
                  seconds * 1000)
-        self._notify(ModelEvent("unload", name, number, entry.path, seconds))
+        with self._lock:
+            self._set_state(name, number, entry, VersionState.END)
+            self._events.append(ModelEvent("unload", name, number, entry.path, seconds))
+        self._deliver()
 
-    def _notify(self, event: ModelEvent) -> None:
-        """Tell observers; they must be quick and may read state (the lock is re-entrant)."""
-        for observer in self._observers:
-            observer(event)
+    def _deliver(self) -> None:
+        """Tell the observers the queued events, in order, one thread at a time and without
+        the lock; a thread that finds another delivering leaves its events to it. Waiters
+        (``wait_until_settled``, ``wait_for_latest``) return only once all are told."""
+        while True:
+            with self._lock:
+                if self._delivering or not self._events:
+                    return
+                self._delivering = True
+                event = self._events.popleft()
+            try:
+                for observer in self._observers:
+                    observer(event)
+            finally:
+                with self._lock:
+                    self._delivering = False
+                    self._lock.notify_all()
+
+    def _observers_told(self) -> bool:
+        """No event waits for the observers (the lock is held)."""
+        return not self._events and not self._delivering
 
     def _publish(self, name: str, number: int, servable: Servable | None) -> None:
         """Swap the request snapshot: add (or, with None, remove) one servable. Holds the lock."""
@@ -255,6 +287,8 @@ class ModelManager:
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def settled() -> bool:
+            if not self._observers_told():
+                return False
             for name in names:
                 versions = self._versions.get(name, {})
                 for number in self._aspired.get(name, {}):
@@ -290,6 +324,8 @@ class ModelManager:
         settled = (VersionState.AVAILABLE, VersionState.END)
 
         def reached() -> dict[str, VersionStatus] | None:
+            if not self._observers_told():
+                return None
             found = {}
             for name in names:
                 versions = self._versions.get(name, {})

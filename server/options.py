@@ -50,10 +50,6 @@ class ServerOptions:
                                               "(requires --enable_batching).")
     enable_per_model_batching_parameters: bool = _flag(
         False, "Read batching_params.pbtxt from each SavedModel directory.")
-    inline_batch_max_micros: int = _flag(
-        500, "pyserving: with --enable_batching, a batch queue whose batches run within this "
-             "many microseconds is run on the gRPC event loop, not on a batch thread (0 = "
-             "always on batch threads). See README, Batching.")
     model_config_file: str = _flag("", "Text-format ModelServerConfig file listing the models "
                                        "to serve (if set, --model_name and --model_base_path "
                                        "are ignored).")
@@ -110,8 +106,9 @@ class ServerOptions:
     mixed_precision: str = _flag("", "Mixed precision mode.")
     skip_initialize_tpu: bool = _flag(False, "Skip auto-initialising a TPU.")
     enable_grpc_healthcheck_service: bool = _flag(
-        False, "Accepted for compatibility: pyserving always serves the standard gRPC health "
-               "service (grpc.health.v1).")
+        False, "Also mark the gRPC health service names ModelService and PredictionService "
+               "SERVING, as TF Serving does (pyserving always serves grpc.health.v1 for the "
+               "server and each model).")
     enable_serialization_as_tensor_content: bool = _flag(
         False, "Serialise Predict outputs as tensor_content instead of typed *_val fields.")
     shutdown_grace_period_seconds: float = _flag(

@@ -1,94 +1,62 @@
-"""One loaded model version: a SavedModel in its own TensorFlow graph and session.
+"""A servable: one loaded version of a model as the core sees it, without TensorFlow.
 
-SavedModels are loaded the way TF Serving loads them (a MetaGraphDef into a session, whatever
-TF version exported them), so signatures, feeding leniency and error texts match: feeds are
-not shape-checked against the signature, and a wrong dtype fails inside TensorFlow with its
-own message.
+It counts the requests that use it, so an unload waits for them (TF Serving's
+ServableHandle), and runs signatures through its model: ``saved_model.SavedModel`` in the
+server, a plain-Python fake in the core's unit tests (as TF Serving's test_util/fake_loader.h).
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import os
 import threading
-import time
-from typing import Awaitable, Callable, Sequence
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
 
-import grpc
 import numpy as np
-import tensorflow as tf
-from tensorflow.python.client import pywrap_tf_session
-from tensorflow.python.saved_model import loader_impl
 
-from pyserving.server import request_context
-from pyserving.server.apis import config_pb2, meta_graph_pb2
-from pyserving.server.errors import ServingError, from_tensorflow, internal, not_found
-from pyserving.server.op_libraries import with_op_hint
-
-log = logging.getLogger(__name__)
+from pyserving.server.apis import meta_graph_pb2
 
 SignatureDef = meta_graph_pb2.SignatureDef
+
+
+class Model(Protocol):
+    """What a servable runs: signatures, a thread-safe ``run``, and ``close``."""
+
+    signatures: Mapping[str, SignatureDef]
+
+    def run(self, feeds: Sequence[tuple[str, np.ndarray]],
+            fetches: Sequence[str]) -> list[np.ndarray]: ...
+
+    def close(self) -> None: ...
 
 
 class Servable:
     """A version of a model, resident and ready to run; thread-safe."""
 
-    def __init__(self, name: str, version: int, path: str, graph: tf.Graph,
-                 session: tf.compat.v1.Session, meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+    def __init__(self, name: str, version: int, path: str, model: Model) -> None:
         self.name = name
         self.version = version
         self.path = path
-        self.meta_graph = meta_graph
-        self.signatures: dict[str, SignatureDef] = dict(meta_graph.signature_def)
-        self._graph = graph
-        self._session = session
-        self._endpoints: dict[str, object] = {}
-        self._endpoints_lock = threading.Lock()
+        self.model = model
+        self.signatures: dict[str, SignatureDef] = dict(model.signatures)
         self._usage = threading.Condition()
         self._in_flight = 0
         self._retired = False
-        for signature in self.signatures.values():
-            for info in list(signature.inputs.values()) + list(signature.outputs.values()):
-                if ":" in info.name:  # TF2's __saved_model_init_op names an op, not a tensor
-                    self._endpoint(info.name)
-
-    def _endpoint(self, tensor_name: str) -> object:
-        endpoint = self._endpoints.get(tensor_name)
-        if endpoint is None:
-            try:
-                tensor = self._graph.get_tensor_by_name(tensor_name)
-            except (KeyError, ValueError) as error:
-                raise internal(f"Tensor {tensor_name} not found in the graph: {error}") from None
-            endpoint = tensor._as_tf_output()  # the C TF_Output that TF_SessionRun takes
-            with self._endpoints_lock:
-                self._endpoints[tensor_name] = endpoint
-        return endpoint
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]:
-        """Run the session: feed tensor names to arrays, return the fetched tensors' values.
-
-        Within the current request's deadline (TensorFlow's RunOptions.timeout_in_ms, as TF
-        Serving sets it from the gRPC deadline); a request whose deadline passed or whose
-        caller went away is not run at all."""
-        feed_dict = {self._endpoint(name): value for name, value in feeds}
-        fetch_list = [self._endpoint(name) for name in fetches]
-        options = run_options_for(request_context.current.get())
-        try:
-            # Session.run's Python layer rejects feeds whose shape differs from the
-            # placeholder's; TF Serving does not check shapes, so go to TF_SessionRun directly.
-            return self._session._call_tf_sessionrun(options, feed_dict, fetch_list, [], None)
-        except tf.errors.OpError as error:
-            raise from_tensorflow(error) from None
-        finally:
-            if options is not None:
-                pywrap_tf_session.TF_DeleteBuffer(options)
+        """Feed tensor names to arrays; the fetched tensors' values, in ``fetches`` order."""
+        return self.model.run(feeds, fetches)
 
     @property
     def retired(self) -> bool:
         """True once unloading began: no new requests are admitted."""
         return self._retired
+
+    @property
+    def drained(self) -> bool:
+        """True once unloading began and no request holds the servable: none can use it
+        again."""
+        with self._usage:
+            return self._retired and not self._in_flight
 
     def try_acquire(self) -> bool:
         """Count a request in; False once the servable is being unloaded."""
@@ -112,92 +80,11 @@ class Servable:
 
     def retire(self, drain_seconds: float | None = None) -> None:
         """Take no new requests, wait for the in-flight ones (at most ``drain_seconds``),
-        then free the session; closing it cancels any run still going."""
+        then close the model (a TensorFlow session cancels any run still going)."""
         with self._usage:
             self._retired = True
             self._usage.wait_for(lambda: not self._in_flight, drain_seconds)
-        self._session.close()
-        self._endpoints.clear()
-
-
-DEADLINE_PASSED = "Deadline exceeded before the TensorFlow run started"
-CALLER_GONE = "Request cancelled before the TensorFlow run started"
-_MAX_TIMEOUT_MS = 2**31 - 1  # TF Serving's DeadlineToTimeoutMillis saturates at INT_MAX
-
-
-def run_options_for(context: request_context.RequestContext) -> object | None:
-    """A TF_Buffer of RunOptions bounding the run by the request's deadline (the caller
-    deletes it), None without a deadline; raises when the request should not run at all."""
-    if context.deadline is None:
-        if context.is_active():
-            return None
-        raise ServingError(grpc.StatusCode.CANCELLED, CALLER_GONE)
-    remaining_ms = (context.deadline - time.monotonic()) * 1000
-    if remaining_ms <= 0:
-        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_PASSED)
-    if not context.is_active():
-        raise ServingError(grpc.StatusCode.CANCELLED, CALLER_GONE)
-    if remaining_ms >= _MAX_TIMEOUT_MS:  # gRPC reports "no deadline" as centuries away
-        return None
-    # At least 1 ms: TensorFlow reads a timeout of 0 as "none".
-    options = config_pb2.RunOptions(timeout_in_ms=max(math.ceil(remaining_ms), 1))
-    return pywrap_tf_session.TF_NewBufferFromString(options.SerializeToString())
-
-
-_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt", "saved_model.cpb")
-
-
-def check_saved_model_directory(path: str) -> None:
-    """TF Serving's LoadSessionBundleOrSavedModelBundle checks: a session bundle (export.meta)
-    is refused, and a directory without a SavedModel file is NOT_FOUND."""
-    if os.access(os.path.join(path, "export.meta"), os.F_OK):
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                           "Session Bundle is deprecated and removed.")
-    if not any(os.access(os.path.join(path, name), os.F_OK) for name in _SAVED_MODEL_FILES):
-        raise not_found("Specified file path does not appear to contain a SavedModel bundle "
-                        "(should have a file called `saved_model.pb`)\n"
-                        f"Specified file path: {path}")
-
-
-# Told of each LoadSavedModel attempt: export dir, whether it loaded, seconds (TensorFlow's
-# load_attempt_count and load_latency; a later warmup failure does not undo a success).
-SavedModelLoadObserver = Callable[[str, bool, float], None]
-
-
-def load_servable(name: str, version: int, path: str, tags: Sequence[str],
-                  session_config: config_pb2.ConfigProto,
-                  on_attempt: SavedModelLoadObserver | None = None) -> Servable:
-    """Load a SavedModel version; raises ServingError with TensorFlow's message on failure."""
-    started = time.monotonic()
-    check_saved_model_directory(path)  # before LoadSavedModel, which counts the attempts
-    loaded = False
-    try:
-        servable = _load_saved_model(name, version, path, tags, session_config)
-        loaded = True
-    finally:
-        if on_attempt is not None:
-            on_attempt(path, loaded, time.monotonic() - started)
-    log.info("loaded servable %s version %d from %s in %.0f ms with signatures %s", name,
-             version, path, (time.monotonic() - started) * 1000, sorted(servable.signatures))
-    return servable
-
-
-def _load_saved_model(name: str, version: int, path: str, tags: Sequence[str],
-                      session_config: config_pb2.ConfigProto) -> Servable:
-    graph = tf.Graph()
-    session = tf.compat.v1.Session(graph=graph, config=session_config)
-    try:
-        with graph.as_default():
-            # tf.compat.v1.saved_model.load without its deprecation warning on every load.
-            meta_graph = loader_impl.SavedModelLoader(path).load(session, list(tags))
-    except tf.errors.OpError as error:
-        session.close()
-        raise with_op_hint(from_tensorflow(error)) from None
-    except (OSError, RuntimeError, ValueError) as error:
-        session.close()
-        raise _load_error(path, tags, error) from None
-    graph.finalize()
-    return Servable(name, version, path, graph, session, meta_graph)
+        self.model.close()
 
 
 # How a request's signature is run: (servable, signature, feeds, fetches) -> outputs; the async
@@ -216,22 +103,3 @@ def run_unbatched(servable: Servable, signature: SignatureDef,
                   fetches: Sequence[str]) -> list[np.ndarray]:
     """The Runner used without --enable_batching: one TensorFlow call per request."""
     return servable.run(feeds, fetches)
-
-
-def _load_error(path: str, tags: Sequence[str], error: Exception) -> ServingError:
-    """The error TF Serving's loader gives: a corrupt or truncated SavedModel file is
-    TensorFlow's DATA_LOSS (ReadBinaryProto / ReadTextProto), not a missing file; tags that
-    match no MetaGraphDef are reader.cc FindMetaGraphDef's NOT_FOUND."""
-    if isinstance(error, RuntimeError) and "could not be found in SavedModel" in str(error):
-        return not_found(f"Could not find meta graph def matching supplied tags: "
-                         f"{{ {' '.join(tags)} }}. To inspect available tag-sets in the "
-                         "SavedModel, please use the SavedModel CLI: `saved_model_cli`")
-    if isinstance(error, OSError):
-        if str(error).startswith("Cannot parse file"):  # SavedModelLoader's wording
-            text = os.path.isfile(os.path.join(path, "saved_model.pbtxt")) and \
-                not os.path.isfile(os.path.join(path, "saved_model.pb"))
-            file = os.path.join(path, "saved_model.pbtxt" if text else "saved_model.pb")
-            return ServingError(grpc.StatusCode.DATA_LOSS,
-                                f"Can't parse {file} as {'text' if text else 'binary'} proto")
-        return ServingError(grpc.StatusCode.NOT_FOUND, str(error))
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error))

@@ -1,31 +1,45 @@
-"""The file-system source: polls each model's base path and tells the manager which versions
-should be served, as TF Serving's FileSystemStoragePathSource does."""
+"""The file-system source: polls each model's base path, applies its version policy and tells
+a callback which versions should be served, as TF Serving's FileSystemStoragePathSource
+(sources/storage_path/file_system_storage_path_source.cc) tells its AspiredVersionsCallback
+(core/source.h). The source does not know the manager; the server connects the two."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
+from typing import Callable
 
-from pyserving.server import config as model_config
-from pyserving.server.errors import ServingError
-from pyserving.server.manager import ModelManager
+from pyserving.server.config import ModelConfig, VersionDirectory
+from pyserving.server.errors import ServingError, invalid_argument, io_error
 
 log = logging.getLogger(__name__)
+
+_VERSION_DIR = re.compile(r"^\d+$")
+
+# Told a model's aspired versions (all of them, each time; empty: unload the model).
+AspiredVersionsCallback = Callable[[str, list[VersionDirectory]], None]
 
 
 class FileSystemSource:
     """Scans base paths on demand (``poll``) and every ``poll_seconds`` once started; a
     negative ``poll_seconds`` disables scanning altogether, as in TF Serving."""
 
-    def __init__(self, manager: ModelManager, poll_seconds: float) -> None:
-        self._manager = manager
+    def __init__(self, poll_seconds: float) -> None:
+        self._aspire: AspiredVersionsCallback = lambda name, versions: None
         self._poll_seconds = poll_seconds
-        self._models: dict[str, model_config.ModelConfig] = {}
+        self._models: dict[str, ModelConfig] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def set_models(self, models: list[model_config.ModelConfig]) -> None:
+    def set_aspired_versions_callback(self, callback: AspiredVersionsCallback) -> None:
+        """Where aspired versions go from now on (core/source.h SetAspiredVersionsCallback)."""
+        with self._lock:
+            self._aspire = callback
+
+    def set_models(self, models: list[ModelConfig]) -> None:
         """Replace the watched models; models no longer listed are unloaded."""
         # Under the lock: a scan in progress must not re-aspire a model removed here.
         with self._lock:
@@ -33,7 +47,7 @@ class FileSystemSource:
             self._models = {model.name: model for model in models}
             for name in sorted(removed):
                 log.info("model %s is no longer in the config: unloading it", name)
-                self._manager.set_aspired_versions(name, [])
+                self._aspire(name, [])
 
     def poll(self, names: list[str] | None = None) -> None:
         """Scan now and report aspired versions (a model without versions unloads). A base
@@ -47,13 +61,13 @@ class FileSystemSource:
                 if names is not None and model.name not in names:
                     continue
                 try:
-                    aspired[model.name] = model_config.versions_on_disk(model)
+                    aspired[model.name] = versions_on_disk(model)
                 except ServingError as error:
                     log.error("FileSystemStoragePathSource encountered a filesystem access "
                               "error: %s", error.message)
                     return
             for name, versions in aspired.items():
-                self._manager.set_aspired_versions(name, versions)
+                self._aspire(name, versions)
 
     def start(self) -> None:
         """Poll every ``poll_seconds`` in the background (not at all when it is <= 0)."""
@@ -71,3 +85,68 @@ class FileSystemSource:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def base_path_missing(model: ModelConfig) -> ServingError:
+    return invalid_argument(f"Could not find base path {model.base_path} for servable "
+                            f"{model.name} with error NOT_FOUND: {model.base_path} not found")
+
+
+def versions_on_disk(model: ModelConfig) -> list[VersionDirectory]:
+    """The versions the model's policy picks under its base path, as
+    FileSystemStoragePathSource's PollFileSystemForServable finds them (and logs what it
+    logs); raises ServingError if the base path is missing or cannot be listed."""
+    base = model.base_path
+    if not os.access(base, os.F_OK):
+        raise base_path_missing(model)
+    policy = model.model_version_policy
+    if policy.WhichOneof("policy_choice") == "specific":
+        fast = _specific_versions_present(model)
+        if fast is not None:
+            return fast
+    try:
+        names = os.listdir(base)
+    except OSError as error:
+        raise io_error(base, error.errno or 0) from None
+    found = []
+    for name in names:
+        path = os.path.join(base, name)
+        if _VERSION_DIR.match(name) and os.path.isdir(path):
+            found.append(VersionDirectory(int(name), path))
+    aspired = _apply_policy(model, sorted(found, key=lambda v: v.version))
+    if not aspired:
+        log.warning("No versions of servable %s found under base path %s. Did you forget to "
+                    "name your leaf directory as a number (eg. '/1/')?", model.name, base)
+    return aspired
+
+
+def _specific_versions_present(model: ModelConfig) -> list[VersionDirectory] | None:
+    """AspireSpecificVersionsFastPath: every requested ``<base>/<version>`` exists (or none
+    was requested); None sends the caller to a directory listing."""
+    versions = list(model.model_version_policy.specific.versions)
+    if not versions:
+        log.warning("No specific versions requested for servable %s.", model.name)
+        return []
+    paths = [os.path.join(model.base_path, str(version)) for version in versions]
+    if not all(os.access(path, os.F_OK) for path in paths):
+        return None
+    return [VersionDirectory(version, path) for version, path in zip(versions, paths)]
+
+
+def _apply_policy(model: ModelConfig, available: list[VersionDirectory]
+                  ) -> list[VersionDirectory]:
+    """The model's version policy (latest 1 by default) over the versions on disk."""
+    policy = model.model_version_policy
+    choice = policy.WhichOneof("policy_choice")
+    if choice == "all":
+        return list(available)
+    if choice == "specific":
+        wanted = set(policy.specific.versions)
+        aspired = [v for v in available if v.version in wanted]
+        for version in sorted(wanted - {v.version for v in aspired}):
+            log.warning("Version %d of servable %s, which was requested to be served as a "
+                        "'specific' version in the servable's version policy, was not found in "
+                        "the file system", version, model.name)
+        return aspired
+    count = policy.latest.num_versions if choice == "latest" else 1
+    return available[-max(count, 1):] if available else []

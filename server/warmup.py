@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import grpc
-import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from pyserving.server.apis import prediction_log_pb2
-from pyserving.server.errors import ServingError, from_tensorflow, invalid_argument
+from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.inference import ExampleInference
 from pyserving.server.predict import Predictor
 from pyserving.server.servable import Servable
@@ -44,14 +43,18 @@ def _replayers(predictor: Predictor, inference: ExampleInference
 
 # What a finished replay tells its observer: (model path, status, seconds, records read).
 WarmupObserver = Callable[[str, str, float, int], None]
+# The records of a TFRecord file; a read error is a ServingError (saved_model.tfrecords).
+RecordReader = Callable[[str], Iterable[bytes]]
 
 
 class Warmup:
     """Replays a version's warmup requests through the same code that serves requests."""
 
     def __init__(self, predictor: Predictor, inference: ExampleInference,
-                 iterations: int = 1, observer: WarmupObserver | None = None) -> None:
+                 read_records: RecordReader, iterations: int = 1,
+                 observer: WarmupObserver | None = None) -> None:
         self._replay = _replayers(predictor, inference)
+        self._read_records = read_records
         self._iterations = max(iterations, 1)
         self._observer = observer
 
@@ -62,25 +65,21 @@ class Warmup:
         if not os.path.exists(path):
             log.info("No warmup data file found at %s", path)
             return 0
-        records = tf.compat.v1.io.tf_record_iterator(path)
+        records = iter(self._read_records(path))
         count = 0
         while True:
             try:
                 record = next(records)
             except StopIteration:
                 break
-            except tf.errors.OpError as error:
-                failure = from_tensorflow(error)
+            except ServingError as failure:
                 self._observe(servable, f"{failure.code.name}: {failure.message}", started,
                               count)
                 if failure.code == grpc.StatusCode.DATA_LOSS:
                     raise ServingError(failure.code, f"{failure.message}. Please verify your "
                                        "warmup data is in TFRecord format.") from None
-                raise failure from None
-            try:
-                self._replay_record(servable, record, path)
-            except tf.errors.OpError as error:
-                raise from_tensorflow(error) from None
+                raise
+            self._replay_record(servable, record, path)
             count += 1
             if count > MAX_RECORDS:
                 raise invalid_argument("Number of warmup records exceeds the maximum "

@@ -15,6 +15,7 @@ MODEL = "saved_model_half_plus_two_cpu"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+TF_SERVING_NAMES = ("ModelService", "PredictionService")
 
 
 def check(stub: health_pb2_grpc.HealthStub, service: str) -> int:
@@ -51,23 +52,47 @@ def test_model_unloaded_by_a_config_reload_is_not_serving(serve, testdata_model,
     assert check(stub, "") == SERVING
 
 
-def test_watch_sees_not_serving_when_the_server_stops(serve, testdata_model, channel_to):
-    server = serve(model_base_path=testdata_model(MODEL))
+# --enable_batching serves gRPC on grpc.aio, with grpc.aio's health and reflection servicers.
+BATCHING = pytest.mark.parametrize("batching", [False, True], ids=["sync", "batching (aio)"])
+
+
+@BATCHING
+def test_watch_sees_not_serving_when_the_server_stops(serve, testdata_model, channel_to,
+                                                      batching):
+    server = serve(model_base_path=testdata_model(MODEL), enable_batching=batching,
+                   enable_grpc_healthcheck_service=True)
     stub = health_pb2_grpc.HealthStub(channel_to(server.grpc_target))
-    overall = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
-    per_model = stub.Watch(health_pb2.HealthCheckRequest(service="default"), timeout=30)
-    assert next(overall).status == SERVING
-    assert next(per_model).status == SERVING
+    services = ("", "default", *TF_SERVING_NAMES)
+    watches = [stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=30)
+               for service in services]
+    assert [next(watch).status for watch in watches] == [SERVING] * len(services)
     stopping = threading.Thread(target=server.stop, kwargs={"grace": 5.0})
     stopping.start()
     try:
-        assert next(overall).status == NOT_SERVING
-        assert next(per_model).status == NOT_SERVING
+        assert [next(watch).status for watch in watches] == [NOT_SERVING] * len(services)
     finally:
-        overall.cancel()
-        per_model.cancel()
+        for watch in watches:
+            watch.cancel()
         stopping.join(timeout=30)
     assert not stopping.is_alive()
+
+
+@BATCHING
+def test_tf_serving_service_names_serve_with_the_healthcheck_flag(serve, testdata_model,
+                                                                  channel_to, batching):
+    # TF Serving 2.15+ (model_servers/server.cc): with --enable_grpc_healthcheck_service,
+    # SetServingStatus("ModelService", true) and SetServingStatus("PredictionService", true).
+    flagged = serve(model_base_path=testdata_model(MODEL), enable_batching=batching,
+                    enable_grpc_healthcheck_service=True)
+    stub = health_pb2_grpc.HealthStub(channel_to(flagged.grpc_target))
+    assert [check(stub, name) for name in TF_SERVING_NAMES] == [SERVING, SERVING]
+    assert check(stub, "default") == SERVING
+    plain = serve(model_base_path=testdata_model(MODEL, as_name="plain"))
+    stub = health_pb2_grpc.HealthStub(channel_to(plain.grpc_target))
+    for name in TF_SERVING_NAMES:
+        with pytest.raises(grpc.RpcError) as raised:
+            check(stub, name)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _reflect(channel: grpc.Channel, request: reflection_pb2.ServerReflectionRequest
@@ -76,8 +101,10 @@ def _reflect(channel: grpc.Channel, request: reflection_pb2.ServerReflectionRequ
     return next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
 
 
-def test_reflection_lists_services_and_describes_them(serve, testdata_model, channel_to):
-    server = serve(model_base_path=testdata_model(MODEL))
+@BATCHING
+def test_reflection_lists_services_and_describes_them(serve, testdata_model, channel_to,
+                                                      batching):
+    server = serve(model_base_path=testdata_model(MODEL), enable_batching=batching)
     channel = channel_to(server.grpc_target)
     listed = _reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
     names = {service.name for service in listed.list_services_response.service}

@@ -1,0 +1,19 @@
+"""saved_model.py is the one door to TensorFlow: the core and its transports import none."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+TENSORFLOW_FREE = ("core", "manager", "batching", "source", "servable", "predict", "inference",
+                   "warmup", "configurator", "health", "grpc_services", "grpc_aio")
+
+
+def test_the_core_and_the_grpc_adapters_import_no_tensorflow():
+    imports = "; ".join(f"import pyserving.server.{module}" for module in TENSORFLOW_FREE)
+    script = f"import sys; {imports}; print(sorted(m for m in sys.modules if 'tensorflow' " \
+             "in m.split('.')[0]))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
+
