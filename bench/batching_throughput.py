@@ -154,10 +154,9 @@ def contenders(args: argparse.Namespace, workload: workloads.Workload, canned: b
              batching_file: str = "") -> servers.ServerSpec:
         log = workdir / f"{workload.name}-{harness.log_name(label)}.log"
         inter_op, intra_op = (config.inter_op, config.intra_op) if config else (0, 0)
-        inline = config.inline_micros if config and config.inline_micros >= 0 else None
         return servers.ServerSpec(kind, workload.base_path, workload.model_name, threads,
                                   inter_op, canned, str(log), batching_file, intra_op,
-                                  args.switch_interval_us / 1e6, inline)
+                                  args.switch_interval_us / 1e6)
 
     lineup = []
     if "echo" in args.servers:

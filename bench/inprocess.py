@@ -49,10 +49,9 @@ def predict_request(model_name: str) -> Any:
 
 def start_server(base_path: str, model_name: str, inter_op_threads: int,
                  threads: int | None = None, *, batching_parameters_file: str = "",
-                 intra_op_threads: int = 0, inline_batch_max_micros: int | None = None) -> Any:
+                 intra_op_threads: int = 0) -> Any:
     """A started ModelServer on a free loopback port; its ``.core`` is the serving core.
-    With ``batching_parameters_file``, batching is on with those parameters (and
-    ``inline_batch_max_micros``, if given)."""
+    With ``batching_parameters_file``, batching is on with those parameters."""
     from pyserving.server import ModelServer, ServerOptions
 
     options = ServerOptions(port=0, model_base_path=base_path, model_name=model_name,
@@ -62,8 +61,6 @@ def start_server(base_path: str, model_name: str, inter_op_threads: int,
                             batching_parameters_file=batching_parameters_file)
     if threads:
         options = options.replace(grpc_max_threads=threads)
-    if inline_batch_max_micros is not None:
-        options = options.replace(inline_batch_max_micros=inline_batch_max_micros)
     return ModelServer(options, host="127.0.0.1").start()
 
 

@@ -56,7 +56,6 @@ class ServerSpec:
     batching_parameters_file: str = ""  # sync only: enable batching with these parameters
     intra_op_threads: int = 0  # --tensorflow_intra_op_parallelism (0: TF's default)
     switch_interval: float = 0.0  # sys.setswitchinterval for the process (0: Python's 5 ms)
-    inline_batch_max_micros: int | None = None  # pyserving's flag (None: its default)
 
 
 def serve(spec: ServerSpec, conn: Connection) -> None:
@@ -82,8 +81,7 @@ def _model_server(spec: ServerSpec) -> Any:
 
     return start_server(spec.base_path, spec.model_name, spec.inter_op_threads, spec.threads,
                         batching_parameters_file=spec.batching_parameters_file,
-                        intra_op_threads=spec.intra_op_threads,
-                        inline_batch_max_micros=spec.inline_batch_max_micros)
+                        intra_op_threads=spec.intra_op_threads)
 
 
 def _serve_sync(spec: ServerSpec, conn: Connection) -> None:

@@ -38,7 +38,6 @@ class BatchedConfig:
     grpc_threads: int = 64  # --grpc_max_threads: bounds the requests that reach the batcher
     inter_op: int = 0  # --tensorflow_inter_op_parallelism
     intra_op: int = 0  # --tensorflow_intra_op_parallelism
-    inline_micros: int = -1  # --inline_batch_max_micros (-1: pyserving's default)
 
     def parameters_text(self) -> str:
         return "".join(f"{name} {{ value: {getattr(self, name)} }}\n" for name in
@@ -52,9 +51,7 @@ class BatchedConfig:
                 f"max_enqueued_batches={self.max_enqueued_batches}; "
                 f"--grpc_max_threads={self.grpc_threads}, "
                 f"--tensorflow_inter_op_parallelism={self.inter_op}, "
-                f"--tensorflow_intra_op_parallelism={self.intra_op}"
-                + ("" if self.inline_micros < 0
-                   else f", --inline_batch_max_micros={self.inline_micros}"))
+                f"--tensorflow_intra_op_parallelism={self.intra_op}")
 
     def with_overrides(self, text: str) -> "BatchedConfig":
         """``key=value,...`` over these values (keys: this class's field names)."""
