@@ -34,6 +34,9 @@ from pyserving.server.op_libraries import load_op_libraries
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
 from pyserving.server.rest import RestOptions, RestServer
+from pyserving.server.rollout import Rollouts
+from pyserving.server.rollout_config import RolloutFileWatcher
+from pyserving.server.routing import Router
 from pyserving.server.saved_model import load_servable, tfrecords
 from pyserving.server.servable import Servable, SignatureDef, run_unbatched
 from pyserving.server.source import FileSystemSource
@@ -123,9 +126,13 @@ class ModelServer:
         self._source = FileSystemSource(options.file_system_poll_wait_seconds)
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
         self.configurator = ModelConfigurator(self.manager, self._source)
+        self.router = Router(self.manager, Rollouts(observer=self.metrics))
+        self._rollout_watcher = RolloutFileWatcher(
+            options.rollout_config_file, options.rollout_config_poll_wait_seconds,
+            self.router.rollouts.apply) if options.rollout_config_file else None
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
-                                metric_value=self.metrics.int64_value)
+                                metric_value=self.metrics.int64_value, router=self.router)
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
@@ -175,6 +182,8 @@ class ModelServer:
         try:
             load_op_libraries(self.options.custom_op_libraries)  # before any model loads
             self.batcher = _batcher(self.options, self.metrics)
+            if self._rollout_watcher is not None:
+                self._rollout_watcher.start()
             config = model_config.model_server_config(self.options)
             # Polling runs while start-up waits: a model whose base path is missing or empty
             # loads once a version appears there (TF Serving waits for it, without timeout).
@@ -276,6 +285,8 @@ class ModelServer:
         self.manager.stop_waiting()  # a start-up or reload still waiting for its models
         self.configurator.stop()
         self._source.stop()
+        if self._rollout_watcher is not None:
+            self._rollout_watcher.stop()
         if self._server is not None:
             log.info("stopping the gRPC server: in-flight RPCs have %g s to finish", grace)
             self._server.stop(grace).wait()
@@ -283,6 +294,7 @@ class ModelServer:
             self._rest.stop()
         # The grace period is over and gRPC has cancelled what was left; closing the sessions
         # stops those handlers' TensorFlow runs, so the thread pool can finish.
+        self.router.stop()
         if self.batcher is not None:
             self.batcher.stop()
         self.manager.close(drain_seconds=0)

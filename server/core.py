@@ -23,11 +23,14 @@ from pyserving.server.apis import (
     regression_pb2,
 )
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
-from pyserving.server.errors import ERROR_CODE_NUMBERS, invalid_argument
+from pyserving.server.errors import ERROR_CODE_NUMBERS, ServingError, invalid_argument, not_found
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import ModelManager
 from pyserving.server.predict import CLASSIFY_METHOD, REGRESS_METHOD, Predictor
+from pyserving.server.rollout_config import Target
+from pyserving.server.routing import Outputs, Route, Router, target_spec
 from pyserving.server.servable import AsyncRunner, Servable
+from pyserving.server.shadow import response_outputs
 
 SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -41,8 +44,10 @@ class ServingCore:
                  predictor: Predictor, inference: ExampleInference,
                  max_in_flight_per_model: int = 0,
                  on_reload: AppliedObserver | None = None,
-                 metric_value: Callable[[str], int] = lambda name: 0) -> None:
+                 metric_value: Callable[[str], int] = lambda name: 0,
+                 router: Router | None = None) -> None:
         self.manager = manager
+        self.router = router if router is not None else Router(manager)
         self._metric_value = metric_value
         self.in_flight = InFlightLimit(max_in_flight_per_model)
         self._configurator = configurator
@@ -52,22 +57,32 @@ class ServingCore:
 
     def servable_for(self, spec: model_pb2.ModelSpec) -> Servable:
         """The servable the spec names, counted in: use it as ``with ... as servable``."""
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version":
-            return self.manager.acquire(spec.name, version=spec.version.value)
-        if choice == "version_label":
-            return self.manager.acquire(spec.name, label=spec.version_label)
-        return self.manager.acquire(spec.name)
+        return self.router.servable_for(spec)
 
     def _serving(self, request: Any) -> "_Admitted":
-        """The servable a Predict/Classify/Regress request names, counted in and admitted."""
+        """The servable a Predict/Classify/Regress request names (or its model's rollout
+        picks), counted in and admitted."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return _Admitted(self.servable_for(request.model_spec), self.in_flight)
+        return _Admitted(*self.router.resolve(request.model_spec), self.in_flight, self.router)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        with self._serving(request) as servable:
-            return self._predictor.predict(servable, request)
+        admitted = self._serving(request)
+        with admitted as servable:
+            response = self._predictor.predict(servable, request)
+        self._mirror_predict(admitted.route, request, response)
+        return response
+
+    def _mirror_predict(self, route: Route | None, request: predict_pb2.PredictRequest,
+                        response: predict_pb2.PredictResponse) -> None:
+        def shadow(spec: model_pb2.ModelSpec) -> Outputs:
+            copy = predict_pb2.PredictRequest()
+            copy.CopyFrom(request)
+            copy.model_spec.CopyFrom(spec)
+            with self.servable_for(spec) as servable:
+                return response_outputs(self._predictor.predict(servable, copy))
+
+        self.router.mirror(route, lambda: response_outputs(response), shadow)
 
     def predict_arrays(self, spec: model_pb2.ModelSpec,
                        read: Callable[[Servable], tuple[str, Mapping[str, np.ndarray]]]
@@ -75,25 +90,57 @@ class ServingCore:
         """Predict for a transport that decodes its own tensors against the signature: the
         spec is resolved once, ``read(servable)`` gives (signature name, input arrays) for
         that very version, and the outputs come back as (alias, array, DataType)."""
-        with _Admitted(self.servable_for(spec), self.in_flight) as servable:
+        admitted = _Admitted(*self.router.resolve(spec), self.in_flight, self.router)
+        with admitted as servable:
             signature_name, inputs = read(servable)
-            return self._predictor.predict_arrays(servable, spec.name, signature_name, inputs)
+            outputs = self._predictor.predict_arrays(servable, spec.name, signature_name,
+                                                     inputs)
+
+        def shadow(shadow_spec: model_pb2.ModelSpec) -> Outputs:
+            with self.servable_for(shadow_spec) as servable:
+                name, arrays = read(servable)
+                return {alias: array for alias, array, _ in self._predictor.predict_arrays(
+                    servable, spec.name, name, arrays)}
+
+        self.router.mirror(admitted.route,
+                           lambda: {alias: array for alias, array, _ in outputs}, shadow)
+        return outputs
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
-        with self._serving(request) as servable:
-            return self._inference.classify(servable, request)
+        admitted = self._serving(request)
+        with admitted as servable:
+            response = self._inference.classify(servable, request)
+        self._mirror_inference(admitted.route, request, response, self._inference.classify)
+        return response
 
     def regress(self, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
-        with self._serving(request) as servable:
-            return self._inference.regress(servable, request)
+        admitted = self._serving(request)
+        with admitted as servable:
+            response = self._inference.regress(servable, request)
+        self._mirror_inference(admitted.route, request, response, self._inference.regress)
+        return response
+
+    def _mirror_inference(self, route: Route | None, request: Any, response: Any,
+                          run: Callable[[Servable, Any], Any]) -> None:
+        def shadow(spec: model_pb2.ModelSpec) -> Outputs:
+            copy = type(request)()
+            copy.CopyFrom(request)
+            copy.model_spec.CopyFrom(spec)
+            with self.servable_for(spec) as servable:
+                return response_outputs(run(servable, copy))
+
+        self.router.mirror(route, lambda: response_outputs(response), shadow)
 
     async def predict_async(self, request: predict_pb2.PredictRequest,
                             run: AsyncRunner) -> predict_pb2.PredictResponse:
         """``predict`` for an event loop: the TensorFlow call is awaited through ``run``."""
-        with self._serving(request) as servable:
-            return await self._predictor.predict_async(servable, request, run)
+        admitted = self._serving(request)
+        with admitted as servable:
+            response = await self._predictor.predict_async(servable, request, run)
+        self._mirror_predict(admitted.route, request, response)
+        return response
 
     async def classify_async(self, request: classification_pb2.ClassificationRequest,
                              run: AsyncRunner) -> classification_pb2.ClassificationResponse:
@@ -107,14 +154,35 @@ class ServingCore:
 
     async def _infer_async(self, request: Any, run: AsyncRunner, method: str,
                            response: Any) -> Any:
-        with self._serving(request) as servable:
-            return await self._inference.single_async(servable, request, method, response, run)
+        admitted = self._serving(request)
+        with admitted as servable:
+            answer = await self._inference.single_async(servable, request, method, response,
+                                                        run)
+        self._mirror_inference(admitted.route, request, answer,
+                               self._inference.classify if method == CLASSIFY_METHOD
+                               else self._inference.regress)
+        return answer
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        with _Admitted(self.servable_for(spec), self.in_flight) as servable:
+        with _Admitted(self.servable_for(spec), None, self.in_flight) as servable:
             return self._inference.multi_inference(servable, request)
+
+    def rollout_status(self, model_name: str) -> dict[str, Any]:
+        """The rollout of a model as ``GET /v1/models/{m}/rollout`` shows it; NOT_FOUND when
+        the model has none."""
+        rollout = self.router.rollouts.get(model_name)
+        if rollout is None:
+            raise not_found(f"Model {model_name} has no rollout (--rollout_config_file)")
+        return rollout.status(lambda target: self._version_of(model_name, target))
+
+    def _version_of(self, model_name: str, target: Target) -> int | None:
+        try:
+            with self.servable_for(target_spec(model_name, target)) as servable:
+                return servable.version
+        except ServingError:
+            return target.version
 
     def model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
                        ) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -171,22 +239,29 @@ class ServingCore:
 
 class _Admitted:
     """``with``: an acquired servable plus its model's in-flight slot; both are freed on exit
-    (the servable also when admission fails)."""
+    (the servable also when admission fails), and a routed request counts for its arm."""
 
-    __slots__ = ("_servable", "_limit", "_slot")
+    __slots__ = ("_servable", "route", "_limit", "_router", "_slot")
 
-    def __init__(self, servable: Servable, limit: InFlightLimit) -> None:
+    def __init__(self, servable: Servable, route: Route | None, limit: InFlightLimit,
+                 router: Router | None = None) -> None:
         self._servable = servable
+        self.route = route
         self._limit = limit
+        self._router = router
         try:
             self._slot = limit.admit(servable.name)
         except BaseException:
             servable.release()
+            if route is not None and router is not None:
+                router.finish(route, ok=False)
             raise
 
     def __enter__(self) -> Servable:
         return self._servable
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, kind: type | None, *_: object) -> None:
         self._limit.release(self._slot)
         self._servable.release()
+        if self.route is not None and self._router is not None:
+            self._router.finish(self.route, ok=kind is None)

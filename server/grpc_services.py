@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -29,9 +30,19 @@ def status_message(message: str) -> str:
 def _request_context(context: grpc.ServicerContext) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
+    header = functools.partial(_metadata_value, context)
     # grpc.aio's contexts cannot tell whether the caller left (a coroutine is cancelled).
     is_active = getattr(context, "is_active", None)
-    return RequestContext(deadline, is_active) if is_active else RequestContext(deadline)
+    return RequestContext(deadline, is_active, header) if is_active else \
+        RequestContext(deadline, header=header)
+
+
+def _metadata_value(context: grpc.ServicerContext, name: str) -> str | None:
+    """The first value of a metadata key (gRPC keys are lower-case), read only when asked."""
+    for key, value in context.invocation_metadata() or ():
+        if key == name:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
 
 
 class Rpc:

@@ -28,6 +28,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Gauge,
     Histogram,
     generate_latest,
@@ -215,6 +216,18 @@ class ServerMetrics:
             Histogram.DEFAULT_BUCKETS, "model_name")
         self.registry.register(_StateCollector(manager, queue_depths))
 
+        # pyserving's rollouts (rollout.py): prometheus-client Counters, named *_total.
+        self._rollout_requests = Counter(
+            "pyserving_rollout_requests", "Requests a rollout routed, by arm and outcome.",
+            ["model_name", "arm", "status"], registry=self._store)
+        self._rollout_shadow = Counter(
+            "pyserving_rollout_shadow_requests", "Shadow requests by event: mirrored, "
+            "dropped, errors, compared, mismatches.", ["model_name", "event"],
+            registry=self._store)
+        self._rollout_trips = Counter(
+            "pyserving_rollout_guard_trips", "Guards tripped: an arm taken out of the split, "
+            "or the shadow stopped.", ["model_name", "what"], registry=self._store)
+
     def _counter(self, name: str, documentation: str, *labels: str) -> Gauge:
         """A TF monitoring::Counter (kCumulative): summed over --workers processes."""
         return Gauge(name, documentation, labels, registry=self._store,
@@ -291,6 +304,15 @@ class ServerMetrics:
         self._input_batch_size.observe(size)
         self._processed_batch_size.observe(padded)
         self._padding_size.labels(str(padded)).observe(padded - size)
+
+    def observe_rollout_request(self, model: str, arm: str, ok: bool) -> None:
+        self._child(self._rollout_requests, model, arm, "ok" if ok else "error").inc()
+
+    def observe_rollout_shadow(self, model: str, event: str, count: int) -> None:
+        self._child(self._rollout_shadow, model, event).inc(count)
+
+    def observe_rollout_trip(self, model: str, what: str) -> None:
+        self._child(self._rollout_trips, model, what).inc()
 
     def observe_model_event(self, event: ModelEvent) -> None:
         """Manager observer: load seconds, plus one structured log line per event."""

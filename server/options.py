@@ -128,6 +128,13 @@ class ServerOptions:
         "", "pyserving: comma-separated compiled TensorFlow op libraries (.so), loaded as "
             "tf.load_op_library loads them before any model loads; one that cannot be loaded "
             "fails start-up. TensorFlow Text's ops need no flag: pip install 'pyserving[text]'.")
+    rollout_config_file: str = _flag(
+        "", "pyserving: text-format pyserving.RolloutConfig (protos/pyserving/rollout.proto): "
+            "how requests that name no version are split between versions, mirrored to a "
+            "shadow version and guarded. Invalid at start-up: the server does not start.")
+    rollout_config_poll_wait_seconds: int = _flag(
+        10, "pyserving: seconds between re-reads of --rollout_config_file (0 reads it once); "
+            "an invalid file is logged and the rollouts in force stay.")
 
     @property
     def tags(self) -> tuple[str, ...]:

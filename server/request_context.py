@@ -1,5 +1,6 @@
-"""What the core may know about the request being served: its deadline and whether the
-caller still waits. Transports set it per call; the batcher reads it to drop dead requests."""
+"""What the core may know about the request being served: its deadline, whether the caller
+still waits, and its headers (gRPC metadata or HTTP headers). Transports set it per call; the
+batcher reads it to drop dead requests, the rollout to route by a sticky key."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 class RequestContext:
     deadline: float | None = None  # time.monotonic() value; None when the caller set none
     is_active: Callable[[], bool] = lambda: True
+    header: Callable[[str], str | None] = lambda name: None  # by lower-case name, first value
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 import grpc
+import orjson
 from aiohttp import web
 
 from pyserving.server import request_context, rest_json, rest_json_parse, rest_responses
@@ -65,6 +66,7 @@ _PREDICTION_PATH = re.compile(
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
+_ROLLOUT_PATH = re.compile(r"/v1/models/([^/:]+)/rollout")  # pyserving's own
 _INT64_MAX = 2**63 - 1
 _JSON = "application/json"
 _CORS_HEADERS = {
@@ -150,6 +152,9 @@ class RestHandler:
             if call is not None:
                 return call(_model_spec(name, version or "", label or ""), body)
         elif method == "GET":
+            rollout = _ROLLOUT_PATH.fullmatch(path)
+            if rollout:
+                return orjson.dumps(self._core.rollout_status(unquote(rollout.group(1))))
             match = _STATUS_PATH.fullmatch(path)
             if match:
                 name, version, label, subresource = match.groups()
@@ -281,7 +286,7 @@ class RestServer:
             return self._too_large(None)
         if request.method == "OPTIONS":
             return self._preflight(request)
-        status, payload = await self._run(request.method, target, body)
+        status, payload = await self._run(request.method, target, body, request.headers)
         return self._response(status, payload)
 
     async def _serve_metrics(self, target: str) -> web.Response:
@@ -300,12 +305,13 @@ class RestServer:
         return self._response(200 if _ORIGIN.search(request.headers.get("Origin", "")) else 400,
                               b"")
 
-    async def _run(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    async def _run(self, method: str, path: str, body: bytes,
+                   headers: Mapping[str, str]) -> tuple[int, bytes]:
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting = threading.Event()
         waiting.set()
-        context = RequestContext(deadline, waiting.is_set)
+        context = RequestContext(deadline, waiting.is_set, headers.get)
         future = self._loop.run_in_executor(
             self._executor, _in_context, context, self._handler.process, method, path, body)
         try:

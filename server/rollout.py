@@ -17,13 +17,34 @@ import math
 import random
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from pyserving.server.rollout_config import ArmPlan, RolloutPlan, Target
 
 log = logging.getLogger(__name__)
 
 _HASH_SCALE = float(2**64)
+
+
+class RolloutObserver(Protocol):
+    """Hears every count a rollout makes (the metrics add them up over --workers)."""
+
+    def observe_rollout_request(self, model: str, arm: str, ok: bool) -> None: ...
+
+    def observe_rollout_shadow(self, model: str, event: str, count: int) -> None: ...
+
+    def observe_rollout_trip(self, model: str, what: str) -> None: ...
+
+
+class _Unobserved:
+    def observe_rollout_request(self, model: str, arm: str, ok: bool) -> None:
+        pass
+
+    def observe_rollout_shadow(self, model: str, event: str, count: int) -> None:
+        pass
+
+    def observe_rollout_trip(self, model: str, what: str) -> None:
+        pass
 
 
 @dataclass
@@ -43,9 +64,11 @@ class ArmState:
     def weight(self) -> float:
         return 0.0 if self.tripped else self.plan.weight
 
-    def hash_key(self) -> bytes:
+    @property
+    def name(self) -> str:
+        """``label:<label>`` or ``version:<number>``: its name in hashes and metrics."""
         target = self.plan.target
-        return (f"label:{target.label}" if target.label else f"version:{target.version}").encode()
+        return f"label:{target.label}" if target.label else f"version:{target.version}"
 
 
 @dataclass
@@ -77,12 +100,13 @@ class Comparison:
 class ModelRollout:
     """The live state of one model's plan: the arms, the shadow and the guard."""
 
-    def __init__(self, plan: RolloutPlan, on_trip: Callable[[str, str], None]) -> None:
+    def __init__(self, plan: RolloutPlan, observer: RolloutObserver) -> None:
         self.plan = plan
         self.arms = [ArmState(arm) for arm in plan.arms]
+        self._keys = {id(arm): arm.name.encode() for arm in self.arms}
         self.shadow = ShadowState()
         self.reasons: list[str] = []
-        self._on_trip = on_trip
+        self._observer = observer
         self._lock = threading.Lock()
 
     def choose(self, sticky_value: str | None) -> ArmState:
@@ -93,11 +117,13 @@ class ModelRollout:
         if sticky_value is None:
             return random.choices(arms, weights=[arm.weight for arm in arms])[0]
         key = sticky_value.encode("utf-8", "surrogateescape")
-        return max(arms, key=lambda arm: _rendezvous_score(key, arm))
+        return max(arms, key=lambda arm: _rendezvous_score(key, self._keys[id(arm)],
+                                                           arm.weight))
 
     def record(self, arm: ArmState, ok: bool) -> None:
         """Count an arm's answer and trip the guard when its error rate has reached the limit."""
         guard = self.plan.guard
+        self._observer.observe_rollout_request(self.plan.model_name, arm.name, ok)
         with self._lock:
             arm.requests += 1
             arm.errors += not ok
@@ -110,7 +136,7 @@ class ModelRollout:
                       f" (max_error_rate {guard.max_error_rate:g}): taken out of the split")
             self.reasons.append(reason)
         log.warning("Rollout of model %s: %s", self.plan.model_name, reason)
-        self._on_trip(self.plan.model_name, "arm")
+        self._observer.observe_rollout_trip(self.plan.model_name, "arm")
 
     def wants_shadow(self) -> bool:
         shadow = self.plan.shadow
@@ -122,10 +148,16 @@ class ModelRollout:
             self.shadow.mirrored += mirrored
             self.shadow.dropped += dropped
             self.shadow.errors += errors
+        for event, count in (("mirrored", mirrored), ("dropped", dropped), ("errors", errors)):
+            if count:
+                self._observer.observe_rollout_shadow(self.plan.model_name, event, count)
 
     def record_comparison(self, comparison: Comparison) -> None:
         """Count a compared pair and stop shadowing when the mismatch rate reaches the limit."""
         guard, shadow = self.plan.guard, self.shadow
+        self._observer.observe_rollout_shadow(self.plan.model_name, "compared", 1)
+        if comparison.mismatch:
+            self._observer.observe_rollout_shadow(self.plan.model_name, "mismatches", 1)
         with self._lock:
             shadow.compared += 1
             shadow.mismatches += comparison.mismatch
@@ -143,7 +175,7 @@ class ModelRollout:
                       f"answers (max_mismatch_rate {limit:g}): shadowing stopped")
             self.reasons.append(reason)
         log.warning("Rollout of model %s: %s", self.plan.model_name, reason)
-        self._on_trip(self.plan.model_name, "shadow")
+        self._observer.observe_rollout_trip(self.plan.model_name, "shadow")
 
     def status(self, version_of: Callable[[Target], int | None]) -> dict[str, Any]:
         """The status JSON document of ``GET /v1/models/{m}/rollout``; ``version_of`` resolves
@@ -171,12 +203,12 @@ class ModelRollout:
         return document
 
 
-def _rendezvous_score(key: bytes, arm: ArmState) -> float:
+def _rendezvous_score(key: bytes, arm_key: bytes, weight: float) -> float:
     """Weighted rendezvous (highest random weight) hashing: -w / ln(u), u uniform in (0, 1)
     from a hash of key and arm; the arm of highest score wins."""
-    digest = hashlib.blake2b(key + b"\0" + arm.hash_key(), digest_size=8).digest()
+    digest = hashlib.blake2b(key + b"\0" + arm_key, digest_size=8).digest()
     uniform = (int.from_bytes(digest, "big") + 0.5) / _HASH_SCALE
-    return -arm.weight / math.log(uniform)
+    return -weight / math.log(uniform)
 
 
 @dataclass
@@ -184,7 +216,7 @@ class Rollouts:
     """Every model's rollout; ``apply`` swaps in a new file's plans, keeping the live state
     (counts, tripped guards) of the models whose plan is unchanged."""
 
-    on_trip: Callable[[str, str], None] = lambda model, what: None
+    observer: RolloutObserver = field(default_factory=_Unobserved)
     _models: dict[str, ModelRollout] = field(default_factory=dict)
 
     def apply(self, plans: dict[str, RolloutPlan]) -> None:
@@ -192,7 +224,7 @@ class Rollouts:
         for name, plan in plans.items():
             current = self._models.get(name)
             models[name] = (current if current is not None and current.plan == plan
-                            else ModelRollout(plan, self.on_trip))
+                            else ModelRollout(plan, self.observer))
         self._models = models  # one reference swap: requests see the old or the new set
 
     def get(self, model_name: str) -> ModelRollout | None:

@@ -7,12 +7,17 @@ A file that does not parse or breaks a rule is refused with INVALID_ARGUMENT nam
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from pyserving.client.protos.pyserving import rollout_pb2
 from pyserving.server.config import parse_proto_text_file
-from pyserving.server.errors import invalid_argument
+from pyserving.server.errors import ServingError, invalid_argument
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ABS_DIFF = 1e-6
 
@@ -143,3 +148,39 @@ def _target(message: rollout_pb2.Arm | rollout_pb2.Shadow, field: str) -> Target
 
 def _invalid(field: str, reason: str) -> Exception:
     return invalid_argument(f"Invalid rollout config: {field}: {reason}")
+
+
+class RolloutFileWatcher:
+    """Reads the rollout file now (an invalid file is an error) and, with ``poll_seconds``
+    above 0, again every ``poll_seconds``: each valid read is handed to ``apply``; an invalid
+    one is logged and the rollouts in force stay."""
+
+    def __init__(self, path: str, poll_seconds: float,
+                 apply: Callable[[dict[str, RolloutPlan]], None]) -> None:
+        self._path = path
+        self._poll_seconds = poll_seconds
+        self._apply = apply
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._apply(read_rollout_config(self._path))
+        if self._poll_seconds > 0:
+            self._thread = threading.Thread(target=self._poll, name="rollout-poll", daemon=True)
+            self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                plans = read_rollout_config(self._path)
+            except ServingError as error:
+                log.error("Rollout config %s refused, the rollouts in force stay: %s",
+                          self._path, error.message)
+                continue
+            self._apply(plans)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

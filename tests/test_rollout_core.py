@@ -125,7 +125,18 @@ def test_changing_a_weight_moves_only_the_keys_it_must(tmp_path):
 
 def test_an_arm_failing_past_the_guard_is_taken_out_until_the_plan_changes(tmp_path):
     tripped = []
-    rollouts = Rollouts(on_trip=lambda model, what: tripped.append((model, what)))
+
+    class Observer:
+        def observe_rollout_request(self, model: str, arm: str, ok: bool) -> None:
+            pass
+
+        def observe_rollout_shadow(self, model: str, event: str, count: int) -> None:
+            pass
+
+        def observe_rollout_trip(self, model: str, what: str) -> None:
+            tripped.append((model, what))
+
+    rollouts = Rollouts(observer=Observer())
     rollouts.apply(plans(tmp_path, CANARY))
     model = rollouts.get("m")
     stable, canary = model.arms

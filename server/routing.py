@@ -1,0 +1,132 @@
+"""Where a prediction request goes: the version its ModelSpec names, or, for a request that
+names none, the arm its model's rollout picks (rollout.py); and the shadow copy sent after it.
+
+A routed request counts for its arm when it ends (any error, admission included, is a failed
+request). A mirrored copy runs on the shadow runner, bypasses admission (it holds no caller's
+slot) and the split (its ModelSpec names the shadow's version or label).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+from pyserving.server import request_context
+from pyserving.server.apis import model_pb2
+from pyserving.server.errors import ServingError
+from pyserving.server.manager import ModelManager
+from pyserving.server.rollout import ArmState, ModelRollout, Rollouts
+from pyserving.server.rollout_config import Target
+from pyserving.server.servable import Servable
+from pyserving.server.shadow import ShadowRunner, compare_outputs
+
+log = logging.getLogger(__name__)
+
+Outputs = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A request the split sent to ``arm`` of ``rollout``."""
+
+    rollout: ModelRollout
+    arm: ArmState
+
+
+class Router:
+    """Resolves ModelSpecs to servables through the manager and the rollouts; mirrors routed
+    requests to their model's shadow. Shadows are shed while more routed requests than
+    ``busy_at`` are in flight."""
+
+    def __init__(self, manager: ModelManager, rollouts: Rollouts | None = None,
+                 busy_at: int | None = None) -> None:
+        self.manager = manager
+        self.rollouts = rollouts if rollouts is not None else Rollouts()
+        self._busy_at = busy_at if busy_at is not None else max(2, os.cpu_count() or 1)
+        self._routed = 0
+        self._lock = threading.Lock()
+        self._shadows: ShadowRunner | None = None
+
+    def servable_for(self, spec: model_pb2.ModelSpec) -> Servable:
+        """The servable the spec names, counted in: use it as ``with ... as servable``."""
+        choice = spec.WhichOneof("version_choice")
+        if choice == "version":
+            return self.manager.acquire(spec.name, version=spec.version.value)
+        if choice == "version_label":
+            return self.manager.acquire(spec.name, label=spec.version_label)
+        return self.manager.acquire(spec.name)
+
+    def resolve(self, spec: model_pb2.ModelSpec) -> tuple[Servable, Route | None]:
+        """The servable for a prediction request, and its route when a rollout chose it."""
+        rollout = (self.rollouts.get(spec.name)
+                   if spec.WhichOneof("version_choice") is None else None)
+        if rollout is None:
+            return self.servable_for(spec), None
+        key = rollout.plan.sticky_metadata_key
+        arm = rollout.choose(request_context.current.get().header(key.lower()) if key else None)
+        with self._lock:
+            self._routed += 1
+        try:
+            return self.servable_for(target_spec(spec.name, arm.target)), Route(rollout, arm)
+        except BaseException:
+            self.finish(Route(rollout, arm), ok=False)
+            raise
+
+    def finish(self, route: Route, ok: bool) -> None:
+        """A routed request ended."""
+        with self._lock:
+            self._routed -= 1
+        route.rollout.record(route.arm, ok)
+
+    def mirror(self, route: Route | None, primary: Callable[[], Outputs],
+               shadow: Callable[[model_pb2.ModelSpec], Outputs]) -> None:
+        """Maybe send a routed request's copy to its model's shadow: ``shadow(spec)`` runs it
+        for the shadow's ModelSpec, and its outputs are compared with ``primary()``'s."""
+        if route is None or not route.rollout.wants_shadow():
+            return
+        rollout = route.rollout
+        plan = rollout.plan.shadow
+        assert plan is not None
+        spec = target_spec(rollout.plan.model_name, plan.target)
+
+        def run() -> None:
+            rollout.count_shadow(mirrored=1)
+            try:
+                theirs = shadow(spec)
+            except ServingError as error:
+                log.debug("Shadow request to %s failed: %s", plan.target.describe(), error)
+                rollout.count_shadow(errors=1)
+                return
+            rollout.record_comparison(compare_outputs(primary(), theirs, plan.max_abs_diff))
+
+        self._runner().submit(run, on_drop=lambda: rollout.count_shadow(dropped=1))
+
+    def _runner(self) -> ShadowRunner:
+        with self._lock:
+            if self._shadows is None:  # started by the first mirrored request
+                self._shadows = ShadowRunner(busy=self._busy)
+            return self._shadows
+
+    def _busy(self) -> bool:
+        return self._routed > self._busy_at
+
+    def stop(self) -> None:
+        """Drop queued shadow requests and end the shadow thread."""
+        with self._lock:
+            shadows, self._shadows = self._shadows, None
+        if shadows is not None:
+            shadows.stop(timeout=30)
+
+
+def target_spec(model_name: str, target: Target) -> model_pb2.ModelSpec:
+    spec = model_pb2.ModelSpec(name=model_name)
+    if target.label:
+        spec.version_label = target.label
+    else:
+        spec.version.value = target.version or 0
+    return spec
