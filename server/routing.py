@@ -9,7 +9,6 @@ slot) and the split (its ModelSpec names the shadow's version or label).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -40,15 +39,11 @@ class Route:
 
 class Router:
     """Resolves ModelSpecs to servables through the manager and the rollouts; mirrors routed
-    requests to their model's shadow. Shadows are shed while more routed requests than
-    ``busy_at`` are in flight."""
+    requests to their model's shadow."""
 
-    def __init__(self, manager: ModelManager, rollouts: Rollouts | None = None,
-                 busy_at: int | None = None) -> None:
+    def __init__(self, manager: ModelManager, rollouts: Rollouts | None = None) -> None:
         self.manager = manager
         self.rollouts = rollouts if rollouts is not None else Rollouts()
-        self._busy_at = busy_at if busy_at is not None else max(2, os.cpu_count() or 1)
-        self._routed = 0
         self._lock = threading.Lock()
         self._shadows: ShadowRunner | None = None
 
@@ -69,8 +64,6 @@ class Router:
             return self.servable_for(spec), None
         key = rollout.plan.sticky_metadata_key
         arm = rollout.choose(request_context.current.get().header(key.lower()) if key else None)
-        with self._lock:
-            self._routed += 1
         try:
             return self.servable_for(target_spec(spec.name, arm.target)), Route(rollout, arm)
         except BaseException:
@@ -79,8 +72,6 @@ class Router:
 
     def finish(self, route: Route, ok: bool) -> None:
         """A routed request ended."""
-        with self._lock:
-            self._routed -= 1
         route.rollout.record(route.arm, ok)
 
     def mirror(self, route: Route | None, primary: Callable[[], Outputs],
@@ -109,11 +100,8 @@ class Router:
     def _runner(self) -> ShadowRunner:
         with self._lock:
             if self._shadows is None:  # started by the first mirrored request
-                self._shadows = ShadowRunner(busy=self._busy)
+                self._shadows = ShadowRunner()
             return self._shadows
-
-    def _busy(self) -> bool:
-        return self._routed > self._busy_at
 
     def stop(self) -> None:
         """Drop queued shadow requests and end the shadow thread."""

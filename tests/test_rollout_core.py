@@ -4,6 +4,7 @@ comparison and the bounded shadow runner."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -195,24 +196,37 @@ def test_compare_outputs():
     assert compare_outputs(ints, {"i": np.array([1, 2], np.int64)}, 0).max_abs_diff == 3
 
 
-def test_the_shadow_runner_is_bounded_and_sheds_when_busy():
+def test_the_shadow_runner_is_bounded_and_sheds_past_its_time_budget():
     release, started = threading.Event(), threading.Event()
     ran, dropped = [], []
-    busy = [False]
-    runner = ShadowRunner(busy=lambda: busy[0], capacity=2)
+    now = [0.0]
+    runner = ShadowRunner(capacity=2, budget=0.1, clock=lambda: now[0])
     try:
         def blocking() -> None:
             started.set()
             release.wait(10)
+            now[0] += 1.0  # a 1 s job: 0.05 s saved up + 0.1 s earned meanwhile, overspent
 
         assert runner.submit(blocking, lambda: dropped.append("blocking"))
         assert started.wait(10)
         assert runner.submit(lambda: ran.append(1), lambda: dropped.append(1))
         assert runner.submit(lambda: ran.append(2), lambda: dropped.append(2))
         assert not runner.submit(lambda: ran.append(3), lambda: dropped.append(3))  # full
-        busy[0] = True
         release.set()
+        assert wait_until(lambda: len(dropped) == 3)  # the queued two, shed when their turn came
         assert not runner.submit(lambda: ran.append(4), lambda: dropped.append(4))
+        now[0] += 10.0  # the debt is paid off after 8.5 s of budget
+        assert runner.submit(lambda: ran.append(5), lambda: dropped.append(5))
+        assert wait_until(lambda: ran == [5])
     finally:
         runner.stop(timeout=10)
-    assert ran == [] and sorted(map(str, dropped)) == ["1", "2", "3", "4"]
+    assert sorted(map(str, dropped)) == ["1", "2", "3", "4"]
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
