@@ -71,8 +71,8 @@ def main() -> None:
 
     import workloads
 
-    from pyserving.server.batching import Batcher
-    from pyserving.server.batching_config import parse_batching_parameters
+    from pyserving.server.batching.batcher import Batcher
+    from pyserving.server.batching.config import parse_batching_parameters
 
     workload = workloads.prepare(args.model, Path(tempfile.mkdtemp(prefix="batcher-bench-")))
     model = workloads.InProcessModel(workload, args.inter_op)

@@ -149,7 +149,7 @@ async def _serve_aio(spec: ServerSpec, conn: Connection) -> None:
     elif spec.kind == "aio-batched":
         from aio_batching import AsyncBatcher, aio_batched_service
 
-        from pyserving.server.batching_config import read_batching_parameters
+        from pyserving.server.batching.config import read_batching_parameters
 
         model_server = _model_server(replace(spec, batching_parameters_file=""))
         options = read_batching_parameters(spec.batching_parameters_file)

@@ -19,24 +19,24 @@ import numpy as np
 
 from pyserving.server import config as model_config
 from pyserving.server import device
-from pyserving.server.batching import Batcher, Feeds
-from pyserving.server.batching_config import BatchingOptions, read_batching_parameters
+from pyserving.server.batching.batcher import Batcher, Feeds
+from pyserving.server.batching.config import BatchingOptions, read_batching_parameters
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
+from pyserving.server.example_inference import ExampleInference
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
 from pyserving.server.grpc_services import PredictionService, add_services
 from pyserving.server.health import ServingHealth
-from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
 from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_monitoring_config
 from pyserving.server.op_libraries import load_op_libraries
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
-from pyserving.server.rest import RestOptions, RestServer
-from pyserving.server.rollout import Rollouts
-from pyserving.server.rollout_config import RolloutFileWatcher
-from pyserving.server.routing import Router
+from pyserving.server.rest.server import RestOptions, RestServer
+from pyserving.server.rollout.plan import RolloutFileWatcher
+from pyserving.server.rollout.router import Router
+from pyserving.server.rollout.state import Rollouts
 from pyserving.server.saved_model import load_servable, tfrecords
 from pyserving.server.servable import Servable, SignatureDef, run_unbatched
 from pyserving.server.source import FileSystemSource

@@ -15,7 +15,7 @@ from pyserving.server.options import (
     explicitly_set_inert_flags,
     parse_options,
 )
-from pyserving.server.workers import WorkerFlagError, supervise, worker_count
+from pyserving.server.workers.supervisor import WorkerFlagError, supervise, worker_count
 
 if TYPE_CHECKING:
     from pyserving.server.app import ModelServer

@@ -24,13 +24,13 @@ from pyserving.server.apis import (
 )
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.errors import ERROR_CODE_NUMBERS, ServingError, invalid_argument, not_found
-from pyserving.server.inference import ExampleInference
+from pyserving.server.example_inference import ExampleInference
 from pyserving.server.manager import ModelManager
 from pyserving.server.predict import CLASSIFY_METHOD, REGRESS_METHOD, Predictor
-from pyserving.server.rollout_config import Target
-from pyserving.server.routing import Outputs, Route, Router, target_spec
+from pyserving.server.rollout.plan import Target
+from pyserving.server.rollout.router import Outputs, Route, Router, target_spec
+from pyserving.server.rollout.shadow import response_outputs
 from pyserving.server.servable import AsyncRunner, Servable
-from pyserving.server.shadow import response_outputs
 
 SIGNATURE_DEF_FIELD = "signature_def"
 

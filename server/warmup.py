@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 
 from pyserving.server.apis import prediction_log_pb2
 from pyserving.server.errors import ServingError, invalid_argument
-from pyserving.server.inference import ExampleInference
+from pyserving.server.example_inference import ExampleInference
 from pyserving.server.predict import Predictor
 from pyserving.server.servable import Servable
 

@@ -14,8 +14,8 @@ import pytest
 from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
 
 from pyserving.server import request_context
-from pyserving.server.batching import Batcher
-from pyserving.server.batching_config import BatchingOptions
+from pyserving.server.batching.batcher import Batcher
+from pyserving.server.batching.config import BatchingOptions
 from pyserving.server.errors import ServingError
 from pyserving.server.request_context import RequestContext
 

@@ -517,7 +517,7 @@ def test_pad_variable_length_inputs_pads_with_the_first_element(batching_server,
 
 
 def test_failing_request_fails_alone(batching_server, channel_to, caplog):
-    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching.batcher")
     stub = stub_for(batching_server("batch_timeout_micros { value: 200000 }\n"), channel_to)
     inputs = [rows_of(caller, 2) for caller in range(4)]
     inputs[2] = -inputs[2] - 1

@@ -175,7 +175,7 @@ def test_failing_op_fails_only_its_request_unbatched(serve, channel_to, checked_
 
 def test_failing_requests_of_grpc_and_rest_callers_in_one_batch_fail_alone(
         serve, channel_to, checked_model, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pyserving.server.batching")
+    caplog.set_level(logging.INFO, logger="pyserving.server.batching.batcher")
     base = tmp_path / MODEL
     copy_tree(checked_model, base / "1")
     batching = tmp_path / "batching.txt"

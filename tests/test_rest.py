@@ -559,7 +559,7 @@ def test_status_without_model_name(port: int) -> None:
 
 def test_grpc_codes_map_to_tf_serving_http_codes() -> None:
     from pyserving.server.errors import ServingError
-    from pyserving.server.rest import RestOptions, RestServer
+    from pyserving.server.rest.server import RestOptions, RestServer
 
     class FailingCore:
         code = grpc.StatusCode.OK
@@ -587,7 +587,7 @@ def test_grpc_codes_map_to_tf_serving_http_codes() -> None:
 
 
 def test_rest_api_timeout_answers_504() -> None:
-    from pyserving.server.rest import RestOptions, RestServer
+    from pyserving.server.rest.server import RestOptions, RestServer
 
     class SlowCore:
         def model_status(self, request: Any) -> Any:

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from pyserving.client import tensors
 from pyserving.server.errors import ServingError
-from pyserving.server.rest_json import RequestFormat
-from pyserving.server.rest_json_parse import debug_string, may_hold_bools, parse_json
-from pyserving.server.rest_responses import error_json, predict_json
+from pyserving.server.rest.json_parse import debug_string, may_hold_bools, parse_json
+from pyserving.server.rest.request_json import RequestFormat
+from pyserving.server.rest.response_json import error_json, predict_json
 
 FUZZ = settings(max_examples=300, deadline=None, derandomize=True)
 FLOAT32_BITS = st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=20)

@@ -229,7 +229,7 @@ def test_a_failing_arm_trips_the_guard_after_few_failed_requests(start):
 
 def test_a_changed_file_applies_without_restart_and_an_invalid_one_keeps_the_rollout(
         start, tmp_path, caplog):
-    caplog.set_level(logging.ERROR, logger="pyserving.server.rollout_config")
+    caplog.set_level(logging.ERROR, logger="pyserving.server.rollout.plan")
     server = start(rollout_text('split { label: "stable" weight: 1 }'),
                    rollout_config_poll_wait_seconds=1)
     path = tmp_path / "rollout.txt"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from pyserving.server.errors import ServingError
-from pyserving.server.rollout import Comparison, Rollouts
-from pyserving.server.rollout_config import DEFAULT_MAX_ABS_DIFF, Target, read_rollout_config
-from pyserving.server.shadow import ShadowRunner, compare_outputs
+from pyserving.server.rollout.plan import DEFAULT_MAX_ABS_DIFF, Target, read_rollout_config
+from pyserving.server.rollout.shadow import ShadowRunner, compare_outputs
+from pyserving.server.rollout.state import Comparison, Rollouts
 
 CANARY = """
 rollouts {

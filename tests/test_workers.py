@@ -37,7 +37,7 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving.server.options import ServerOptions
-from pyserving.server.workers import worker_count
+from pyserving.server.workers.supervisor import worker_count
 from support import TESTDATA, free_port, metrics_page_samples
 
 SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")

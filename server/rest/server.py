@@ -1,8 +1,6 @@
-"""The HTTP/REST adapter: TF Serving's /v1/models routes over the serving core.
-
-aiohttp runs on its own event loop in a background thread; each request is parsed, run and
-encoded on a pool of --rest_api_num_threads threads so TensorFlow never blocks the loop.
-"""
+"""The HTTP server of the REST API: aiohttp on its own event loop in a background thread; each
+request is parsed, run and encoded on a pool of --rest_api_num_threads threads so TensorFlow
+never blocks the loop."""
 
 from __future__ import annotations
 
@@ -14,60 +12,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
-from urllib.parse import unquote
 
 import grpc
-import orjson
 from aiohttp import web
 
-from pyserving.server import request_context, rest_json, rest_json_parse, rest_responses
-from pyserving.server.apis import (
-    classification_pb2,
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_pb2,
-    regression_pb2,
-)
-from pyserving.server.core import SIGNATURE_DEF_FIELD, ServingCore
-from pyserving.server.errors import ServingError, invalid_argument, unavailable
-from pyserving.server.metrics import REST, ServerMetrics
-from pyserving.server.predict import DEFAULT_SIGNATURE
+from pyserving.server import request_context
+from pyserving.server.core import ServingCore
+from pyserving.server.errors import unavailable
+from pyserving.server.metrics import ServerMetrics
 from pyserving.server.request_context import RequestContext
-from pyserving.server.servable import Servable
+from pyserving.server.rest import response_json
+from pyserving.server.rest.handler import HTTP_STATUS, RestHandler
 
 log = logging.getLogger(__name__)
 
-# http_server.cc ToHTTPStatusCode.
-HTTP_STATUS = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
-
-# http_rest_api_util.cc / http_rest_api_handler.cc.
 _HANDLED_PATH = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
-_PREDICTION_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
-    re.IGNORECASE)
-_STATUS_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
-    re.IGNORECASE)
-_ROLLOUT_PATH = re.compile(r"/v1/models/([^/:]+)/rollout")  # pyserving's own
-_INT64_MAX = 2**63 - 1
 _JSON = "application/json"
 _CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -93,122 +52,6 @@ class RestOptions:
     timeout_ms: int
     enable_cors: bool
     max_request_bytes: int
-
-
-class _UnparsedModelInfo(ServingError):
-    """ParseModelInfo failed: TF Serving's handler returns before writing the error JSON, so
-    the answer is a 400 with an empty body."""
-
-
-def _model_spec(name: str, version: str, label: str) -> model_pb2.ModelSpec:
-    """ParseModelInfo + FillModelSpecWithNameVersionAndLabel, from the captured path parts."""
-    spec = model_pb2.ModelSpec(name=unquote(name))
-    if version:
-        if int(version) > _INT64_MAX:
-            raise _UnparsedModelInfo(grpc.StatusCode.INVALID_ARGUMENT,
-                                     f"Failed to convert version: {version} to numeric.")
-        spec.version.value = int(version)
-    if label:
-        spec.version_label = unquote(label)
-    return spec
-
-
-class RestHandler:
-    """HttpRestApiHandler::ProcessRequest: one request in, (HTTP status, JSON body) out."""
-
-    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
-        self._core = core
-        self._metrics = metrics
-
-    def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
-        prediction = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
-        if prediction is None or self._metrics is None:
-            return self._process(method, path, body, prediction)[1:]
-        model, api = unquote(prediction.group(1)), prediction.group(4)
-        started = time.monotonic()
-        with self._metrics.in_flight(model, api, REST):
-            code, status, payload = self._process(method, path, body, prediction)
-        self._metrics.observe_request(model, api, REST, code, time.monotonic() - started)
-        return status, payload
-
-    def _process(self, method: str, path: str, body: bytes, prediction: re.Match | None
-                 ) -> tuple[grpc.StatusCode, int, bytes]:
-        try:
-            return grpc.StatusCode.OK, 200, self._dispatch(method, path, body, prediction)
-        except ServingError as error:
-            body = b"" if isinstance(error, _UnparsedModelInfo) else \
-                rest_responses.error_json(error.message)
-            return error.code, HTTP_STATUS.get(error.code, 500), body
-        except Exception as error:  # a bug: logged, and answered as TF Serving's INTERNAL
-            log.exception("REST %s %s failed", method, path)
-            return grpc.StatusCode.INTERNAL, 500, rest_responses.error_json(repr(error))
-
-    def _dispatch(self, method: str, path: str, body: bytes, prediction: re.Match | None
-                  ) -> bytes:
-        if prediction is not None:
-            name, version, label, verb = prediction.groups()
-            call = {"predict": self._predict, "classify": self._classify,
-                    "regress": self._regress}.get(verb)
-            if call is not None:
-                return call(_model_spec(name, version or "", label or ""), body)
-        elif method == "GET":
-            rollout = _ROLLOUT_PATH.fullmatch(path)
-            if rollout:
-                return orjson.dumps(self._core.rollout_status(unquote(rollout.group(1))))
-            match = _STATUS_PATH.fullmatch(path)
-            if match:
-                name, version, label, subresource = match.groups()
-                spec = _model_spec(name or "", version or "", label or "")
-                if subresource == "metadata":
-                    return self._metadata(spec)
-                return self._status(spec)
-        raise invalid_argument(f"Malformed request: {method} {path}")
-
-    def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
-        """The body is parsed before the model is resolved, and read against the signature
-        of the one version that then runs it."""
-        document = rest_json_parse.parse_json(body)
-        rest_json.signature_name(document)  # checked before the model, as in TF Serving
-        may_hold_bools = rest_json_parse.may_hold_bools(body)
-        fmt = rest_json.RequestFormat.ROW
-
-        def read(servable: Servable) -> tuple[str, Mapping[str, Any]]:
-            nonlocal fmt
-            name, arrays, fmt = rest_json.predict_inputs(
-                document, lambda name: _signature_inputs(servable, name), may_hold_bools)
-            return name, arrays
-
-        return rest_responses.predict_json(self._core.predict_arrays(spec, read), fmt)
-
-    def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
-        request = classification_pb2.ClassificationRequest(model_spec=spec)
-        rest_json.fill_examples_request(rest_json_parse.parse_json(body), request)
-        return rest_responses.classification_json(self._core.classify(request))
-
-    def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
-        request = regression_pb2.RegressionRequest(model_spec=spec)
-        rest_json.fill_examples_request(rest_json_parse.parse_json(body), request)
-        return rest_responses.regression_json(self._core.regress(request))
-
-    def _status(self, spec: model_pb2.ModelSpec) -> bytes:
-        if not spec.name:
-            raise invalid_argument("Missing model name in request.")
-        request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
-        return rest_responses.model_status_json(self._core.model_status(request))
-
-    def _metadata(self, spec: model_pb2.ModelSpec) -> bytes:
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
-        return rest_responses.model_metadata_json(self._core.model_metadata(request))
-
-
-def _signature_inputs(servable: Servable, name: str) -> Mapping[str, Any]:
-    """HttpRestApiHandler::GetInfoMap."""
-    signature = servable.signatures.get(name or DEFAULT_SIGNATURE)
-    if signature is None:
-        raise invalid_argument(f'Serving signature name: "{name or DEFAULT_SIGNATURE}" '
-                               "not found in signature def")
-    return signature.inputs
 
 
 class RestServer:
@@ -319,7 +162,7 @@ class RestServer:
         except asyncio.TimeoutError:
             waiting.clear()
             return HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
-                rest_responses.error_json("Deadline Exceeded")
+                response_json.error_json("Deadline Exceeded")
         except asyncio.CancelledError:
             waiting.clear()  # the client went away; the batcher may drop the work
             raise
@@ -329,7 +172,7 @@ class RestServer:
         sent = f" of {size} bytes" if size is not None else ""
         message = (f"Request body{sent} exceeds the limit of {limit} bytes "
                    "(--rest_api_max_request_bytes)")
-        return self._response(413, rest_responses.error_json(message))
+        return self._response(413, response_json.error_json(message))
 
     def _response(self, status: int, payload: bytes) -> web.Response:
         headers = {"Content-Type": _JSON}

@@ -28,7 +28,7 @@ from pyserving.server.apis import (
     regression_pb2,
 )
 from pyserving.server.errors import internal, invalid_argument
-from pyserving.server.rest_json import FLOAT_TYPES, INT_RANGES, RequestFormat
+from pyserving.server.rest.request_json import FLOAT_TYPES, INT_RANGES, RequestFormat
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _WRITTEN = (*FLOAT_TYPES, *INT_RANGES, tensors.DT_BOOL, tensors.DT_STRING)

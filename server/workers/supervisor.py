@@ -3,7 +3,7 @@
 The supervisor (the process the user started) imports no TensorFlow. It reserves the ports
 (a socket bound with SO_REUSEPORT that never listens: ``--port=0`` becomes one concrete port
 for every worker, and nobody else takes a port while a worker restarts), then spawns N
-``python -m pyserving.server.worker`` processes. Each is a normal ModelServer with the same
+``python -m pyserving.server.workers.worker`` processes. Each is a normal ModelServer with the same
 flags, binding with SO_REUSEPORT, so the kernel spreads new connections among them. The
 supervisor restarts a worker that dies (with a backoff), forwards SIGTERM/SIGINT to all and
 waits for their drain. A readiness record (one file per serving worker) lets every worker
@@ -186,7 +186,8 @@ class Supervisor:
         arguments = [f"--index={slot.index}", f"--count={len(self._slots)}",
                      f"--run_dir={self._run_dir}", f"--parent_pid={os.getpid()}"]
         slot.process = subprocess.Popen(
-            [sys.executable, "-m", "pyserving.server.worker", *arguments, "--", *self._command],
+            [sys.executable, "-m", "pyserving.server.workers.worker", *arguments, "--",
+             *self._command],
             stdin=subprocess.DEVNULL)
         slot.serving = False
         log.info("worker %d started: pid %d", slot.index, slot.process.pid)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pyserving.client.tensors import ndarray_from_tensor_proto
-from pyserving.server.rollout import Comparison
+from pyserving.server.rollout.state import Comparison
 
 log = logging.getLogger(__name__)
 

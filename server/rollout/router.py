@@ -19,10 +19,10 @@ from pyserving.server import request_context
 from pyserving.server.apis import model_pb2
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelManager
-from pyserving.server.rollout import ArmState, ModelRollout, Rollouts
-from pyserving.server.rollout_config import Target
+from pyserving.server.rollout.plan import Target
+from pyserving.server.rollout.shadow import ShadowRunner, compare_outputs
+from pyserving.server.rollout.state import ArmState, ModelRollout, Rollouts
 from pyserving.server.servable import Servable
-from pyserving.server.shadow import ShadowRunner, compare_outputs
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from pyserving.server.rollout_config import ArmPlan, RolloutPlan, Target
+from pyserving.server.rollout.plan import ArmPlan, RolloutPlan, Target
 
 log = logging.getLogger(__name__)
 

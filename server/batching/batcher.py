@@ -30,13 +30,13 @@ import grpc
 import numpy as np
 
 from pyserving.server import request_context
-from pyserving.server.batch_padding import pad_to_common_shape, round_up
-from pyserving.server.batching_config import (
+from pyserving.server.batching.config import (
     BatchingOptions,
     check_thread_count,
     queue_options,
     read_batching_parameters,
 )
+from pyserving.server.batching.padding import pad_to_common_shape, round_up
 from pyserving.server.errors import (
     ServingError,
     failed_precondition,

@@ -1,6 +1,7 @@
 """One worker process of ``--workers N`` (started by ``workers.Supervisor``, not by users).
 
-    python -m pyserving.server.worker --index=I --count=N --run_dir=D --parent_pid=P -- FLAGS
+    python -m pyserving.server.workers.worker --index=I --count=N --run_dir=D --parent_pid=P \
+        -- FLAGS
 
 A normal ModelServer with the server's FLAGS (the supervisor made the ports concrete), whose
 metrics add up with the other workers' (files under D/metrics), whose overall health is
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING, Sequence
 from pyserving.server.cli import ServerLifecycle, configure_logging, run_server
 from pyserving.server.errors import ServingError
 from pyserving.server.options import parse_options
-from pyserving.server.workers import POLL_SECONDS, ReadinessRecord
+from pyserving.server.workers.supervisor import POLL_SECONDS, ReadinessRecord
 
 if TYPE_CHECKING:
     from pyserving.server.app import ModelServer
     from pyserving.server.config import ModelServerConfig
-    from pyserving.server.shared_config import SharedModelConfig
+    from pyserving.server.workers.shared_config import SharedModelConfig
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -118,7 +119,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="pyserving.server.worker")
+    parser = argparse.ArgumentParser(prog="pyserving.server.workers.worker")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--run_dir", type=Path, required=True)
@@ -134,8 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _die_with_parent(arguments.parent_pid)
     configure_logging(tag=f"worker {arguments.index}")
     options, _unknown = parse_options(flags)  # the supervisor has reported unknown flags
-    from pyserving.server import metrics, rest
-    from pyserving.server.shared_config import SharedModelConfig
+    from pyserving.server import metrics
+    from pyserving.server.rest import server as rest
+    from pyserving.server.workers.shared_config import SharedModelConfig
 
     metrics.use_multiprocess_dir(str(arguments.run_dir / "metrics"))
     rest.share_port_with_other_processes()

@@ -1,7 +1,7 @@
 """TF Serving's REST request JSON -> input arrays and Example protos
 (tensorflow_serving/util/json_tensor.cc).
 
-Takes the values ``rest_json_parse.parse_json`` gives. Numeric tensors take a numpy fast path;
+Takes the values ``json_parse.parse_json`` gives. Numeric tensors take a numpy fast path;
 anything it cannot vouch for is walked value by value as json_tensor.cc does, which also yields
 TF Serving's error texts. Hostile values (too many dimensions, numbers out of range, values of
 mixed JSON types) get a 400, never a crash.
@@ -17,10 +17,10 @@ import numpy as np
 
 from pyserving.client import tensors
 from pyserving.client.tensors import DTYPE_NAMES
-from pyserving.server import rest_base64
 from pyserving.server.apis import example_pb2, feature_pb2
 from pyserving.server.errors import ServingError, invalid_argument
-from pyserving.server.rest_json_parse import debug_string, json_type_name, json_value_error
+from pyserving.server.rest import b64
+from pyserving.server.rest.json_parse import debug_string, json_type_name, json_value_error
 
 _INT32 = (-2**31, 2**31 - 1)
 _INT64 = (-2**63, 2**63 - 1)
@@ -72,7 +72,7 @@ def _decode_base64(value: Any) -> bytes:
     if not _is_base64_object(value):
         raise invalid_argument(f"JSON Value: {debug_string(value)} "
                                "not formatted correctly for base64 data")
-    decoded = rest_base64.unescape(value["b64"])
+    decoded = b64.unescape(value["b64"])
     if decoded is None:
         raise invalid_argument("Unable to base64 decode")
     return decoded

@@ -1,0 +1,1 @@
+"""Request batching: the batcher, its BatchingParameters, and padding of batched inputs."""

@@ -1,0 +1,176 @@
+"""The REST handler: TF Serving's /v1/models routes (http_rest_api_handler.cc) over the serving
+core, one request in, (HTTP status, JSON body) out, whatever server carries it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any, Mapping
+from urllib.parse import unquote
+
+import grpc
+import orjson
+
+from pyserving.server.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    regression_pb2,
+)
+from pyserving.server.core import SIGNATURE_DEF_FIELD, ServingCore
+from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.metrics import REST, ServerMetrics
+from pyserving.server.predict import DEFAULT_SIGNATURE
+from pyserving.server.rest import json_parse, request_json, response_json
+from pyserving.server.servable import Servable
+
+log = logging.getLogger(__name__)
+
+# http_server.cc ToHTTPStatusCode.
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+# http_rest_api_util.cc / http_rest_api_handler.cc.
+_PREDICTION_PATH = re.compile(
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.IGNORECASE)
+_STATUS_PATH = re.compile(
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.IGNORECASE)
+_ROLLOUT_PATH = re.compile(r"/v1/models/([^/:]+)/rollout")  # pyserving's own
+_INT64_MAX = 2**63 - 1
+
+
+class _UnparsedModelInfo(ServingError):
+    """ParseModelInfo failed: TF Serving's handler returns before writing the error JSON, so
+    the answer is a 400 with an empty body."""
+
+
+def _model_spec(name: str, version: str, label: str) -> model_pb2.ModelSpec:
+    """ParseModelInfo + FillModelSpecWithNameVersionAndLabel, from the captured path parts."""
+    spec = model_pb2.ModelSpec(name=unquote(name))
+    if version:
+        if int(version) > _INT64_MAX:
+            raise _UnparsedModelInfo(grpc.StatusCode.INVALID_ARGUMENT,
+                                     f"Failed to convert version: {version} to numeric.")
+        spec.version.value = int(version)
+    if label:
+        spec.version_label = unquote(label)
+    return spec
+
+
+class RestHandler:
+    """HttpRestApiHandler::ProcessRequest: one request in, (HTTP status, JSON body) out."""
+
+    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
+        self._core = core
+        self._metrics = metrics
+
+    def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+        prediction = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
+        if prediction is None or self._metrics is None:
+            return self._process(method, path, body, prediction)[1:]
+        model, api = unquote(prediction.group(1)), prediction.group(4)
+        started = time.monotonic()
+        with self._metrics.in_flight(model, api, REST):
+            code, status, payload = self._process(method, path, body, prediction)
+        self._metrics.observe_request(model, api, REST, code, time.monotonic() - started)
+        return status, payload
+
+    def _process(self, method: str, path: str, body: bytes, prediction: re.Match | None
+                 ) -> tuple[grpc.StatusCode, int, bytes]:
+        try:
+            return grpc.StatusCode.OK, 200, self._dispatch(method, path, body, prediction)
+        except ServingError as error:
+            body = b"" if isinstance(error, _UnparsedModelInfo) else \
+                response_json.error_json(error.message)
+            return error.code, HTTP_STATUS.get(error.code, 500), body
+        except Exception as error:  # a bug: logged, and answered as TF Serving's INTERNAL
+            log.exception("REST %s %s failed", method, path)
+            return grpc.StatusCode.INTERNAL, 500, response_json.error_json(repr(error))
+
+    def _dispatch(self, method: str, path: str, body: bytes, prediction: re.Match | None
+                  ) -> bytes:
+        if prediction is not None:
+            name, version, label, verb = prediction.groups()
+            call = {"predict": self._predict, "classify": self._classify,
+                    "regress": self._regress}.get(verb)
+            if call is not None:
+                return call(_model_spec(name, version or "", label or ""), body)
+        elif method == "GET":
+            rollout = _ROLLOUT_PATH.fullmatch(path)
+            if rollout:
+                return orjson.dumps(self._core.rollout_status(unquote(rollout.group(1))))
+            match = _STATUS_PATH.fullmatch(path)
+            if match:
+                name, version, label, subresource = match.groups()
+                spec = _model_spec(name or "", version or "", label or "")
+                if subresource == "metadata":
+                    return self._metadata(spec)
+                return self._status(spec)
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+        """The body is parsed before the model is resolved, and read against the signature
+        of the one version that then runs it."""
+        document = json_parse.parse_json(body)
+        request_json.signature_name(document)  # checked before the model, as in TF Serving
+        may_hold_bools = json_parse.may_hold_bools(body)
+        fmt = request_json.RequestFormat.ROW
+
+        def read(servable: Servable) -> tuple[str, Mapping[str, Any]]:
+            nonlocal fmt
+            name, arrays, fmt = request_json.predict_inputs(
+                document, lambda name: _signature_inputs(servable, name), may_hold_bools)
+            return name, arrays
+
+        return response_json.predict_json(self._core.predict_arrays(spec, read), fmt)
+
+    def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+        request = classification_pb2.ClassificationRequest(model_spec=spec)
+        request_json.fill_examples_request(json_parse.parse_json(body), request)
+        return response_json.classification_json(self._core.classify(request))
+
+    def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+        request = regression_pb2.RegressionRequest(model_spec=spec)
+        request_json.fill_examples_request(json_parse.parse_json(body), request)
+        return response_json.regression_json(self._core.regress(request))
+
+    def _status(self, spec: model_pb2.ModelSpec) -> bytes:
+        if not spec.name:
+            raise invalid_argument("Missing model name in request.")
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)
+        return response_json.model_status_json(self._core.model_status(request))
+
+    def _metadata(self, spec: model_pb2.ModelSpec) -> bytes:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
+        return response_json.model_metadata_json(self._core.model_metadata(request))
+
+
+def _signature_inputs(servable: Servable, name: str) -> Mapping[str, Any]:
+    """HttpRestApiHandler::GetInfoMap."""
+    signature = servable.signatures.get(name or DEFAULT_SIGNATURE)
+    if signature is None:
+        raise invalid_argument(f'Serving signature name: "{name or DEFAULT_SIGNATURE}" '
+                               "not found in signature def")
+    return signature.inputs

@@ -1,0 +1,1 @@
+"""--workers N: the supervisor process, its workers, and the config state they share."""
