@@ -117,9 +117,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Supervis
     root = tmp_path_factory.mktemp("workers")
     monitoring = root / "monitoring.txt"
     monitoring.write_text("prometheus_config { enable: true }\n")
+    rollout = root / "rollout.txt"  # every worker reads it; requests without a version pass it
+    rollout.write_text('rollouts { model_name: "default" split { version: 123 weight: 1 } }')
     rest_port = free_port()
     supervisor = Supervisor(["--workers=2", "--port=0", f"--rest_api_port={rest_port}",
                              f"--monitoring_config_file={monitoring}",
+                             f"--rollout_config_file={rollout}",
                              f"--shutdown_grace_period_seconds={GRACE_SECONDS}",
                              f"--model_base_path={copy_model(root)}"], root)
     try:
@@ -203,14 +206,16 @@ def close_all(by_pid: dict[int, list[grpc.Channel]]) -> None:
             channel.close()
 
 
-def request_count(rest_port: int) -> float:
-    """:tensorflow:serving:request_count{default, OK} from a metrics page (a new connection,
-    so any worker may answer)."""
+def request_count(rest_port: int) -> tuple[float, float]:
+    """:tensorflow:serving:request_count{default, OK} and the rollout's count of its arm's
+    successful requests, from a metrics page (a new connection, so any worker may answer)."""
     url = f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics"
     with urllib.request.urlopen(url, timeout=RPC_TIMEOUT) as response:
-        text = response.read().decode()
-    return metrics_page_samples(text).get((":tensorflow:serving:request_count", frozenset(
-        {("model_name", "default"), ("status", "OK")})), 0.0)
+        samples = metrics_page_samples(response.read().decode())
+    return (samples.get((":tensorflow:serving:request_count", frozenset(
+                {("model_name", "default"), ("status", "OK")})), 0.0),
+            samples.get(("pyserving_rollout_requests_total", frozenset(
+                {("model_name", "default"), ("arm", "version:123"), ("status", "ok")})), 0.0))
 
 
 def test_both_workers_answer_on_the_logged_port(cluster: tuple[Supervisor, int, int]) -> None:
@@ -243,8 +248,10 @@ def test_request_count_adds_up_over_workers(cluster: tuple[Supervisor, int, int]
         sent += 3 * sum(map(len, by_pid.values()))
     finally:
         close_all(by_pid)
-    # Each page comes over a new connection, from either worker: all show the sum.
-    assert [request_count(rest_port) for _ in range(4)] == [before + sent] * 4
+    # Each page comes over a new connection, from either worker: all show the sums, the
+    # rollout's (every request named no version, so each went through it) as TF Serving's.
+    assert [request_count(rest_port) for _ in range(4)] == [
+        (before[0] + sent, before[1] + sent)] * 4
 
 
 def test_health_is_serving_on_every_worker(cluster: tuple[Supervisor, int, int]) -> None:
@@ -270,7 +277,7 @@ def test_killed_worker_fails_only_its_rpcs_and_is_restarted(
             for channel in channels] for pid, channels in by_pid.items()}
         for streams in watches.values():
             assert [next(stream).status for stream in streams] == [SERVING] * len(streams)
-        count_before = request_count(rest_port)
+        count_before = request_count(rest_port)[0]
         log_mark = len(supervisor.stderr())
 
         os.kill(victim, signal.SIGKILL)
@@ -300,7 +307,7 @@ def test_killed_worker_fails_only_its_rpcs_and_is_restarted(
         for stream in watches[survivor]:
             assert next(stream).status == SERVING
         # The killed worker's requests still count.
-        assert request_count(rest_port) >= count_before
+        assert request_count(rest_port)[0] >= count_before
     finally:
         close_all(by_pid)
     new_channels = channels_on_every_worker(port, [restarted, survivor])
