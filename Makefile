@@ -39,6 +39,7 @@ bench: install-test
 	$(BIN)/python bench/memory_cycles.py
 	$(BIN)/python bench/workers_throughput.py
 	$(BIN)/python bench/rest_vs_grpc.py
+	$(BIN)/python bench/rollout_shadow.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info

@@ -127,6 +127,7 @@ class ModelServer:
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.router = Router(self.manager, Rollouts(observer=self.metrics))
+        self.metrics.watch_rollouts(self.router.rollouts)
         self._rollout_watcher = RolloutFileWatcher(
             options.rollout_config_file, options.rollout_config_poll_wait_seconds,
             self.router.rollouts.apply) if options.rollout_config_file else None

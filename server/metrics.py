@@ -41,6 +41,7 @@ from prometheus_client.registry import Collector
 from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelEvent, ModelManager
+from pyserving.server.rollout.state import Rollouts
 
 log = logging.getLogger(__name__)
 events_log = logging.getLogger("pyserving.server.events")
@@ -146,6 +147,33 @@ class _StateCollector(Collector):
         for name, size in sorted(self._queue_depths().items()):
             depth.add_metric([name], size)
         yield depth
+
+
+class _RolloutCollector(Collector):
+    """Scrape-time gauges of each rollout: arm weights in force, the guard, the shadow's
+    largest difference (this process's, as its status route shows them)."""
+
+    def __init__(self, rollouts: Rollouts) -> None:
+        self._rollouts = rollouts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        weights = GaugeMetricFamily(
+            "pyserving_rollout_arm_weight", "Weight of each arm in force (0 once tripped).",
+            labels=["model_name", "arm"])
+        tripped = GaugeMetricFamily(
+            "pyserving_rollout_guard_tripped", "1 while a guard of the rollout is tripped.",
+            labels=["model_name"])
+        largest = GaugeMetricFamily(
+            "pyserving_rollout_shadow_max_abs_diff",
+            "Largest absolute difference between a primary answer and its shadow's.",
+            labels=["model_name"])
+        for name, rollout in self._rollouts.items():
+            for arm in rollout.arms:
+                weights.add_metric([name, arm.name], arm.weight)
+            tripped.add_metric([name], float(bool(rollout.reasons)))
+            if rollout.plan.shadow is not None:
+                largest.add_metric([name], rollout.shadow.max_abs_diff)
+        yield from (weights, tripped, largest)
 
 
 class ServerMetrics:
@@ -304,6 +332,10 @@ class ServerMetrics:
         self._input_batch_size.observe(size)
         self._processed_batch_size.observe(padded)
         self._padding_size.labels(str(padded)).observe(padded - size)
+
+    def watch_rollouts(self, rollouts: Rollouts) -> None:
+        """Export the live state of these rollouts at each scrape."""
+        self.registry.register(_RolloutCollector(rollouts))
 
     def observe_rollout_request(self, model: str, arm: str, ok: bool) -> None:
         self._child(self._rollout_requests, model, arm, "ok" if ok else "error").inc()

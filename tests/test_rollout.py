@@ -225,6 +225,11 @@ def test_a_failing_arm_trips_the_guard_after_few_failed_requests(start):
                     frozenset({("model_name", "m"), ("what", "arm")}))] == 1
     assert samples[("pyserving_rollout_requests_total", frozenset(
         {("model_name", "m"), ("arm", "version:99"), ("status", "error")}))] == 5
+    assert samples[("pyserving_rollout_arm_weight", frozenset(
+        {("model_name", "m"), ("arm", "version:99")}))] == 0
+    assert samples[("pyserving_rollout_arm_weight", frozenset(
+        {("model_name", "m"), ("arm", "label:stable")}))] == 50
+    assert samples[("pyserving_rollout_guard_tripped", frozenset({("model_name", "m")}))] == 1
 
 
 def test_a_changed_file_applies_without_restart_and_an_invalid_one_keeps_the_rollout(

@@ -230,5 +230,8 @@ class Rollouts:
     def get(self, model_name: str) -> ModelRollout | None:
         return self._models.get(model_name)
 
+    def items(self) -> list[tuple[str, ModelRollout]]:
+        return sorted(self._models.items())
+
     def __bool__(self) -> bool:
         return bool(self._models)
