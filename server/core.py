@@ -78,7 +78,7 @@ class ServingCore:
         def shadow(spec: model_pb2.ModelSpec) -> Outputs:
             copy = predict_pb2.PredictRequest()
             copy.CopyFrom(request)
-            copy.model_spec.CopyFrom(spec)
+            _retarget(copy.model_spec, spec)
             with self.servable_for(spec) as servable:
                 return response_outputs(self._predictor.predict(servable, copy))
 
@@ -127,7 +127,7 @@ class ServingCore:
         def shadow(spec: model_pb2.ModelSpec) -> Outputs:
             copy = type(request)()
             copy.CopyFrom(request)
-            copy.model_spec.CopyFrom(spec)
+            _retarget(copy.model_spec, spec)
             with self.servable_for(spec) as servable:
                 return response_outputs(run(servable, copy))
 
@@ -235,6 +235,13 @@ class ServingCore:
             response.metric.add(name=name,
                                 int64_value_increase=self._metric_value(name) - before[name])
         return response
+
+
+def _retarget(spec: model_pb2.ModelSpec, target: model_pb2.ModelSpec) -> None:
+    """Point a request's ModelSpec at the version ``target`` names, keeping its signature."""
+    signature_name = spec.signature_name
+    spec.CopyFrom(target)
+    spec.signature_name = signature_name
 
 
 class _Admitted:

@@ -307,3 +307,21 @@ def test_the_client_prints_the_rollout_as_a_table_or_json(start):
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1
     assert "HTTP 404: Model nope has no rollout" in missing.stderr
+
+
+def test_classify_and_regress_are_routed_and_shadowed_too(start):
+    server = start(rollout_text('split { label: "stable" weight: 1 }',
+                                'split { label: "twin" weight: 1 }',
+                                extra='shadow { label: "twin" fraction: 1.0 }'))
+    base = f"http://127.0.0.1:{server.rest_port}/v1/models/m"
+
+    def compared_some() -> bool:  # shadows past the runner's time budget are shed
+        for kind, answer in (("classify", [["", 2.0]]), ("regress", 2.0)):
+            body = {"signature_name": f"{kind}_x_to_y", "examples": [{"x": 0.0}]}
+            assert post_json(f"{base}:{kind}", body)[1] == {"results": [answer]}
+        return rollout_status(server)["shadow"]["compared"] >= 4
+
+    assert wait_for(compared_some)
+    status = rollout_status(server)
+    assert sum(arm["requests"] for arm in status["arms"]) >= 2
+    assert (status["shadow"]["mismatches"], status["shadow"]["errors"]) == (0, 0)
