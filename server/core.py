@@ -1,4 +1,4 @@
-"""The serving core: the calls every transport (gRPC now, REST later) makes.
+"""The serving core: the calls every transport (gRPC and REST) makes.
 
 Each call takes and returns TF Serving's request/response protos, resolves the ModelSpec
 through the manager and hands the servable to the request kind's runner. Calls that run the

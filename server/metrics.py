@@ -244,7 +244,7 @@ class ServerMetrics:
             Histogram.DEFAULT_BUCKETS, "model_name")
         self.registry.register(_StateCollector(manager, queue_depths))
 
-        # pyserving's rollouts (rollout.py): prometheus-client Counters, named *_total.
+        # pyserving's rollouts (rollout/state.py): prometheus-client Counters, named *_total.
         self._rollout_requests = Counter(
             "pyserving_rollout_requests", "Requests a rollout routed, by arm and outcome.",
             ["model_name", "arm", "status"], registry=self._store)

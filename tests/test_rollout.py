@@ -325,3 +325,13 @@ def test_classify_and_regress_are_routed_and_shadowed_too(start):
     status = rollout_status(server)
     assert sum(arm["requests"] for arm in status["arms"]) >= 2
     assert (status["shadow"]["mismatches"], status["shadow"]["errors"]) == (0, 0)
+
+
+def test_requests_the_split_sends_to_the_shadow_itself_are_not_mirrored(start):
+    server = start(rollout_text('split { label: "canary" weight: 1 }',
+                                extra='shadow { label: "canary" fraction: 1.0 }'))
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        for _ in range(10):
+            Stub(channel).Predict(predict_request(), TIMEOUT)
+    shadow = rollout_status(server)["shadow"]
+    assert (shadow["mirrored"], shadow["dropped"], shadow["compared"]) == (0, 0, 0)

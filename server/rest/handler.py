@@ -56,7 +56,7 @@ _PREDICTION_PATH = re.compile(
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
-_ROLLOUT_PATH = re.compile(r"/v1/models/([^/:]+)/rollout")  # pyserving's own
+_ROLLOUT_PATH = re.compile(r"/v1/models/([^/:]+)/rollout", re.IGNORECASE)  # pyserving's own
 _INT64_MAX = 2**63 - 1
 
 

@@ -1,5 +1,5 @@
 """Where a prediction request goes: the version its ModelSpec names, or, for a request that
-names none, the arm its model's rollout picks (rollout.py); and the shadow copy sent after it.
+names none, the arm its model's rollout picks (state.py); and the shadow copy sent after it.
 
 A routed request counts for its arm when it ends (any error, admission included, is a failed
 request). A mirrored copy runs on the shadow runner, bypasses admission (it holds no caller's
@@ -83,6 +83,8 @@ class Router:
         rollout = route.rollout
         plan = rollout.plan.shadow
         assert plan is not None
+        if route.arm.target == plan.target:  # its answer is the shadow's: nothing to compare
+            return
         spec = target_spec(rollout.plan.model_name, plan.target)
 
         def run() -> None:

@@ -1,6 +1,6 @@
 """Rollout experiments: which version answers a request that names no version and no label.
 
-Each model with a plan (rollout_config.py) splits such requests between its arms by weight: at
+Each model with a plan (plan.py) splits such requests between its arms by weight: at
 random, or, with a sticky key, by weighted rendezvous hashing of the key's value, so a key keeps
 its arm while the weights stay and a weight change moves only the keys it must. A guarded arm
 (not the first) whose failed share reaches ``max_error_rate`` over ``min_requests`` requests is

@@ -1,4 +1,4 @@
-"""One worker process of ``--workers N`` (started by ``workers.Supervisor``, not by users).
+"""One worker process of ``--workers N`` (started by ``supervisor.Supervisor``, not by users).
 
     python -m pyserving.server.workers.worker --index=I --count=N --run_dir=D --parent_pid=P \
         -- FLAGS
