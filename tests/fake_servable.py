@@ -4,8 +4,7 @@ fake_loader.h: no TensorFlow, so manager, source and batcher tests run in millis
 from __future__ import annotations
 
 import threading
-import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import grpc
 import numpy as np
@@ -13,6 +12,7 @@ import numpy as np
 from pyserving.server.apis import meta_graph_pb2
 from pyserving.server.errors import ServingError
 from pyserving.server.servable import Servable
+from support import wait_until  # noqa: F401  (the fake's users wait with it)
 
 INPUT, OUTPUT = "x:0", "y:0"
 
@@ -73,13 +73,3 @@ class FakeLoader:
         servable = Servable(name, version, path, FakeModel())
         self.loaded.append(servable)
         return servable
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds passed; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True

@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -19,6 +21,16 @@ REPO = Path(__file__).resolve().parent.parent
 TESTDATA_OVERRIDE = os.environ.get("PYSERVING_TESTDATA")
 TESTDATA = (Path(TESTDATA_OVERRIDE) if TESTDATA_OVERRIDE
             else Path(tempfile.mkdtemp(prefix="pyserving-testdata-")))
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds passed; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
 
 
 def free_port() -> int:

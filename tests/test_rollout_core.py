@@ -4,7 +4,6 @@ comparison and the bounded shadow runner."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -15,6 +14,7 @@ from pyserving.server.errors import ServingError
 from pyserving.server.rollout.plan import DEFAULT_MAX_ABS_DIFF, Target, read_rollout_config
 from pyserving.server.rollout.shadow import ShadowRunner, compare_outputs
 from pyserving.server.rollout.state import Comparison, Rollouts
+from support import wait_until
 
 CANARY = """
 rollouts {
@@ -222,11 +222,3 @@ def test_the_shadow_runner_is_bounded_and_sheds_past_its_time_budget():
         runner.stop(timeout=10)
     assert sorted(map(str, dropped)) == ["1", "2", "3", "4"]
 
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True

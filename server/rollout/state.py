@@ -127,16 +127,14 @@ class ModelRollout:
         with self._lock:
             arm.requests += 1
             arm.errors += not ok
-            if (ok or arm.tripped or arm is self.arms[0] or guard.max_error_rate is None
-                    or arm.requests < max(guard.min_requests, 1)
-                    or arm.errors < guard.max_error_rate * arm.requests):
+            if (ok or arm.tripped or arm is self.arms[0]
+                    or not _reached(arm.errors, arm.requests, guard.max_error_rate,
+                                    guard.min_requests)):
                 return
             arm.tripped = True
             reason = (f"{arm.target.describe()} failed {arm.errors} of {arm.requests} requests"
                       f" (max_error_rate {guard.max_error_rate:g}): taken out of the split")
-            self.reasons.append(reason)
-        log.warning("Rollout of model %s: %s", self.plan.model_name, reason)
-        self._observer.observe_rollout_trip(self.plan.model_name, "arm")
+        self._trip(reason, "arm")
 
     def wants_shadow(self) -> bool:
         shadow = self.plan.shadow
@@ -167,15 +165,20 @@ class ModelRollout:
                 shadow.argmax_compared += 1
                 shadow.argmax_agreed += comparison.argmax_agrees
             limit = guard.max_mismatch_rate
-            if (shadow.tripped or limit is None or shadow.compared < max(guard.min_requests, 1)
-                    or shadow.mismatches < limit * shadow.compared):
+            if shadow.tripped or not _reached(shadow.mismatches, shadow.compared, limit,
+                                              guard.min_requests):
                 return
             shadow.tripped = True
             reason = (f"shadow mismatched {shadow.mismatches} of {shadow.compared} compared "
                       f"answers (max_mismatch_rate {limit:g}): shadowing stopped")
+        self._trip(reason, "shadow")
+
+    def _trip(self, reason: str, what: str) -> None:
+        """A guard tripped: shown in the status until the plan changes, logged, counted."""
+        with self._lock:
             self.reasons.append(reason)
         log.warning("Rollout of model %s: %s", self.plan.model_name, reason)
-        self._observer.observe_rollout_trip(self.plan.model_name, "shadow")
+        self._observer.observe_rollout_trip(self.plan.model_name, what)
 
     def status(self, version_of: Callable[[Target], int | None]) -> dict[str, Any]:
         """The status JSON document of ``GET /v1/models/{m}/rollout``; ``version_of`` resolves
@@ -201,6 +204,11 @@ class ModelRollout:
                                          if shadow.argmax_compared else None),
                     "tripped": shadow.tripped}
         return document
+
+
+def _reached(bad: int, total: int, limit: float | None, minimum: int) -> bool:
+    """Whether ``bad`` of ``total`` reaches the rate ``limit`` over at least ``minimum``."""
+    return limit is not None and total >= max(minimum, 1) and bad >= limit * total
 
 
 def _rendezvous_score(key: bytes, arm_key: bytes, weight: float) -> float:
