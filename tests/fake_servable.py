@@ -12,7 +12,6 @@ import numpy as np
 from pyserving.server.apis import meta_graph_pb2
 from pyserving.server.errors import ServingError
 from pyserving.server.servable import Servable
-from support import wait_until  # noqa: F401  (the fake's users wait with it)
 
 INPUT, OUTPUT = "x:0", "y:0"
 

@@ -9,11 +9,12 @@ from typing import Iterator
 
 import grpc
 import pytest
-from fake_servable import FakeLoader, wait_until
+from fake_servable import FakeLoader
 
 from pyserving.server.config import VersionDirectory
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager, VersionState
+from support import wait_until
 
 WAIT = 10.0
 AVAILABLE, END = VersionState.AVAILABLE, VersionState.END
