@@ -21,9 +21,10 @@ from pyserving.server.apis import (
     model_pb2,
     predict_pb2,
     regression_pb2,
+    status_pb2,
 )
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
-from pyserving.server.errors import ERROR_CODE_NUMBERS, ServingError, invalid_argument, not_found
+from pyserving.server.errors import ServingError, invalid_argument, not_found
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.manager import ModelManager
 from pyserving.server.predict import CLASSIFY_METHOD, REGRESS_METHOD, Predictor
@@ -212,13 +213,13 @@ class ServingCore:
         version = spec.version.value if spec.HasField("version") else None
         response = get_model_status_pb2.GetModelStatusResponse()
         for status in self.manager.version_statuses(spec.name, version):
-            entry = response.model_version_status.add()
-            entry.version = status.version
-            entry.state = int(status.state)
-            entry.status.SetInParent()  # TF Serving always sets it: error_code OK when healthy
-            if status.error is not None:
-                entry.status.error_code = ERROR_CODE_NUMBERS[status.error.code]
-                entry.status.error_message = status.error.message
+            # VersionState and grpc.StatusCode name their values as the proto enums do; TF
+            # Serving always sets the status: error_code OK when healthy.
+            error = status.error
+            response.model_version_status.append(get_model_status_pb2.ModelVersionStatus(
+                version=status.version, state=status.state.name,
+                status=status_pb2.StatusProto() if error is None else status_pb2.StatusProto(
+                    error_code=error.code.name, error_message=error.message)))
         return response
 
     def reload_config(self, request: model_management_pb2.ReloadConfigRequest

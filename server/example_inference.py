@@ -135,7 +135,9 @@ def _fill_classifications(signature: SignatureDef, num_examples: int,
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
         raise invalid_argument("Tensors class and score should match in dim_size(1). Got "
                                f"{classes.shape[1]} vs. {scores.shape[1]}")
-    num_classes = (classes if classes is not None else scores).shape[1]
+    present = classes if classes is not None else scores
+    assert present is not None, "_Task requires classes or scores"
+    num_classes = present.shape[1]
     class_rows = classes.tolist() if classes is not None else None
     score_rows = scores.tolist() if scores is not None else None
     for i in range(num_examples):
@@ -269,8 +271,8 @@ class ExampleInference:
         tasks = []
         model_name = ""
         seen: set[str] = set()
-        for task in request.tasks:
-            spec = task.model_spec
+        for asked in request.tasks:
+            spec = asked.model_spec
             if not spec.name:
                 raise invalid_argument("Found ModelSpec with an empty model name.")
             if model_name and spec.name != model_name:
@@ -283,11 +285,11 @@ class ExampleInference:
             seen.add(name)
             signature = _signature(servable, name,
                                    missing="Requested signature not found in model graph: ")
-            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+            if asked.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
                 raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                   f"Unsupported signature method_name: {task.method_name}")
-            _check_method(signature, task.method_name, self._check_method_name)
-            tasks.append(_Task(signature, task.method_name))
+                                   f"Unsupported signature method_name: {asked.method_name}")
+            _check_method(signature, asked.method_name, self._check_method_name)
+            tasks.append(_Task(signature, asked.method_name))
         plan = _plan_tasks(tasks, request.input)
         run = self._run if len(tasks) == 1 else run_unbatched
         outputs = dict(zip(plan.fetches, run(servable, tasks[0].signature, plan.feeds,

@@ -20,7 +20,8 @@ SignatureDef = meta_graph_pb2.SignatureDef
 class Model(Protocol):
     """What a servable runs: signatures, a thread-safe ``run``, and ``close``."""
 
-    signatures: Mapping[str, SignatureDef]
+    @property
+    def signatures(self) -> Mapping[str, SignatureDef]: ...
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]: ...
