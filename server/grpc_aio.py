@@ -19,7 +19,7 @@ import grpc
 from pyserving.server.core import ServingCore
 from pyserving.server.grpc_services import PredictionServiceBase, Rpc
 from pyserving.server.metrics import ServerMetrics
-from pyserving.server.servable import AsyncRunner
+from pyserving.server.servable import AsyncRunner, run_steps_async
 
 T = TypeVar("T")
 
@@ -107,15 +107,15 @@ class AsyncPredictionService(PredictionServiceBase):
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Predict") as rpc:
-            return await self._core.predict_async(request, self._run)
+            return await run_steps_async(self._core.predict_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Classify") as rpc:
-            return await self._core.classify_async(request, self._run)
+            return await run_steps_async(self._core.classify_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Regress") as rpc:
-            return await self._core.regress_async(request, self._run)
+            return await run_steps_async(self._core.regress_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)
