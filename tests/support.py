@@ -7,9 +7,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -73,3 +75,20 @@ def metrics_page_samples(text: str) -> dict[tuple[str, frozenset], float]:
         labels = frozenset(_PAGE_LABEL.findall(match[2] or ""))
         samples[(match[1], labels)] = float(match[3])
     return samples
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it is true; fail after ``timeout`` seconds. Tests order
+    events with this, never with a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.005)
+
+
+def requests_in_flight(server: Any, model: str, api: str = "Predict") -> int:
+    """gRPC ``api`` requests an in-process ModelServer is handling for ``model`` now: counted
+    from the moment the RPC reaches its handler (pyserving_inflight_requests)."""
+    value = server.metrics.registry.get_sample_value(
+        "pyserving_inflight_requests", {"model_name": model, "API": api, "entrypoint": "GRPC"})
+    return int(value or 0)
