@@ -1,13 +1,14 @@
 # One-command setup: `make serve` installs and serves the demo model on :8500,
-# `make test` installs the test extras and runs the suite; `make protos` regenerates protos/
-# and client/protos/ from the installed TensorFlow Serving descriptors.
+# `make test` installs the test extras and runs the suite; `make check` runs ruff and mypy;
+# `make protos` regenerates protos/ and client/protos/ from the installed TensorFlow Serving
+# descriptors.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8500
 DEMO_DIR ?= demo_models
 
-.PHONY: serve test install install-test bench protos clean
+.PHONY: serve test check install install-test install-dev bench protos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[server,test,text]'
 
+install-dev: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[server,test,text,dev]'
+
 $(DEMO_DIR)/half_plus_two/1/saved_model.pb: | install
 	$(BIN)/python -m pyserving.server.demo $(DEMO_DIR)
 
@@ -28,6 +32,19 @@ serve: install $(DEMO_DIR)/half_plus_two/1/saved_model.pb
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# server/ and client/ are the packages pyserving.server and pyserving.client (package-dir),
+# which mypy cannot follow through the editable install: it reads them through a folder of
+# symlinks laid out as installed (pyserving itself is a namespace package: no __init__.py).
+check: install-dev
+	$(BIN)/ruff check .
+	@tree="$$(mktemp -d)" && trap 'rm -rf "$$tree"' EXIT && \
+	mkdir "$$tree/pyserving" && \
+	ln -s "$(CURDIR)/server" "$$tree/pyserving/server" && \
+	ln -s "$(CURDIR)/client" "$$tree/pyserving/client" && \
+	echo "mypy -p pyserving.server -p pyserving.client" && \
+	MYPYPATH="$$tree" $(BIN)/mypy --python-executable $(BIN)/python \
+		-p pyserving.server -p pyserving.client
 
 protos: install-test
 	$(BIN)/python tools/generate_protos.py
@@ -42,4 +59,4 @@ bench: install-test
 	$(BIN)/python bench/rollout_shadow.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
+	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .mypy_cache .ruff_cache

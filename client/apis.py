@@ -14,7 +14,10 @@ from pyserving.client.protos.tensorflow.core.framework import (  # noqa: F401
     tensor_shape_pb2,
     types_pb2,
 )
-from pyserving.client.protos.tensorflow.core.protobuf import meta_graph_pb2  # noqa: F401
+from pyserving.client.protos.tensorflow.core.protobuf import (  # noqa: F401
+    error_codes_pb2,
+    meta_graph_pb2,
+)
 from pyserving.client.protos.tensorflow_serving.apis import (  # noqa: F401
     classification_pb2,
     get_model_metadata_pb2,

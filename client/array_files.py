@@ -9,7 +9,7 @@ import json
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 
@@ -52,9 +52,11 @@ def _mapped_member(path: str | Path, raw: Any, info: zipfile.ZipInfo) -> np.ndar
                      order="F" if fortran_order else "C")
 
 
-def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+def save_npz(file: str | Path | BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
     """Write arrays uncompressed (so they memory-map back); strings become numpy bytes."""
-    np.savez(path, **{name: storable(array) for name, array in arrays.items()})
+    # Typed Any: np.savez's keyword arguments also name its allow_pickle flag.
+    named: dict[str, Any] = {name: storable(array) for name, array in arrays.items()}
+    np.savez(file, **named)
 
 
 def storable(array: np.ndarray) -> np.ndarray:

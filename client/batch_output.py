@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from pyserving.client.array_files import storable
+from pyserving.client.array_files import save_npz
 
 MANIFEST = "manifest.json"
 _CHUNK = re.compile(r"^(\d{8})\.npz$")
@@ -59,7 +59,7 @@ class BatchOutput:
     def write(self, index: int, outputs: Mapping[str, np.ndarray]) -> None:
         staging = self.folder / f"{index:08d}.tmp"
         with open(staging, "wb") as file:
-            np.savez(file, **{name: storable(a) for name, a in outputs.items()})
+            save_npz(file, outputs)
         os.replace(staging, self.folder / f"{index:08d}.npz")
 
     def assemble(self, batches: int) -> None:

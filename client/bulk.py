@@ -31,9 +31,10 @@ def count_rows(inputs: Mapping[str, Any]) -> int:
     """The dimension 0 all inputs share."""
     sizes = {name: (np.shape(value) or (None,))[0] for name, value in inputs.items()}
     distinct = set(sizes.values())
-    if not sizes or None in distinct or len(distinct) != 1:
+    rows = distinct.pop() if len(distinct) == 1 else None
+    if rows is None:
         raise ValueError(f"inputs must share dimension 0 (their rows): {sizes}")
-    return distinct.pop()
+    return rows
 
 
 def count_batches(rows: int, batch_size: int) -> int:

@@ -102,7 +102,7 @@ def run_batch_predict(client: PredictionClient, args: argparse.Namespace) -> int
     resumed_rows = sum(min(args.batch_size, rows - i * args.batch_size) for i in done)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     progress = Progress(rows, sys.stderr, enabled=show, done=resumed_rows)
-    sent, error, interrupted = _send(client, args, inputs, output, done, progress)
+    sent, failure, interrupted = _send(client, args, inputs, output, done, progress)
     complete = len(done) + sent == batches
     if complete:
         output.assemble(batches)
@@ -110,12 +110,12 @@ def run_batch_predict(client: PredictionClient, args: argparse.Namespace) -> int
                "resumed_batches": len(done), "sent_rows": progress.sent,
                "seconds": round(progress.elapsed, 3), "rows_per_second": round(progress.rate, 1),
                "complete": complete, "out": str(args.out if complete else output.folder)}
-    if error is not None:
-        summary["error"] = str(error)
+    if failure is not None:
+        summary["error"] = str(failure)
     _print_summary(summary, as_json=args.json)
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if error is not None else 0
+    return EXIT_FAILED if failure is not None else 0
 
 
 def _send(client: PredictionClient, args: argparse.Namespace, inputs: dict[str, Any],

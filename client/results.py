@@ -10,6 +10,7 @@ import numpy as np
 from pyserving.client import tensors
 from pyserving.client.apis import (
     classification_pb2,
+    error_codes_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     inference_pb2,
@@ -125,8 +126,7 @@ class VersionStatus:
 
 def statuses_of(response: get_model_status_pb2.GetModelStatusResponse) -> list[VersionStatus]:
     states = get_model_status_pb2.ModelVersionStatus.State
-    code_names = get_model_status_pb2.ModelVersionStatus.DESCRIPTOR.fields_by_name[
-        "status"].message_type.fields_by_name["error_code"].enum_type.values_by_number
+    code_names = error_codes_pb2.Code.DESCRIPTOR.values_by_number  # StatusProto.error_code
     statuses = []
     for entry in response.model_version_status:
         code = code_names.get(entry.status.error_code)

@@ -26,7 +26,11 @@ from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
-from pyserving.server.grpc_services import PredictionService, add_services
+from pyserving.server.grpc_services import (
+    PredictionService,
+    PredictionServiceBase,
+    add_services,
+)
 from pyserving.server.health import ServingHealth
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
 from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_monitoring_config
@@ -54,7 +58,7 @@ _DEFAULT_GRPC_OPTIONS = (
 
 def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
     """--grpc_channel_arguments "k=v,k=v": integers become ints, the rest stay strings."""
-    arguments = []
+    arguments: list[tuple[str, Any]] = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, separator, value = item.partition("=")
         if not separator:
@@ -137,6 +141,7 @@ class ModelServer:
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
+        assert self.batcher is not None, "start() makes the batcher before serving"
         return self.batcher.run(servable, signature, feeds, fetches)
 
     def _on_model_event(self, event: ModelEvent) -> None:
@@ -216,6 +221,8 @@ class ModelServer:
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
         max_rpcs = options.grpc_max_concurrent_rpcs or None
+        server: grpc.Server
+        prediction: PredictionServiceBase
         if self.batcher is not None:
             # Batching: requests wait for their batch as futures on grpc.aio, not as threads.
             server = LoopServer(self._executor, channel_options, max_rpcs)

@@ -74,8 +74,10 @@ class ModelConfigurator:
         for model in models:
             log.info(" (Re-)adding model: %s", model.name)
         model_config.validate_platforms(config)
-        first = self._config is None
-        old_names = set() if first else {m.name for m in self._config.model_config_list.config}
+        previous = self._config
+        first = previous is None
+        old_names = set() if previous is None else \
+            {m.name for m in previous.model_config_list.config}
         new_names = [model.name for model in models if model.name not in old_names]
         mark = self._manager.change_count()
         self._source.set_models(models)

@@ -3,11 +3,16 @@
 Each call takes and returns TF Serving's request/response protos, resolves the ModelSpec
 through the manager and hands the servable to the request kind's runner. Calls that run the
 model are admitted first: past its in-flight limit a model fails fast with UNAVAILABLE.
+
+Predict, Classify and Regress are written once, as ``Steps`` (servable.py) that yield their
+TensorFlow call: ``predict`` etc. drive them in the caller's thread through the configured
+runner; an event-loop transport (grpc_aio.py) drives ``predict_steps`` etc. itself, awaiting
+each call through its own runner.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
@@ -21,18 +26,23 @@ from pyserving.server.apis import (
     model_pb2,
     predict_pb2,
     regression_pb2,
+    status_pb2,
 )
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
-from pyserving.server.errors import ERROR_CODE_NUMBERS, ServingError, invalid_argument, not_found
+from pyserving.server.errors import ServingError, invalid_argument, not_found
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.manager import ModelManager
-from pyserving.server.predict import CLASSIFY_METHOD, REGRESS_METHOD, Predictor
+from pyserving.server.predict import Predictor
 from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.router import Outputs, Route, Router, target_spec
 from pyserving.server.rollout.shadow import response_outputs
-from pyserving.server.servable import AsyncRunner, Servable
+from pyserving.server.servable import Servable, Steps, run_steps
 
 SIGNATURE_DEF_FIELD = "signature_def"
+Request = TypeVar("Request", classification_pb2.ClassificationRequest,
+                  regression_pb2.RegressionRequest)
+Response = TypeVar("Response", classification_pb2.ClassificationResponse,
+                   regression_pb2.RegressionResponse)
 
 
 class ServingCore:
@@ -67,9 +77,13 @@ class ServingCore:
         return _Admitted(*self.router.resolve(request.model_spec), self.in_flight, self.router)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        return run_steps(self.predict_steps(request), self._predictor.runner)
+
+    def predict_steps(self, request: predict_pb2.PredictRequest
+                      ) -> Steps[predict_pb2.PredictResponse]:
         admitted = self._serving(request)
         with admitted as servable:
-            response = self._predictor.predict(servable, request)
+            response = yield from self._predictor.predict_steps(servable, request)
         self._mirror_predict(admitted.route, request, response)
         return response
 
@@ -108,60 +122,36 @@ class ServingCore:
 
     def classify(self, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
-        admitted = self._serving(request)
-        with admitted as servable:
-            response = self._inference.classify(servable, request)
-        self._mirror_inference(admitted.route, request, response, self._inference.classify)
-        return response
+        return run_steps(self.classify_steps(request), self._inference.runner)
 
     def regress(self, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
+        return run_steps(self.regress_steps(request), self._inference.runner)
+
+    def classify_steps(self, request: classification_pb2.ClassificationRequest
+                       ) -> Steps[classification_pb2.ClassificationResponse]:
+        return self._inference_steps(request, self._inference.classify_steps)
+
+    def regress_steps(self, request: regression_pb2.RegressionRequest
+                      ) -> Steps[regression_pb2.RegressionResponse]:
+        return self._inference_steps(request, self._inference.regress_steps)
+
+    def _inference_steps(self, request: Request,
+                         steps: Callable[[Servable, Request], Steps[Response]]
+                         ) -> Steps[Response]:
         admitted = self._serving(request)
         with admitted as servable:
-            response = self._inference.regress(servable, request)
-        self._mirror_inference(admitted.route, request, response, self._inference.regress)
-        return response
+            response = yield from steps(servable, request)
 
-    def _mirror_inference(self, route: Route | None, request: Any, response: Any,
-                          run: Callable[[Servable, Any], Any]) -> None:
         def shadow(spec: model_pb2.ModelSpec) -> Outputs:
             copy = type(request)()
             copy.CopyFrom(request)
             _retarget(copy.model_spec, spec)
             with self.servable_for(spec) as servable:
-                return response_outputs(run(servable, copy))
+                return response_outputs(run_steps(steps(servable, copy), self._inference.runner))
 
-        self.router.mirror(route, lambda: response_outputs(response), shadow)
-
-    async def predict_async(self, request: predict_pb2.PredictRequest,
-                            run: AsyncRunner) -> predict_pb2.PredictResponse:
-        """``predict`` for an event loop: the TensorFlow call is awaited through ``run``."""
-        admitted = self._serving(request)
-        with admitted as servable:
-            response = await self._predictor.predict_async(servable, request, run)
-        self._mirror_predict(admitted.route, request, response)
+        self.router.mirror(admitted.route, lambda: response_outputs(response), shadow)
         return response
-
-    async def classify_async(self, request: classification_pb2.ClassificationRequest,
-                             run: AsyncRunner) -> classification_pb2.ClassificationResponse:
-        return await self._infer_async(request, run, CLASSIFY_METHOD,
-                                       classification_pb2.ClassificationResponse())
-
-    async def regress_async(self, request: regression_pb2.RegressionRequest,
-                            run: AsyncRunner) -> regression_pb2.RegressionResponse:
-        return await self._infer_async(request, run, REGRESS_METHOD,
-                                       regression_pb2.RegressionResponse())
-
-    async def _infer_async(self, request: Any, run: AsyncRunner, method: str,
-                           response: Any) -> Any:
-        admitted = self._serving(request)
-        with admitted as servable:
-            answer = await self._inference.single_async(servable, request, method, response,
-                                                        run)
-        self._mirror_inference(admitted.route, request, answer,
-                               self._inference.classify if method == CLASSIFY_METHOD
-                               else self._inference.regress)
-        return answer
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
@@ -212,13 +202,13 @@ class ServingCore:
         version = spec.version.value if spec.HasField("version") else None
         response = get_model_status_pb2.GetModelStatusResponse()
         for status in self.manager.version_statuses(spec.name, version):
-            entry = response.model_version_status.add()
-            entry.version = status.version
-            entry.state = int(status.state)
-            entry.status.SetInParent()  # TF Serving always sets it: error_code OK when healthy
-            if status.error is not None:
-                entry.status.error_code = ERROR_CODE_NUMBERS[status.error.code]
-                entry.status.error_message = status.error.message
+            # VersionState and grpc.StatusCode name their values as the proto enums do; TF
+            # Serving always sets the status: error_code OK when healthy.
+            error = status.error
+            response.model_version_status.append(get_model_status_pb2.ModelVersionStatus(
+                version=status.version, state=status.state.name,
+                status=status_pb2.StatusProto() if error is None else status_pb2.StatusProto(
+                    error_code=error.code.name, error_message=error.message)))
         return response
 
     def reload_config(self, request: model_management_pb2.ReloadConfigRequest

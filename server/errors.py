@@ -53,7 +53,8 @@ _TF_ERROR_TO_GRPC = {number: code for code, number in ERROR_CODE_NUMBERS.items()
 def from_tensorflow(error: Exception) -> ServingError:
     """Map a tf.errors.OpError (its ``error_code`` is a tensorflow.error.Code) to a ServingError."""
     number = getattr(error, "error_code", None)
-    code = _TF_ERROR_TO_GRPC.get(number, grpc.StatusCode.INTERNAL)
+    code = _TF_ERROR_TO_GRPC.get(number, grpc.StatusCode.INTERNAL) \
+        if isinstance(number, int) else grpc.StatusCode.INTERNAL
     message = getattr(error, "message", None) or str(error)
     return ServingError(code, message)
 

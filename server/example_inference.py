@@ -7,7 +7,7 @@ serialized, as one DT_STRING vector, to the signature's single input.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -18,16 +18,19 @@ from pyserving.server.apis import classification_pb2, inference_pb2, regression_
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.predict import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD
 from pyserving.server.servable import (
-    AsyncRunner,
     Runner,
     RuntimeObserver,
     Servable,
     SignatureDef,
+    Steps,
+    run_steps,
     run_unbatched,
 )
 
 API_NAMES = {CLASSIFY_METHOD: "Classify", REGRESS_METHOD: "Regress"}
 ExamplesObserver = Callable[[str, int], None]  # model name, examples in a MultiInference
+Response = TypeVar("Response", classification_pb2.ClassificationResponse,
+                   regression_pb2.RegressionResponse)
 
 
 def _debug_string(signature: SignatureDef) -> str:
@@ -135,7 +138,9 @@ def _fill_classifications(signature: SignatureDef, num_examples: int,
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
         raise invalid_argument("Tensors class and score should match in dim_size(1). Got "
                                f"{classes.shape[1]} vs. {scores.shape[1]}")
-    num_classes = (classes if classes is not None else scores).shape[1]
+    present = classes if classes is not None else scores
+    assert present is not None, "_Task requires classes or scores"
+    num_classes = present.shape[1]
     class_rows = classes.tolist() if classes is not None else None
     score_rows = scores.tolist() if scores is not None else None
     for i in range(num_examples):
@@ -206,25 +211,36 @@ def _set_model_spec(spec: Any, name: str, signature_name: str, version: int) -> 
 
 
 class ExampleInference:
-    """Runs Classification, Regression and MultiInference requests."""
+    """Runs Classification, Regression and MultiInference requests. Classify and Regress are
+    written once, as ``Steps`` (servable.py): ``runner`` makes their TensorFlow call in a
+    thread; an event loop drives the same steps with its own runner."""
 
     def __init__(self, *, check_method_name: bool = False,
                  runner: Runner = run_unbatched, on_runtime: RuntimeObserver | None = None,
                  on_examples: ExamplesObserver | None = None) -> None:
         self._check_method_name = check_method_name
-        self._run = runner
+        self.runner = runner
         self._on_runtime = on_runtime
         self._on_examples = on_examples
 
     def classify(self, servable: Servable, request: classification_pb2.ClassificationRequest
                  ) -> classification_pb2.ClassificationResponse:
-        return self._single(servable, request, CLASSIFY_METHOD,
-                            classification_pb2.ClassificationResponse())
+        return run_steps(self.classify_steps(servable, request), self.runner)
 
     def regress(self, servable: Servable, request: regression_pb2.RegressionRequest
                 ) -> regression_pb2.RegressionResponse:
-        return self._single(servable, request, REGRESS_METHOD,
-                            regression_pb2.RegressionResponse())
+        return run_steps(self.regress_steps(servable, request), self.runner)
+
+    def classify_steps(self, servable: Servable,
+                       request: classification_pb2.ClassificationRequest
+                       ) -> Steps[classification_pb2.ClassificationResponse]:
+        return self._single_steps(servable, request, CLASSIFY_METHOD,
+                                  classification_pb2.ClassificationResponse())
+
+    def regress_steps(self, servable: Servable, request: regression_pb2.RegressionRequest
+                      ) -> Steps[regression_pb2.RegressionResponse]:
+        return self._single_steps(servable, request, REGRESS_METHOD,
+                                  regression_pb2.RegressionResponse())
 
     def plan(self, servable: Servable, request: Any, method: str) -> InferencePlan:
         """Validate a Classification/RegressionRequest and serialize its examples."""
@@ -241,27 +257,17 @@ class ExampleInference:
         plan.tasks[0].fill(plan.num_examples, dict(zip(plan.fetches, values)), response.result)
         return response
 
-    def _single(self, servable: Servable, request: Any, method: str, response: Any) -> Any:
+    def _single_steps(self, servable: Servable, request: Any, method: str,
+                      response: Response) -> Steps[Response]:
+        """Classify (``method`` CLASSIFY_METHOD) or Regress into ``response``."""
         plan = self.plan(servable, request, method)
         started = time.monotonic()
-        values = self._run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
-        self._ran(request, method, started)
-        return self.respond(servable, request, plan, values, response)
-
-    async def single_async(self, servable: Servable, request: Any, method: str, response: Any,
-                           run: AsyncRunner) -> Any:
-        """Classify (``method`` CLASSIFY_METHOD) or Regress into ``response`` on an event
-        loop: the TensorFlow call is awaited through ``run``."""
-        plan = self.plan(servable, request, method)
-        started = time.monotonic()
-        values = await run(servable, plan.tasks[0].signature, plan.feeds, plan.fetches)
-        self._ran(request, method, started)
-        return self.respond(servable, request, plan, values, response)
-
-    def _ran(self, request: Any, method: str, started: float) -> None:
+        values = yield servable, plan.tasks[0].signature, plan.feeds, plan.fetches
         if self._on_runtime is not None:
             self._on_runtime(request.model_spec.name, API_NAMES[method],
                              time.monotonic() - started)
+        answer: Response = self.respond(servable, request, plan, values, response)
+        return answer
 
     def multi_inference(self, servable: Servable,
                         request: inference_pb2.MultiInferenceRequest
@@ -269,8 +275,8 @@ class ExampleInference:
         tasks = []
         model_name = ""
         seen: set[str] = set()
-        for task in request.tasks:
-            spec = task.model_spec
+        for asked in request.tasks:
+            spec = asked.model_spec
             if not spec.name:
                 raise invalid_argument("Found ModelSpec with an empty model name.")
             if model_name and spec.name != model_name:
@@ -283,13 +289,13 @@ class ExampleInference:
             seen.add(name)
             signature = _signature(servable, name,
                                    missing="Requested signature not found in model graph: ")
-            if task.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
+            if asked.method_name not in (CLASSIFY_METHOD, REGRESS_METHOD):
                 raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
-                                   f"Unsupported signature method_name: {task.method_name}")
-            _check_method(signature, task.method_name, self._check_method_name)
-            tasks.append(_Task(signature, task.method_name))
+                                   f"Unsupported signature method_name: {asked.method_name}")
+            _check_method(signature, asked.method_name, self._check_method_name)
+            tasks.append(_Task(signature, asked.method_name))
         plan = _plan_tasks(tasks, request.input)
-        run = self._run if len(tasks) == 1 else run_unbatched
+        run = self.runner if len(tasks) == 1 else run_unbatched
         outputs = dict(zip(plan.fetches, run(servable, tasks[0].signature, plan.feeds,
                                              plan.fetches)))
         num_examples = plan.num_examples

@@ -12,19 +12,19 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Executor
-from typing import Any, Callable, Coroutine, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Iterable, Mapping, Sequence, TypeVar
 
 import grpc
 
 from pyserving.server.core import ServingCore
-from pyserving.server.grpc_services import PredictionService, Rpc
+from pyserving.server.grpc_services import PredictionServiceBase, Rpc
 from pyserving.server.metrics import ServerMetrics
-from pyserving.server.servable import AsyncRunner
+from pyserving.server.servable import AsyncRunner, run_steps_async
 
 T = TypeVar("T")
 
 
-class LoopServer:
+class LoopServer(grpc.Server):
     """A ``grpc.aio.Server`` on its own event-loop thread, driven like a ``grpc.Server``."""
 
     def __init__(self, executor: Executor, options: Sequence[tuple[str, Any]],
@@ -47,10 +47,11 @@ class LoopServer:
             return function(*args)
         return self._run(call())
 
-    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self._call(self._server.add_generic_rpc_handlers, handlers)
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+    def add_registered_method_handlers(
+            self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
         self._call(self._server.add_registered_method_handlers, service, handlers)
 
     def add_insecure_port(self, address: str) -> int:
@@ -88,8 +89,13 @@ class LoopServer:
         threading.Thread(target=finish, name="grpc-aio-stop", daemon=True).start()
         return stopped
 
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """Wait until the loop ended (after ``stop``); True when ``timeout`` passed first."""
+        self._thread.join(timeout)
+        return self._thread.is_alive()
 
-class AsyncPredictionService(PredictionService):
+
+class AsyncPredictionService(PredictionServiceBase):
     """tensorflow.serving.PredictionService whose Predict, Classify and Regress are coroutines
     awaiting ``run`` (the batcher) on the event loop; MultiInference and GetModelMetadata keep
     their plain handlers, which grpc.aio runs on its thread pool."""
@@ -101,15 +107,15 @@ class AsyncPredictionService(PredictionService):
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Predict") as rpc:
-            return await self._core.predict_async(request, self._run)
+            return await run_steps_async(self._core.predict_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Classify") as rpc:
-            return await self._core.classify_async(request, self._run)
+            return await run_steps_async(self._core.classify_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Regress") as rpc:
-            return await self._core.regress_async(request, self._run)
+            return await run_steps_async(self._core.regress_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)

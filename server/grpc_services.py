@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import Any
+from typing import Any, Union
 
 import grpc
 
@@ -27,7 +27,10 @@ def status_message(message: str) -> str:
     return message
 
 
-def _request_context(context: grpc.ServicerContext) -> RequestContext:
+AnyContext = Union[grpc.ServicerContext, "grpc.aio.ServicerContext[Any, Any]"]
+
+
+def _request_context(context: AnyContext) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
     header = functools.partial(_metadata_value, context)
@@ -37,7 +40,7 @@ def _request_context(context: grpc.ServicerContext) -> RequestContext:
         RequestContext(deadline, header=header)
 
 
-def _metadata_value(context: grpc.ServicerContext, name: str) -> str | None:
+def _metadata_value(context: AnyContext, name: str) -> str | None:
     """The first value of a metadata key (gRPC keys are lower-case), read only when asked."""
     for key, value in context.invocation_metadata() or ():
         if key == name:
@@ -54,7 +57,7 @@ class Rpc:
     __slots__ = ("_context", "_metrics", "_api", "_model", "_token", "_started", "_in_flight",
                  "status", "details")
 
-    def __init__(self, context: grpc.ServicerContext, request: Any,
+    def __init__(self, context: AnyContext, request: Any,
                  metrics: ServerMetrics | None = None, api: str = "") -> None:
         self._context = context
         self._metrics = metrics if api else None
@@ -86,13 +89,28 @@ class Rpc:
         return isinstance(error, ServingError)  # the caller aborts with it
 
 
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+class PredictionServiceBase(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService (prediction_service_impl.cc): each RPC sets its
-    context, calls the core, converts the status and records metrics."""
+    context, calls the core, converts the status and records metrics. The RPCs with plain
+    handlers in both flavours; Predict, Classify and Regress are in each flavour's class."""
 
     def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
         self._core = core
         self._metrics = metrics
+
+    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request) as rpc:
+            return self._core.multi_inference(request)
+        context.abort(rpc.status, rpc.details)
+
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with Rpc(context, request) as rpc:
+            return self._core.model_metadata(request)
+        context.abort(rpc.status, rpc.details)
+
+
+class PredictionService(PredictionServiceBase):
+    """PredictionService on a ``grpc.Server``: every RPC runs on its thread pool."""
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Predict") as rpc:
@@ -107,16 +125,6 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:
         with Rpc(context, request, self._metrics, "Regress") as rpc:
             return self._core.regress(request)
-        context.abort(rpc.status, rpc.details)
-
-    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request) as rpc:
-            return self._core.multi_inference(request)
-        context.abort(rpc.status, rpc.details)
-
-    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request) as rpc:
-            return self._core.model_metadata(request)
         context.abort(rpc.status, rpc.details)
 
 
@@ -138,7 +146,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_services(server: grpc.Server, core: ServingCore,
-                 prediction: PredictionService) -> None:
+                 prediction: PredictionServiceBase) -> None:
     """``prediction`` (sync or grpc.aio flavour) and ModelService on ``server``."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)

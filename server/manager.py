@@ -390,6 +390,7 @@ class ModelManager:
                 if wanted is None:
                     raise invalid_argument(f"Unrecognized servable version label: {label}")
             versions = snapshot.servables.get(name)
+            servable: Servable | None
             if wanted is None:
                 if not versions:
                     raise not_found(f"Servable not found for request: Latest({name})")

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Final, Iterator, Mapping, Sequence
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -67,7 +67,8 @@ _EXAMPLE_COUNT_BUCKETS = _exponential(1, 2, 15)
 RUNTIME = "TF1"  # TF Serving's runtime label for SavedModels run in a Session
 # How a Gauge's per-process values merge with --workers N: TF Serving's counters add up over
 # every process that ever ran; a live value over the processes running now.
-_COUNTER, _LIVE = "sum", "livesum"
+_COUNTER: Final = "sum"
+_LIVE: Final = "livesum"
 _multiprocess_dir: str | None = None
 
 

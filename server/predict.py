@@ -22,11 +22,12 @@ from pyserving.client.tensors import (
 from pyserving.server.apis import predict_pb2
 from pyserving.server.errors import failed_precondition, internal, invalid_argument
 from pyserving.server.servable import (
-    AsyncRunner,
     Runner,
     RuntimeObserver,
     Servable,
     SignatureDef,
+    Steps,
+    run_steps,
     run_unbatched,
 )
 
@@ -153,12 +154,14 @@ class PredictPlan(NamedTuple):
 
 
 class Predictor:
-    """Runs PredictRequests against servables."""
+    """Runs PredictRequests against servables: each request's work is written once, as
+    ``Steps`` (servable.py), and ``runner`` makes its TensorFlow call in a thread; an event
+    loop drives the same steps with its own runner."""
 
     def __init__(self, *, as_tensor_content: bool = False, check_method_name: bool = False,
                  max_tensor_bytes: int = 2**31, runner: Runner = run_unbatched,
                  on_runtime: RuntimeObserver | None = None) -> None:
-        self._run = runner
+        self.runner = runner
         self._on_runtime = on_runtime
         self._as_tensor_content = as_tensor_content
         self._check_method_name = check_method_name
@@ -185,9 +188,7 @@ class Predictor:
         """Predict for a transport that decodes its own tensors (REST): the inputs as arrays
         by alias; every output as (alias, array, tensorflow.DataType), no protos between."""
         plan = self._plan(servable, signature_name, inputs, ())
-        started = time.monotonic()
-        values = self._run(servable, plan.signature, plan.feeds, plan.fetches)
-        self._ran(model, started)
+        values = run_steps(self._execute(servable, model, plan), self.runner)
         outputs = plan.signature.outputs
         return [(alias, value, outputs[alias].dtype)
                 for alias, value in zip(plan.aliases, values)]
@@ -209,21 +210,19 @@ class Predictor:
 
     def predict(self, servable: Servable,
                 request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        return run_steps(self.predict_steps(servable, request), self.runner)
+
+    def predict_steps(self, servable: Servable, request: predict_pb2.PredictRequest
+                      ) -> Steps[predict_pb2.PredictResponse]:
         plan = self.plan(servable, request)
-        started = time.monotonic()
-        values = self._run(servable, plan.signature, plan.feeds, plan.fetches)
-        self._ran(request.model_spec.name, started)
+        values = yield from self._execute(servable, request.model_spec.name, plan)
         return self.respond(servable, request, plan, values)
 
-    async def predict_async(self, servable: Servable, request: predict_pb2.PredictRequest,
-                            run: AsyncRunner) -> predict_pb2.PredictResponse:
-        """``predict`` for an event loop: the TensorFlow call is awaited through ``run``."""
-        plan = self.plan(servable, request)
+    def _execute(self, servable: Servable, model: str, plan: PredictPlan
+                 ) -> Steps[list[np.ndarray]]:
+        """The plan's TensorFlow call, its runtime observed."""
         started = time.monotonic()
-        values = await run(servable, plan.signature, plan.feeds, plan.fetches)
-        self._ran(request.model_spec.name, started)
-        return self.respond(servable, request, plan, values)
-
-    def _ran(self, model: str, started: float) -> None:
+        values = yield servable, plan.signature, plan.feeds, plan.fetches
         if self._on_runtime is not None:
             self._on_runtime(model, "Predict", time.monotonic() - started)
+        return values

@@ -8,19 +8,21 @@ server, a plain-Python fake in the core's unit tests (as TF Serving's test_util/
 from __future__ import annotations
 
 import threading
-from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Awaitable, Callable, Generator, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
 from pyserving.server.apis import meta_graph_pb2
 
 SignatureDef = meta_graph_pb2.SignatureDef
+T = TypeVar("T")
 
 
 class Model(Protocol):
     """What a servable runs: signatures, a thread-safe ``run``, and ``close``."""
 
-    signatures: Mapping[str, SignatureDef]
+    @property
+    def signatures(self) -> Mapping[str, SignatureDef]: ...
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]: ...
@@ -93,6 +95,46 @@ Runner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Seq
                   list[np.ndarray]]
 AsyncRunner = Callable[[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Sequence[str]],
                        Awaitable[list[np.ndarray]]]
+# A request's work written once for both kinds of runner: a generator that yields the
+# TensorFlow call it needs as (servable, signature, feeds, fetches), is sent that call's
+# outputs, and returns its answer. ``run_steps`` drives it in a thread, ``run_steps_async`` on
+# an event loop; an error of the call is raised inside it, where it was yielded.
+RunCall = tuple[Servable, SignatureDef, Sequence[tuple[str, np.ndarray]], Sequence[str]]
+Steps = Generator[RunCall, list[np.ndarray], T]
+
+
+def run_steps(steps: Steps[T], runner: Runner) -> T:
+    """Drive ``steps`` in this thread, each call through ``runner``."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                outputs = runner(*call)
+            except BaseException as error:
+                call = steps.throw(error)
+            else:
+                call = steps.send(outputs)
+    except StopIteration as done:
+        answer: T = done.value
+        return answer
+
+
+async def run_steps_async(steps: Steps[T], runner: AsyncRunner) -> T:
+    """Drive ``steps`` on an event loop, each call awaited through ``runner``."""
+    try:
+        call = next(steps)
+        while True:
+            try:
+                outputs = await runner(*call)
+            except BaseException as error:
+                call = steps.throw(error)
+            else:
+                call = steps.send(outputs)
+    except StopIteration as done:
+        answer: T = done.value
+        return answer
+
+
 # Told of each successful run: model name, API ("Predict", "Classify", "Regress"), seconds
 # (TF Serving's runtime_latency: the TensorFlow call, batch queueing included).
 RuntimeObserver = Callable[[str, str, float], None]

@@ -8,6 +8,7 @@ never clashes with another copy. The fields hold PEM text, not file names.
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -41,18 +42,29 @@ def _message_class() -> type:
 SSLConfig = _message_class()
 
 
-def read_ssl_config(path: str) -> object:
-    return parse_proto_text_file(path, SSLConfig())
+class SSLConfigFields(Protocol):
+    """What an SSLConfig message holds (its class is built at run time, so mypy sees no
+    fields)."""
+
+    server_key: str
+    server_cert: str
+    custom_ca: str
+    client_verify: bool
 
 
-def _check_pem(config: object, field: str, marker: str, path: str) -> None:
+def read_ssl_config(path: str) -> SSLConfigFields:
+    config: SSLConfigFields = parse_proto_text_file(path, SSLConfig())
+    return config
+
+
+def _check_pem(config: SSLConfigFields, field: str, marker: str, path: str) -> None:
     # gRPC only says "Failed to bind"; the usual mistake is a file name instead of PEM text.
     if marker not in getattr(config, field):
         raise invalid_argument(f"SSLConfig {field} in '{path}' is not PEM text (no '{marker}'); "
                                f"it holds the PEM data itself, not a file name")
 
 
-def credentials_from_ssl_config(config: object, path: str) -> grpc.ServerCredentials:
+def credentials_from_ssl_config(config: SSLConfigFields, path: str) -> grpc.ServerCredentials:
     """TF Serving's BuildServerCredentials: client_verify requires a client certificate that
     custom_ca signed; without client_verify no client certificate is asked for."""
     _check_pem(config, "server_key", "PRIVATE KEY-----", path)
@@ -63,11 +75,17 @@ def credentials_from_ssl_config(config: object, path: str) -> grpc.ServerCredent
         log.warning("SSLConfig in '%s' sets client_verify without custom_ca: every client "
                     "will be refused", path)
         return grpc.dynamic_ssl_server_credentials(
-            grpc.ssl_server_certificate_configuration(pairs), lambda: None,
+            grpc.ssl_server_certificate_configuration(pairs),
+            _unchanged,  # type: ignore[arg-type]  # typeshed's stub omits the None gRPC allows
             require_client_authentication=True)
     return grpc.ssl_server_credentials(
         pairs, root_certificates=config.custom_ca.encode() if config.custom_ca else None,
         require_client_auth=config.client_verify)
+
+
+def _unchanged() -> None:
+    """A certificate fetcher whose None tells gRPC to keep the current certificates."""
+    return None
 
 
 def server_credentials(ssl_config_file: str) -> grpc.ServerCredentials | None:

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -21,16 +21,6 @@ REPO = Path(__file__).resolve().parent.parent
 TESTDATA_OVERRIDE = os.environ.get("PYSERVING_TESTDATA")
 TESTDATA = (Path(TESTDATA_OVERRIDE) if TESTDATA_OVERRIDE
             else Path(tempfile.mkdtemp(prefix="pyserving-testdata-")))
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` seconds passed; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def free_port() -> int:
@@ -85,3 +75,22 @@ def metrics_page_samples(text: str) -> dict[tuple[str, frozenset], float]:
         labels = frozenset(_PAGE_LABEL.findall(match[2] or ""))
         samples[(match[1], labels)] = float(match[3])
     return samples
+
+
+def wait_until(condition: Callable[[], object], what: str = "a condition",
+               timeout: float = 10.0) -> bool:
+    """Poll ``condition`` until it is true (then True); fail after ``timeout`` seconds. Tests
+    order events with this, never with a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.002)
+    return True
+
+
+def requests_in_flight(server: Any, model: str, api: str = "Predict") -> int:
+    """gRPC ``api`` requests an in-process ModelServer is handling for ``model`` now: counted
+    from the moment the RPC reaches its handler (pyserving_inflight_requests)."""
+    value = server.metrics.registry.get_sample_value(
+        "pyserving_inflight_requests", {"model_name": model, "API": api, "entrypoint": "GRPC"})
+    return int(value or 0)

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 from pyserving.server.errors import ServingError
-from support import TESTDATA, free_port
+from support import TESTDATA, free_port, requests_in_flight, wait_until
 
 TIMEOUT = 10.0
 SLOW_CALL_SECONDS = 0.4  # the "slow" signature's sleep
@@ -389,12 +389,13 @@ def test_large_batch_splitting_runs_a_request_in_parts(batching_server, channel_
 
 def test_a_split_request_first_fills_the_open_batch(batching_server, channel_to):
     # TF's SplitInputBatchIntoSubtasks: the first part takes what the open batch has left.
-    stub = stub_for(batching_server("max_batch_size { value: 16 }\n"
-                                    "batch_timeout_micros { value: 300000 }\n"
-                                    "enable_large_batch_splitting { value: true }\n"
-                                    "max_execution_batch_size { value: 4 }\n"), channel_to)
+    server = batching_server("max_batch_size { value: 16 }\n"
+                             "batch_timeout_micros { value: 300000 }\n"
+                             "enable_large_batch_splitting { value: true }\n"
+                             "max_execution_batch_size { value: 4 }\n")
+    stub = stub_for(server, channel_to)
     first = stub.Predict.future(request_for(rows_of(1, 1)), TIMEOUT)
-    time.sleep(0.05)
+    wait_until(lambda: queued(server) == 1, "the first request in the open batch")
     result = outputs_of(stub.Predict(request_for(rows_of(2, 5)), TIMEOUT))
     np.testing.assert_array_equal(result["y"], rows_of(2, 5) * 10)
     assert result["batch"].tolist() == [4, 4, 4, 2, 2]
@@ -402,6 +403,18 @@ def test_a_split_request_first_fills_the_open_batch(batching_server, channel_to)
 
 
 # --- backpressure, deadlines and cancellation ------------------------------------------------
+
+
+def queued(server: Any) -> int:
+    """Requests waiting in the batch queues of the test model."""
+    return server.batcher.queue_depths().get("default", 0)
+
+
+def taken(server: Any, count: int = 1) -> bool:
+    """Whether ``count`` Predict requests reached the server and none of them waits in a
+    queue: the batch threads took them (a request is enqueued in the same event-loop step
+    that counts it in, so any later request queues behind it)."""
+    return requests_in_flight(server, "default") == count and queued(server) == 0
 
 
 SINGLE_SLOW_QUEUE = ("max_batch_size { value: 1 }\n"
@@ -440,15 +453,17 @@ def test_full_queue_fails_fast_with_unavailable(batching_server, channel_to, enq
 
 
 def test_expired_or_cancelled_requests_are_dropped_from_the_queue(batching_server, channel_to):
-    stub = stub_for(batching_server(SINGLE_SLOW_QUEUE), channel_to)
+    server = batching_server(SINGLE_SLOW_QUEUE)
+    stub = stub_for(server, channel_to)
     running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
-    time.sleep(0.1)  # the first call is running; everything below waits behind it
+    # The first call runs; everything below waits behind it, enqueued in this order.
+    wait_until(lambda: taken(server), "the first call to run")
     expiring = stub.Predict.future(request_for([2], "slow"), 0.15)
-    time.sleep(0.02)
+    wait_until(lambda: queued(server) == 1, "the second request to queue")
     cancelled = stub.Predict.future(request_for([3], "slow"), TIMEOUT)
-    time.sleep(0.02)
+    wait_until(lambda: queued(server) == 2, "the third request to queue")
     last = stub.Predict.future(request_for([4], "slow"), TIMEOUT)
-    time.sleep(0.02)
+    wait_until(lambda: queued(server) == 3, "the fourth request to queue")
     cancelled.cancel()
 
     assert outputs_of(running.result())["call"].tolist() == [1]
@@ -460,13 +475,14 @@ def test_expired_or_cancelled_requests_are_dropped_from_the_queue(batching_serve
 
 
 def test_split_request_that_does_not_fit_is_refused_whole(batching_server, channel_to):
-    stub = stub_for(batching_server("max_batch_size { value: 8 }\n"
-                                    "enable_large_batch_splitting { value: true }\n"
-                                    "max_execution_batch_size { value: 2 }\n"
-                                    "max_enqueued_batches { value: 2 }\n"
-                                    "num_batch_threads { value: 1 }\n"), channel_to)
+    server = batching_server("max_batch_size { value: 8 }\n"
+                             "enable_large_batch_splitting { value: true }\n"
+                             "max_execution_batch_size { value: 2 }\n"
+                             "max_enqueued_batches { value: 2 }\n"
+                             "num_batch_threads { value: 1 }\n")
+    stub = stub_for(server, channel_to)
     running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
-    time.sleep(0.1)
+    wait_until(lambda: taken(server), "the first call to run")
     # Six rows need three batches of two; only two may be enqueued, the open one empty.
     code, details = rpc_error(lambda: stub.Predict(request_for(np.arange(6), "slow"), TIMEOUT))
     assert (code, details) == (grpc.StatusCode.UNAVAILABLE, f"{QUEUE_FULL}; task size is 6 but "
@@ -799,13 +815,13 @@ def test_stop_lets_queued_and_running_batches_finish_within_the_grace_period(bat
     server = batching_server(SINGLE_SLOW_QUEUE)
     stub = stub_for(server, channel_to)
     running = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
-    time.sleep(0.1)
-    queued = stub.Predict.future(request_for([2], "slow"), TIMEOUT)
-    time.sleep(0.05)
+    wait_until(lambda: taken(server), "the first call to run")
+    waiting = stub.Predict.future(request_for([2], "slow"), TIMEOUT)
+    wait_until(lambda: queued(server) == 1, "the second request to queue")
     server.stop(grace=5.0)
 
     assert outputs_of(running.result())["y"].tolist() == [2.0]
-    assert outputs_of(queued.result())["y"].tolist() == [4.0]
+    assert outputs_of(waiting.result())["y"].tolist() == [4.0]
     assert not server.serving
 
 
@@ -814,7 +830,8 @@ def test_stop_after_the_grace_period_fails_what_is_left_and_returns(batching_ser
     server = batching_server(SINGLE_SLOW_QUEUE)
     stub = stub_for(server, channel_to)
     futures = [stub.Predict.future(request_for([n], "slow"), TIMEOUT) for n in range(4)]
-    time.sleep(0.1)
+    wait_until(lambda: requests_in_flight(server, "default") == 4 and queued(server) == 3,
+               "one request to run and three to queue")
     started = time.monotonic()
     server.stop(grace=0.1)
 
@@ -838,7 +855,7 @@ def test_a_slow_signature_never_blocks_the_event_loop(batching_server, channel_t
     for _ in range(2):
         stub.Predict(request_for([1], "slow"), TIMEOUT)
     slow = stub.Predict.future(request_for([1], "slow"), TIMEOUT)
-    time.sleep(0.1)
+    wait_until(lambda: taken(server), "the slow call to run")
     fast = latency_of(lambda: stub.Predict(request_for(rows_of(1, 1)), TIMEOUT))
 
     assert outputs_of(slow.result())["y"].tolist() == [2.0]

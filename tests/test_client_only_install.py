@@ -17,7 +17,8 @@ import pytest
 from support import REPO
 
 PIP_TIMEOUT = 600  # a cold pip cache downloads grpcio, protobuf, numpy and setuptools
-pytestmark = pytest.mark.timeout(PIP_TIMEOUT + 120)
+pytestmark = [pytest.mark.slow,  # a fresh venv and a pip install
+              pytest.mark.timeout(PIP_TIMEOUT + 120)]
 SOURCES = ("pyproject.toml", "README.md", "client", "server")
 
 CLIENT_SCRIPT = textwrap.dedent("""

@@ -25,6 +25,7 @@ from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_prot
 from pyserving.server import ServerOptions
 from support import stop_process
 
+pytestmark = pytest.mark.slow  # a server process flooded for seconds
 MB = 2**20
 FLOOD_SECONDS = 3.0  # at least; longer while fewer requests than the flood's target went out
 MAX_FLOOD_SECONDS = 12.0

@@ -66,7 +66,7 @@ def test_a_new_version_replaces_the_old_one_once_available(manager, events):
     aspire(manager, 1)
     aspire(manager, 2)
     assert manager.wait_until_settled(["model"]) == {"model": []}
-    assert wait_until(lambda: states(manager) == {2: AVAILABLE, 1: END}, WAIT)
+    assert wait_until(lambda: states(manager) == {2: AVAILABLE, 1: END}, timeout=WAIT)
     manager.close()  # unloads 2 as well; observers are told before close returns
     assert [(event.kind, event.version) for event in events] == [
         ("load", 1), ("load", 2), ("swap", 2), ("unload", 1), ("unload", 2)]
@@ -85,7 +85,7 @@ def test_an_unload_waits_for_the_requests_holding_the_version(manager, loader):
     aspire(manager, 1)
     request = manager.acquire("model")
     manager.set_aspired_versions("model", [])
-    assert wait_until(lambda: not manager.available_versions("model"), WAIT)
+    assert wait_until(lambda: not manager.available_versions("model"), timeout=WAIT)
     assert states(manager) == {1: VersionState.UNLOADING}
     with pytest.raises(ServingError) as raised:
         manager.acquire("model")  # no new request gets it

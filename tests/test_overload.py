@@ -25,7 +25,7 @@ from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
-from support import free_port, post_json
+from support import free_port, post_json, requests_in_flight, wait_until
 
 MODEL = "slow"
 TIMEOUT = 20.0
@@ -125,14 +125,6 @@ def runs(stub: Stub) -> int:
     return int(ndarray_from_tensor_proto(stub.Predict(request, TIMEOUT).outputs["calls"])[0])
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        time.sleep(0.02)
-
-
 # --- in-flight limits ------------------------------------------------------------------------
 
 
@@ -171,7 +163,7 @@ def test_limit_counts_grpc_and_rest_together(slow_server, channel_to):
     with ThreadPoolExecutor(2) as pool:
         over_rest = pool.submit(post_json, url, {"instances": [1500]})
         over_grpc = stub.Predict.future(sleep_request(1500), TIMEOUT)
-        wait_until(lambda: server.core.in_flight.in_flight(MODEL) == 2)
+        wait_until(lambda: server.core.in_flight.in_flight(MODEL) == 2, "two requests admitted")
         assert post_json(url, {"instances": [10]}) == (
             503, {"error": LIMIT_MESSAGE.format(limit=2)})
         with pytest.raises(grpc.RpcError) as raised:
@@ -186,7 +178,7 @@ def test_cancelled_caller_frees_its_slot(slow_server, channel_to):
     server = slow_server(max_in_flight_requests_per_model=1)
     stub = stub_for(server, channel_to)
     running = stub.Predict.future(sleep_request(3000), TIMEOUT)
-    wait_until(lambda: server.core.in_flight.in_flight(MODEL) == 1)
+    wait_until(lambda: server.core.in_flight.in_flight(MODEL) == 1, "one request admitted")
     with pytest.raises(grpc.RpcError) as raised:
         stub.Predict(sleep_request(10), TIMEOUT)
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -236,7 +228,7 @@ def test_flood_leaves_threads_bounded_and_returns_to_baseline(slow_server, chann
     assert codes.count(grpc.StatusCode.OK) >= 8
     # gRPC's pool (16) is the only thing that grows; nothing is queued per request.
     assert peak <= baseline + 16
-    wait_until(lambda: server.core.in_flight.in_flight(MODEL) == 0)
+    wait_until(lambda: server.core.in_flight.in_flight(MODEL) == 0, "no request admitted")
     assert threading.active_count() <= baseline + 16
 
 
@@ -248,20 +240,22 @@ def test_flood_leaves_threads_bounded_and_returns_to_baseline(slow_server, chann
                          ids=["while_loop", "sleep"])
 def test_deadline_stops_the_tensorflow_run(slow_server, channel_to, request_for):
     # One server thread: the quick request can only run once the slow run has stopped.
-    stub = stub_for(slow_server(grpc_max_threads=1), channel_to)
+    server = slow_server(grpc_max_threads=1)
+    stub = stub_for(server, channel_to)
     started = time.monotonic()
     slow = stub.Predict.future(request_for(), timeout=0.5)
-    time.sleep(0.1)
+    wait_until(lambda: requests_in_flight(server, MODEL) == 1, "the slow request to run")
     stub.Predict(sleep_request(1), TIMEOUT)
     assert slow.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5.0
 
 
 def test_request_whose_deadline_passed_while_queued_is_not_run(slow_server, channel_to):
-    stub = stub_for(slow_server(grpc_max_threads=1), channel_to)
+    server = slow_server(grpc_max_threads=1)
+    stub = stub_for(server, channel_to)
     before = runs(stub)
     busy = stub.Predict.future(sleep_request(800), TIMEOUT)
-    time.sleep(0.1)
+    wait_until(lambda: requests_in_flight(server, MODEL) == 1, "the busy request to run")
     late = stub.Predict.future(sleep_request(10), timeout=0.3)
     assert late.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert busy.code() == grpc.StatusCode.OK
@@ -269,12 +263,13 @@ def test_request_whose_deadline_passed_while_queued_is_not_run(slow_server, chan
 
 
 def test_request_cancelled_while_queued_is_not_run(slow_server, channel_to):
-    stub = stub_for(slow_server(grpc_max_threads=1), channel_to)
+    server = slow_server(grpc_max_threads=1)
+    stub = stub_for(server, channel_to)
     before = runs(stub)
     busy = stub.Predict.future(sleep_request(800), TIMEOUT)
-    time.sleep(0.1)
+    wait_until(lambda: requests_in_flight(server, MODEL) == 1, "the busy request to run")
     gone = stub.Predict.future(sleep_request(10), TIMEOUT)
-    time.sleep(0.1)
+    time.sleep(0.1)  # no thread is free to take it: nothing to observe, a window to arrive in
     gone.cancel()
     assert busy.code() == grpc.StatusCode.OK
     assert gone.cancelled()

@@ -34,6 +34,7 @@ import pytest
 from pyserving.client import PredictionClient, PredictionError
 from support import TESTDATA, free_port, stop_process
 
+pytestmark = pytest.mark.slow  # ~1.5 min: deselect with -m "not slow"
 SECONDS = float(os.environ.get("PYSERVING_SOAK_SECONDS", "45"))
 WARMUP_SECONDS = min(12.0, SECONDS / 4)
 CLIENTS = 4

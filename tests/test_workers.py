@@ -40,6 +40,7 @@ from pyserving.server.options import ServerOptions
 from pyserving.server.workers.supervisor import worker_count
 from support import TESTDATA, free_port, metrics_page_samples
 
+pytestmark = pytest.mark.slow  # supervisors of worker processes, each importing TF
 SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
 START_TIMEOUT = 180.0  # two TensorFlow imports at once on a busy two-core machine
 RPC_TIMEOUT = 20.0

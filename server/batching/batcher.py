@@ -24,7 +24,7 @@ import time
 import weakref
 from collections import deque
 from concurrent.futures import Executor
-from typing import Awaitable, Callable, NamedTuple, Sequence
+from typing import Awaitable, Callable, NamedTuple, Sequence, TypeVar
 
 import grpc
 import numpy as np
@@ -53,6 +53,7 @@ Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
+T = TypeVar("T")
 _UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
 
 
@@ -64,14 +65,17 @@ class _Task:
 
     def __init__(self, feeds: list[np.ndarray], size: int,
                  context: request_context.RequestContext,
-                 future: asyncio.Future | None = None) -> None:
+                 future: asyncio.Future[list[np.ndarray]] | None = None) -> None:
         self.feeds = feeds
         self.size = size
         self.context = context
         self.enqueued = time.monotonic()
-        self.outputs: list[np.ndarray] | None = None
+        self.outputs: list[np.ndarray] | None = None  # set, or ``error``, before the wake-up
         self.error: ServingError | None = None
+        # A thread waits on ``_done``; a coroutine awaits ``future`` on ``loop``.
         self.future = future
+        self.loop: asyncio.AbstractEventLoop | None
+        self._done: threading.Lock | None
         if future is None:
             self.loop = None
             self._done = threading.Lock()  # held until the batch thread releases it
@@ -82,15 +86,26 @@ class _Task:
 
     def wait(self) -> list[np.ndarray]:
         """The task's outputs, waiting at most until the request's deadline."""
-        if not self._done.acquire(timeout=_seconds_left(self.context, -1)):
+        assert self._done is not None, "made without a future: run, not run_async"
+        left = _seconds_left(self.context)
+        if not self._done.acquire(timeout=-1 if left is None else left):
             raise _late()
+        return self.result()
+
+    def result(self) -> list[np.ndarray]:
+        """The outputs of a finished task, or the error it ended with raised."""
         if self.error is not None:
             raise self.error
+        assert self.outputs is not None
         return self.outputs
+
+    def awaitable(self) -> asyncio.Future[list[np.ndarray]]:
+        assert self.future is not None, "made with a future: run_async, not run"
+        return self.future
 
     async def wait_async(self) -> list[np.ndarray]:
         """``wait`` for a coroutine; a task given up on is dropped from its batch."""
-        return await _within_deadline(self.future, self.context)
+        return await _within_deadline(self.awaitable(), self.context)
 
     def dropped(self) -> ServingError | None:
         """Why the task must not run any more (deadline passed, caller gone), else None."""
@@ -106,10 +121,10 @@ class _Task:
 TaskMaker = Callable[[list[np.ndarray], int], _Task]  # a request's arrays and rows -> its task
 
 
-def _seconds_left(context: request_context.RequestContext, none: float | None) -> float | None:
-    """Seconds until the request's deadline (at least 0), or ``none`` without one."""
+def _seconds_left(context: request_context.RequestContext) -> float | None:
+    """Seconds until the request's deadline (at least 0), or None without one."""
     if context.deadline is None:
-        return none
+        return None
     return max(context.deadline - time.monotonic(), 0.0)
 
 
@@ -118,12 +133,12 @@ def _late() -> ServingError:
                         "Deadline exceeded while waiting for the batch")
 
 
-async def _within_deadline(awaitable: Awaitable[list], context: request_context.RequestContext
-                           ) -> list:
+async def _within_deadline(awaitable: Awaitable[T], context: request_context.RequestContext
+                           ) -> T:
     """Await ``awaitable`` until the request's deadline; cancel it then (its tasks are
     dropped from their batch: ``_Task.dropped``)."""
     try:
-        return await asyncio.wait_for(awaitable, _seconds_left(context, None))
+        return await asyncio.wait_for(awaitable, _seconds_left(context))
     except asyncio.TimeoutError:
         raise _late() from None
 
@@ -132,9 +147,9 @@ def _wake(tasks: Sequence[_Task]) -> None:
     """Hand finished tasks to their callers: threads one by one, each event loop once."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Task]] = {}
     for task in tasks:
-        if task.loop is None:
+        if task._done is not None:
             task._done.release()
-        else:
+        elif task.loop is not None:
             by_loop.setdefault(task.loop, []).append(task)
     for loop, waiting in by_loop.items():
         try:
@@ -145,11 +160,12 @@ def _wake(tasks: Sequence[_Task]) -> None:
 
 def _resolve(tasks: list[_Task]) -> None:
     for task in tasks:
-        if not task.future.done():
+        future = task.awaitable()
+        if not future.done():
             if task.error is not None:
-                task.future.set_exception(task.error)
+                future.set_exception(task.error)
             else:
-                task.future.set_result(task.outputs)
+                future.set_result(task.result())
 
 
 class _Plan(NamedTuple):
@@ -296,7 +312,7 @@ class Batcher:
         if len(tasks) == 1:
             return await tasks[0].wait_async()
         return _joined(await _within_deadline(
-            asyncio.gather(*(task.future for task in tasks)), context))
+            asyncio.gather(*(task.awaitable() for task in tasks)), context))
 
     def _plan(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
               fetches: Sequence[str]) -> _Plan | None:
@@ -400,7 +416,8 @@ class Batcher:
         return max(min(pending) - time.monotonic(), 0.0) if pending else None
 
     def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
-        live, dropped = [], []
+        live: list[_Task] = []
+        dropped: list[_Task] = []
         for task in batch:
             task.error = task.dropped()
             (live if task.error is None else dropped).append(task)
@@ -449,8 +466,9 @@ class Batcher:
                 merged = np.concatenate([merged, filler])
             feeds.append((name, merged))
         # TF Serving bounds a batch's run by the latest deadline of its requests.
-        deadlines = [task.context.deadline for task in tasks]
-        latest = None if None in deadlines else max(deadlines)
+        deadlines = [task.context.deadline for task in tasks
+                     if task.context.deadline is not None]
+        latest = max(deadlines) if len(deadlines) == len(tasks) else None
         token = request_context.current.set(request_context.RequestContext(latest))
         try:
             outputs = queue.servable.run(feeds, queue.fetches)

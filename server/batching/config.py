@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
+from typing import Protocol, Sequence
 
 from google.protobuf import (
     descriptor_pb2,
@@ -62,6 +63,17 @@ def _message_class() -> type:
 BatchingParameters = _message_class()
 
 
+class BatchingParametersFields(Protocol):
+    """What a BatchingParameters message holds besides its Int64Value fields (its class is
+    built at run time, so mypy sees no fields)."""
+
+    allowed_batch_sizes: Sequence[int]
+    pad_variable_length_inputs: bool
+    enable_large_batch_splitting: wrappers_pb2.BoolValue
+
+    def HasField(self, field_name: str) -> bool: ...
+
+
 @dataclass(frozen=True)
 class BatchingOptions:
     """BatchingParameters with TF Serving's defaults filled in and checked."""
@@ -83,7 +95,7 @@ class BatchingOptions:
         return self.max_batch_size
 
 
-def options_from_proto(proto: object) -> BatchingOptions:
+def options_from_proto(proto: BatchingParametersFields) -> BatchingOptions:
     """The options a BatchingParameters message sets, TF Serving's defaults for the rest
     (unchecked: see ``check_thread_count`` and ``queue_options``)."""
     defaults = BatchingOptions()

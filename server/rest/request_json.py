@@ -170,7 +170,9 @@ def _numeric_array(value: Any, dtype: int, check_bools: bool) -> np.ndarray | No
             int(array.min()) >= low and int(array.max()) <= high))
     if not accepted or (kind != "b" and check_bools and _holds_bool(value)):
         return None
-    return array.astype(tensors.numpy_dtype_for(dtype), copy=False)
+    # A float beyond the type's range becomes infinity, as TF Serving's parser makes it.
+    with np.errstate(over="ignore"):
+        return array.astype(tensors.numpy_dtype_for(dtype), copy=False)
 
 
 def tensor_from_json(value: Any, dtype: int, check_bools: bool = True

@@ -93,7 +93,8 @@ class RestServer:
         site = web.TCPSite(self._runner, self._host, self._options.port, reuse_address=True,
                            reuse_port=_share_port or None)
         await site.start()
-        return site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+        port: int = self._runner.addresses[0][1]  # the real port when 0 was asked
+        return port
 
     def stop(self, grace: float = 5.0) -> None:
         if self._thread is None:
@@ -117,8 +118,9 @@ class RestServer:
                                 headers={"Allow": ", ".join(sorted(_ALLOWED_METHODS))})
         target = _path_and_query(request)
         path = request.rel_url.raw_path
-        if self._metrics_page is not None and path == self._metrics_page[0]:
-            return await self._serve_metrics(target)
+        page = self._metrics_page
+        if page is not None and path == page[0]:
+            return await self._serve_metrics(target, *page)
         if not _HANDLED_PATH.fullmatch(target):
             return web.Response(status=404, text="404: Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
@@ -132,10 +134,10 @@ class RestServer:
         status, payload = await self._run(request.method, target, body, request.headers)
         return self._response(status, payload)
 
-    async def _serve_metrics(self, target: str) -> web.Response:
+    async def _serve_metrics(self, target: str, path: str,
+                             render: Callable[[], tuple[bytes, str]]) -> web.Response:
         """http_server.cc ProcessPrometheusRequest, registered for the path whatever the
         method: a target with a query or fragment is refused with its text."""
-        path, render = self._metrics_page
         if target != path:
             return web.Response(status=400, headers={"Content-Type": "text/plain"},
                                 body=f"Unexpected path: {target}. Should be {path}".encode())

@@ -207,7 +207,7 @@ class Supervisor:
                 slot.serving, slot.failed_starts = True, 0
                 log.info("worker %d (pid %d) is serving", slot.index, pid)
             return True
-        self._forget(slot)
+        self._forget(slot, pid)
         if not self.all_served:
             log.error("worker %d (pid %d) %s during start-up; stopping the other workers",
                       slot.index, pid, _describe_exit(returncode))
@@ -219,31 +219,31 @@ class Supervisor:
                     _describe_exit(returncode), delay)
         return True
 
-    def _forget(self, slot: _Slot) -> None:
-        """A worker has exited: drop its readiness entry and its live metrics."""
+    def _forget(self, slot: _Slot, pid: int) -> None:
+        """A worker (process ``pid``) has exited: drop its readiness entry and its live
+        metrics."""
         from prometheus_client import multiprocess
 
-        pid = slot.process.pid
         self._record.clear(slot.index, pid)
         multiprocess.mark_process_dead(pid, str(self._metrics_dir))
         slot.process, slot.serving = None, False
 
     def _stop_all(self, signum: int) -> int:
         """Forward the signal to every worker and wait for each to drain and exit."""
-        running = [slot for slot in self._slots if slot.process is not None]
+        running = [(slot, slot.process) for slot in self._slots if slot.process is not None]
         log.info("stopping %d workers (%s)", len(running), signal.Signals(signum).name)
-        for slot in running:
-            slot.process.send_signal(signum)
+        for _, process in running:
+            process.send_signal(signum)
         deadline = time.monotonic() + self._grace + STOP_MARGIN_SECONDS
-        for slot in running:
+        for slot, process in running:
             try:
-                slot.process.wait(max(deadline - time.monotonic(), 0.1))
+                process.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("worker %d (pid %d) did not stop in time; killing it", slot.index,
-                            slot.process.pid)
-                slot.process.kill()
-                slot.process.wait()
-            self._forget(slot)
+                            process.pid)
+                process.kill()
+                process.wait()
+            self._forget(slot, process.pid)
         log.info("all workers stopped")
         return 0
 
