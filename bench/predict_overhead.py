@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import stat
 import sys
 import tempfile
 import time
@@ -32,10 +31,9 @@ import harness
 import inprocess
 import report
 import servers
+import workloads
 
 REPO = Path(__file__).resolve().parent.parent
-TESTDATA = REPO.parent / "shared" / "testdata" / "tf_serving"
-TESTDATA_MODEL = TESTDATA / "saved_model_half_plus_two_cpu"
 MODEL_NAME = "half_plus_two"
 
 
@@ -80,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra thread counts to run the sync server with too "
                              "(comma-separated; empty for none)")
     parser.add_argument("--model", choices=("testdata", "demo"),
-                        default="testdata" if TESTDATA_MODEL.is_dir() else "demo",
+                        default="testdata",
                         help="TF Serving's half_plus_two test model, or pyserving's TF2 demo")
     args = parser.parse_args(argv)
     args.concurrency = [int(n) for n in args.concurrency.split(",")]
@@ -94,12 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_model(workdir: Path, which: str) -> str:
-    """half_plus_two in a temp dir (a copy: the shared test data stays untouched)."""
+    """half_plus_two exported into a temp dir."""
     base = workdir / MODEL_NAME
     if which == "testdata":
-        shutil.copytree(TESTDATA_MODEL, base)
-        for path in [base, *base.rglob("*")]:
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        workloads.export_tf_serving_half_plus_two(base)
     else:
         from pyserving.server.demo import export_half_plus_two
 

@@ -1,6 +1,6 @@
 """The models batching_throughput.py serves, their requests, and the in-process compute limit.
 
-- ``tiny``: TF Serving's half_plus_two (a copy of the shared test model), x=[[2.0]]: the
+- ``tiny``: TF Serving's half_plus_two (the test suite's export of it), x=[[2.0]]: the
   TensorFlow call costs microseconds, so the server's per-request cost is all there is.
 - ``mlp``: built here with TensorFlow, 4 Dense layers of 1024 units (ReLU, then linear),
   seeded weights; one request is one row of 1024 floats. At batch 1 each layer is a
@@ -12,8 +12,7 @@ Requests are built with ``tf.make_tensor_proto`` (tensor_content), as TF Serving
 
 from __future__ import annotations
 
-import shutil
-import stat
+import sys
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -21,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-TESTDATA_MODEL = (Path(__file__).resolve().parent.parent.parent / "shared" / "testdata"
-                  / "tf_serving" / "saved_model_half_plus_two_cpu")
+TESTS = Path(__file__).resolve().parent.parent / "tests"
 MLP_WIDTH = 1024
 MLP_LAYERS = 4
 MLP_SEED = 20261125
@@ -89,6 +87,18 @@ class Workload:
     request: bytes  # the serialised PredictRequest every client sends
 
 
+def export_tf_serving_half_plus_two(base: Path) -> Path:
+    """TF Serving's TF1 half_plus_two test model, exported by the test suite's exporter, as
+    version 123 under ``base``; returns ``base``."""
+    sys.path.insert(0, str(TESTS))
+    try:
+        from testdata_models import VERSION, export_tf1_half_plus_two
+    finally:
+        sys.path.remove(str(TESTS))
+    export_tf1_half_plus_two(base / VERSION)
+    return base
+
+
 def prepare(name: str, workdir: Path) -> Workload:
     """The model of workload ``name`` in ``workdir`` and its request."""
     import tensorflow as tf
@@ -98,10 +108,7 @@ def prepare(name: str, workdir: Path) -> Workload:
     if name == "tiny":
         model_name, row = "half_plus_two", np.array([[2.0]], dtype=np.float32)
         description = "half_plus_two (TF Serving's test model), x=[[2.0]]"
-        base = workdir / model_name
-        shutil.copytree(TESTDATA_MODEL, base)
-        for path in [base, *base.rglob("*")]:
-            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+        base = export_tf_serving_half_plus_two(workdir / model_name)
     elif name == "mlp":
         model_name = "mlp"
         row = np.random.default_rng(MLP_SEED + 1).standard_normal(

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from google.protobuf import json_format, text_format
 
-from pyserving.client import array_files
+from pyserving.client import array_files, cli_rollout
 from pyserving.client.apis import model_server_config_pb2
 from pyserving.client.batch_output import OutputError
 from pyserving.client.channel import TLS, ChannelOptions
@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser(cli_bulk.add_commands)
     args = parser.parse_args(argv)
+    if getattr(args, "rest_only", False):  # talks to the REST port, needs no gRPC channel
+        return args.run(None, args) or 0
     try:
         with connect(args) as client:
             return args.run(client, args) or 0
@@ -93,6 +95,7 @@ def build_parser(add_more: Callable[[Any, argparse.ArgumentParser, argparse.Argu
                         help="a text-format ModelServerConfig file")
     reload.set_defaults(run=run_reload)
     add_more(commands, connection, model)
+    cli_rollout.add_command(commands)
     return parser
 
 

@@ -30,6 +30,7 @@ from pyserving.server.health import ServingHealth
 from pyserving.server.inference import ExampleInference
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
 from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_monitoring_config
+from pyserving.server.op_libraries import load_op_libraries
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
 from pyserving.server.rest import RestOptions, RestServer
@@ -172,6 +173,7 @@ class ModelServer:
         that have no version yet. Raises ServingError on failure."""
         log.info("%s", device.describe_devices())
         try:
+            load_op_libraries(self.options.custom_op_libraries)  # before any model loads
             self.batcher = _batcher(self.options, self.metrics)
             config = model_config.model_server_config(self.options)
             # Polling runs while start-up waits: a model whose base path is missing or empty

@@ -124,6 +124,10 @@ class ServerOptions:
     grpc_max_concurrent_rpcs: int = _flag(
         1024, "pyserving: RPCs the gRPC server accepts at once (all services); more are "
               "answered RESOURCE_EXHAUSTED by gRPC. 0 = unlimited.")
+    custom_op_libraries: str = _flag(
+        "", "pyserving: comma-separated compiled TensorFlow op libraries (.so), loaded as "
+            "tf.load_op_library loads them before any model loads; one that cannot be loaded "
+            "fails start-up. TensorFlow Text's ops need no flag: pip install 'pyserving[text]'.")
 
     @property
     def tags(self) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ from tensorflow.python.saved_model import loader_impl
 from pyserving.server import request_context
 from pyserving.server.apis import config_pb2, meta_graph_pb2
 from pyserving.server.errors import ServingError, from_tensorflow, internal, not_found
+from pyserving.server.op_libraries import with_op_hint
 from pyserving.server.servable import Servable, SignatureDef
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _load_saved_model(name: str, version: int, path: str, tags: Sequence[str],
             meta_graph = loader_impl.SavedModelLoader(path).load(session, list(tags))
     except tf.errors.OpError as error:
         session.close()
-        raise from_tensorflow(error) from None
+        raise with_op_hint(from_tensorflow(error)) from None
     except (OSError, RuntimeError, ValueError) as error:
         session.close()
         raise _load_error(path, tags, error) from None

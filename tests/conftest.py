@@ -1,16 +1,35 @@
-"""Fixtures: TF Serving's test models copied to temp dirs, and real servers on free ports."""
+"""Fixtures: TF Serving's test models (built at session start, or TF Serving's own files with
+PYSERVING_TESTDATA) copied to temp dirs, and real servers on free ports."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterator
 
 import grpc
 import pytest
 
-from support import TESTDATA
+from support import TESTDATA, TESTDATA_OVERRIDE
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Export the test models once per run, before any test module is collected."""
+    if not TESTDATA_OVERRIDE:
+        export = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("testdata_models.py")), str(TESTDATA)],
+            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        if export.returncode:
+            raise pytest.UsageError(f"exporting the test models failed:\n{export.stderr}")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not TESTDATA_OVERRIDE:
+        shutil.rmtree(TESTDATA, ignore_errors=True)
 
 
 def _make_writable(root: Path) -> None:
@@ -25,7 +44,7 @@ def testdata_model(tmp_path: Path) -> Callable[..., str]:
     def copy(name: str, as_name: str | None = None) -> str:
         source = TESTDATA / name
         if not source.is_dir():
-            pytest.fail(f"TF Serving testdata not found at {source} (set PYSERVING_TESTDATA)")
+            pytest.fail(f"no test model {name} in {TESTDATA}")
         target = tmp_path / "models" / (as_name or name)
         shutil.copytree(source, target)
         _make_writable(target)

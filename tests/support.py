@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,8 +14,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TESTDATA = Path(os.environ.get("PYSERVING_TESTDATA",
-                               REPO.parent / "shared" / "testdata" / "tf_serving"))
+# TF Serving's testdata folder when PYSERVING_TESTDATA names one; otherwise the same layout that
+# conftest.py builds with TensorFlow (testdata_models.py) into this folder at session start.
+TESTDATA_OVERRIDE = os.environ.get("PYSERVING_TESTDATA")
+TESTDATA = (Path(TESTDATA_OVERRIDE) if TESTDATA_OVERRIDE
+            else Path(tempfile.mkdtemp(prefix="pyserving-testdata-")))
 
 
 def free_port() -> int:

@@ -1,0 +1,202 @@
+"""Rollout experiments: which version answers a request that names no version and no label.
+
+Each model with a plan (rollout_config.py) splits such requests between its arms by weight: at
+random, or, with a sticky key, by weighted rendezvous hashing of the key's value, so a key keeps
+its arm while the weights stay and a weight change moves only the keys it must. A guarded arm
+(not the first) whose failed share reaches ``max_error_rate`` over ``min_requests`` requests is
+taken out of the split until the plan changes; a shadow whose mismatch rate reaches
+``max_mismatch_rate`` stops. Counts are this process's own (with ``--workers`` each worker
+guards on its own traffic); the metrics add them up over workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pyserving.server.rollout_config import ArmPlan, RolloutPlan, Target
+
+log = logging.getLogger(__name__)
+
+_HASH_SCALE = float(2**64)
+
+
+@dataclass
+class ArmState:
+    """One arm of a split and what it has answered."""
+
+    plan: ArmPlan
+    requests: int = 0
+    errors: int = 0
+    tripped: bool = False
+
+    @property
+    def target(self) -> Target:
+        return self.plan.target
+
+    @property
+    def weight(self) -> float:
+        return 0.0 if self.tripped else self.plan.weight
+
+    def hash_key(self) -> bytes:
+        target = self.plan.target
+        return (f"label:{target.label}" if target.label else f"version:{target.version}").encode()
+
+
+@dataclass
+class ShadowState:
+    """What the shadow of a model has seen."""
+
+    mirrored: int = 0
+    compared: int = 0
+    dropped: int = 0
+    mismatches: int = 0
+    errors: int = 0
+    max_abs_diff: float = 0.0
+    argmax_compared: int = 0
+    argmax_agreed: int = 0
+    tripped: bool = False
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A primary answer against its shadow's: ``max_abs_diff`` over the numeric outputs present
+    in both (inf when shapes or dtypes differ), argmax agreement of 2-D float outputs (None
+    when there is none)."""
+
+    mismatch: bool
+    max_abs_diff: float
+    argmax_agrees: bool | None
+
+
+class ModelRollout:
+    """The live state of one model's plan: the arms, the shadow and the guard."""
+
+    def __init__(self, plan: RolloutPlan, on_trip: Callable[[str, str], None]) -> None:
+        self.plan = plan
+        self.arms = [ArmState(arm) for arm in plan.arms]
+        self.shadow = ShadowState()
+        self.reasons: list[str] = []
+        self._on_trip = on_trip
+        self._lock = threading.Lock()
+
+    def choose(self, sticky_value: str | None) -> ArmState:
+        """The arm for a request (``sticky_value``: the request's sticky key, if any)."""
+        arms = [arm for arm in self.arms if arm.weight > 0] or self.arms[:1]
+        if len(arms) == 1:
+            return arms[0]
+        if sticky_value is None:
+            return random.choices(arms, weights=[arm.weight for arm in arms])[0]
+        key = sticky_value.encode("utf-8", "surrogateescape")
+        return max(arms, key=lambda arm: _rendezvous_score(key, arm))
+
+    def record(self, arm: ArmState, ok: bool) -> None:
+        """Count an arm's answer and trip the guard when its error rate has reached the limit."""
+        guard = self.plan.guard
+        with self._lock:
+            arm.requests += 1
+            arm.errors += not ok
+            if (ok or arm.tripped or arm is self.arms[0] or guard.max_error_rate is None
+                    or arm.requests < max(guard.min_requests, 1)
+                    or arm.errors < guard.max_error_rate * arm.requests):
+                return
+            arm.tripped = True
+            reason = (f"{arm.target.describe()} failed {arm.errors} of {arm.requests} requests"
+                      f" (max_error_rate {guard.max_error_rate:g}): taken out of the split")
+            self.reasons.append(reason)
+        log.warning("Rollout of model %s: %s", self.plan.model_name, reason)
+        self._on_trip(self.plan.model_name, "arm")
+
+    def wants_shadow(self) -> bool:
+        shadow = self.plan.shadow
+        return (shadow is not None and not self.shadow.tripped and shadow.fraction > 0
+                and (shadow.fraction >= 1 or random.random() < shadow.fraction))
+
+    def count_shadow(self, *, mirrored: int = 0, dropped: int = 0, errors: int = 0) -> None:
+        with self._lock:
+            self.shadow.mirrored += mirrored
+            self.shadow.dropped += dropped
+            self.shadow.errors += errors
+
+    def record_comparison(self, comparison: Comparison) -> None:
+        """Count a compared pair and stop shadowing when the mismatch rate reaches the limit."""
+        guard, shadow = self.plan.guard, self.shadow
+        with self._lock:
+            shadow.compared += 1
+            shadow.mismatches += comparison.mismatch
+            if not math.isnan(comparison.max_abs_diff):
+                shadow.max_abs_diff = max(shadow.max_abs_diff, comparison.max_abs_diff)
+            if comparison.argmax_agrees is not None:
+                shadow.argmax_compared += 1
+                shadow.argmax_agreed += comparison.argmax_agrees
+            limit = guard.max_mismatch_rate
+            if (shadow.tripped or limit is None or shadow.compared < max(guard.min_requests, 1)
+                    or shadow.mismatches < limit * shadow.compared):
+                return
+            shadow.tripped = True
+            reason = (f"shadow mismatched {shadow.mismatches} of {shadow.compared} compared "
+                      f"answers (max_mismatch_rate {limit:g}): shadowing stopped")
+            self.reasons.append(reason)
+        log.warning("Rollout of model %s: %s", self.plan.model_name, reason)
+        self._on_trip(self.plan.model_name, "shadow")
+
+    def status(self, version_of: Callable[[Target], int | None]) -> dict[str, Any]:
+        """The status JSON document of ``GET /v1/models/{m}/rollout``; ``version_of`` resolves
+        a target to the version it names now (None when it names none)."""
+        with self._lock:
+            arms = [{"label": arm.target.label, "version": version_of(arm.target),
+                     "weight": arm.weight, "configured_weight": arm.plan.weight,
+                     "tripped": arm.tripped, "requests": arm.requests, "errors": arm.errors}
+                    for arm in self.arms]
+            document: dict[str, Any] = {
+                "model_name": self.plan.model_name, "arms": arms,
+                "sticky_metadata_key": self.plan.sticky_metadata_key,
+                "guard": {"tripped": bool(self.reasons), "reason": "; ".join(self.reasons)}}
+            shadow, plan = self.shadow, self.plan.shadow
+            if plan is not None:
+                document["shadow"] = {
+                    "label": plan.target.label, "version": version_of(plan.target),
+                    "fraction": 0.0 if shadow.tripped else plan.fraction,
+                    "mirrored": shadow.mirrored, "compared": shadow.compared,
+                    "dropped": shadow.dropped, "mismatches": shadow.mismatches,
+                    "errors": shadow.errors, "max_abs_diff": shadow.max_abs_diff,
+                    "argmax_agreement": (shadow.argmax_agreed / shadow.argmax_compared
+                                         if shadow.argmax_compared else None),
+                    "tripped": shadow.tripped}
+        return document
+
+
+def _rendezvous_score(key: bytes, arm: ArmState) -> float:
+    """Weighted rendezvous (highest random weight) hashing: -w / ln(u), u uniform in (0, 1)
+    from a hash of key and arm; the arm of highest score wins."""
+    digest = hashlib.blake2b(key + b"\0" + arm.hash_key(), digest_size=8).digest()
+    uniform = (int.from_bytes(digest, "big") + 0.5) / _HASH_SCALE
+    return -arm.weight / math.log(uniform)
+
+
+@dataclass
+class Rollouts:
+    """Every model's rollout; ``apply`` swaps in a new file's plans, keeping the live state
+    (counts, tripped guards) of the models whose plan is unchanged."""
+
+    on_trip: Callable[[str, str], None] = lambda model, what: None
+    _models: dict[str, ModelRollout] = field(default_factory=dict)
+
+    def apply(self, plans: dict[str, RolloutPlan]) -> None:
+        models = {}
+        for name, plan in plans.items():
+            current = self._models.get(name)
+            models[name] = (current if current is not None and current.plan == plan
+                            else ModelRollout(plan, self.on_trip))
+        self._models = models  # one reference swap: requests see the old or the new set
+
+    def get(self, model_name: str) -> ModelRollout | None:
+        return self._models.get(model_name)
+
+    def __bool__(self) -> bool:
+        return bool(self._models)
