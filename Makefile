@@ -17,7 +17,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[server]'
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[server,test,text]'
+	$(BIN)/python -m pip install --quiet -e '.[server,test,text,cloud]'
 
 $(DEMO_DIR)/half_plus_two/1/saved_model.pb: | install
 	$(BIN)/python -m pyserving.server.demo $(DEMO_DIR)
