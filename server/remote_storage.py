@@ -156,7 +156,9 @@ class RemoteStorage:
         root = url.partition("://")[2].rstrip("/") + "/"
         files = []
         for name, info in found.items():
-            if info.get("type") == "directory" or not name.startswith(root):
+            # Zero-byte "dir/" keys are folder markers some upload tools write, not files.
+            if info.get("type") == "directory" or not name.startswith(root) or \
+                    name.endswith("/") or name == root:
                 continue
             fingerprint = info.get("ETag") or info.get("etag") or info.get("generation") or ""
             files.append((name[len(root):], int(info.get("size") or 0), str(fingerprint)))

@@ -225,6 +225,7 @@ def test_a_half_uploaded_version_is_retried_and_never_served(s3_bucket, serve_re
     watcher = StatusWatcher(channel)
     with PredictLoad(channel, predict_request(), clients=4) as load:
         load.wait_for_version(123)
+        s3_bucket.put("half_plus_two/124/", b"")  # a folder marker, as consoles write
         upload_version(s3_bucket, 124, only=("variables/",))  # no saved_model.pb yet
 
         def failed_attempts() -> int:
