@@ -32,9 +32,11 @@ from test_lifecycle import (
     wait_until,
 )
 
-from pyserving.server import ModelServer, ServerOptions
+from pyserving.server import ModelServer, ServerOptions, remote_storage
+from pyserving.server.config import ModelConfig
 from pyserving.server.errors import ServingError
-from pyserving.server.remote_storage import VersionCache, s3_options
+from pyserving.server.remote_storage import RemoteStorage, VersionCache, s3_options
+from pyserving.server.source import FileSystemSource
 from support import REPO
 
 POLL = {"file_system_poll_wait_seconds": 1}
@@ -345,6 +347,25 @@ def test_a_copy_that_cannot_be_verified_fails_and_leaves_nothing(tmp_path, stora
     assert [p.name for p in tmp_path.glob("*/model/*")] == []
     cache.close()
     assert list(tmp_path.iterdir()) == []
+
+
+class DeniedFileSystem:
+    def ls(self, path: str, detail: bool) -> list:
+        raise PermissionError("Access Denied")
+
+
+def test_an_access_denied_poll_is_logged_in_tf_serving_words(monkeypatch, caplog):
+    monkeypatch.setattr(remote_storage, "_make_filesystem", lambda scheme, environ:
+                        DeniedFileSystem())
+    source = FileSystemSource(poll_seconds=0, remote=RemoteStorage({}))
+    reports = []
+    source.set_aspired_versions_callback(lambda name, versions: reports.append(name))
+    source.set_models([ModelConfig(name="m", base_path="s3://bucket/m")])
+    source.poll()
+    assert reports == []  # nothing aspired: what is loaded stays
+    assert ("FileSystemStoragePathSource encountered a filesystem access error: Could not "
+            "find base path s3://bucket/m for servable m with error PERMISSION_DENIED: "
+            "s3://bucket/m: access denied (Access Denied)") in caplog.text
 
 
 def test_tensorflow_s3_variables_configure_s3fs():
