@@ -17,11 +17,12 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends tini \
     && rm -rf /var/lib/apt/lists/*
 
-# Everything is installed at build time; the server downloads nothing when it runs.
+# Everything is installed at build time; the server downloads nothing when it runs but models
+# (the cloud extra reads s3:// and gs:// base paths).
 COPY pyproject.toml README.md /tmp/pyserving/
 COPY server /tmp/pyserving/server
 COPY client /tmp/pyserving/client
-RUN pip install "/tmp/pyserving[server]" && rm -rf /tmp/pyserving
+RUN pip install "/tmp/pyserving[server,cloud]" && rm -rf /tmp/pyserving
 
 COPY --chmod=755 deploy/docker/entrypoint.sh /usr/bin/pyserving_entrypoint.sh
 # Names the tensorflow/serving image has, for deployments that override the command.

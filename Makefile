@@ -18,10 +18,10 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[server]'
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[server,test,text]'
+	$(BIN)/python -m pip install --quiet -e '.[server,test,text,cloud]'
 
 install-dev: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[server,test,text,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,test,text,cloud,dev]'
 
 $(DEMO_DIR)/half_plus_two/1/saved_model.pb: | install
 	$(BIN)/python -m pyserving.server.demo $(DEMO_DIR)

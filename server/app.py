@@ -37,6 +37,7 @@ from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_mon
 from pyserving.server.op_libraries import load_op_libraries
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
+from pyserving.server.remote_storage import RemoteStorage, VersionCache, is_remote
 from pyserving.server.rest.server import RestOptions, RestServer
 from pyserving.server.rollout.plan import RolloutFileWatcher
 from pyserving.server.rollout.router import Router
@@ -127,7 +128,9 @@ class ModelServer:
                               self.metrics.observe_warmup) if options.enable_model_warmup else None
         self.health = ServingHealth(self.manager, options.enable_grpc_healthcheck_service)
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
-        self._source = FileSystemSource(options.file_system_poll_wait_seconds)
+        remote = RemoteStorage()
+        self._cache = VersionCache(remote, options.model_cache_dir)
+        self._source = FileSystemSource(options.file_system_poll_wait_seconds, remote)
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.router = Router(self.manager, Rollouts(observer=self.metrics))
@@ -153,6 +156,20 @@ class ModelServer:
         return self.batcher.queue_depths() if self.batcher is not None else {}
 
     def _load(self, name: str, version: int, path: str) -> Servable:
+        """Load a version; one in object storage is copied into the cache first, and its copy
+        is deleted when its load fails or it unloads."""
+        if not is_remote(path):
+            return self._load_local(name, version, path)
+        local = self._cache.fetch(name, version, path)
+        try:
+            servable = self._load_local(name, version, local)
+        except BaseException:
+            self._cache.evict(name, version)
+            raise
+        servable.after_close(functools.partial(self._cache.evict, name, version))
+        return servable
+
+    def _load_local(self, name: str, version: int, path: str) -> Servable:
         servable = load_servable(name, version, path, self.options.tags, self._session_config,
                                  self.metrics.observe_saved_model_load)
         if self.batcher is not None:
@@ -306,6 +323,7 @@ class ModelServer:
         if self.batcher is not None:
             self.batcher.stop()
         self.manager.close(drain_seconds=0)
+        self._cache.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         log.info("server stopped")

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from pyserving.server.apis import model_server_config_pb2
 from pyserving.server.errors import invalid_argument, io_error
 from pyserving.server.options import ServerOptions
+from pyserving.server.remote_storage import RemoteStorage, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,13 @@ def single_model_config(name: str, base_path: str) -> ModelServerConfig:
 def read_text_file(path: str) -> str:
     """A file a flag names, read as TF Serving's ParseProtoTextFile reads it (an mmap of the
     whole file): a failure is TensorFlow's ``<path>; <strerror>`` with its errno's code, so a
-    missing file is NOT_FOUND and an empty one INVALID_ARGUMENT (mmap of 0 bytes)."""
+    missing file is NOT_FOUND and an empty one INVALID_ARGUMENT (mmap of 0 bytes). A file in
+    object storage (s3://, gs://) is read from there."""
+    if is_remote(path):
+        data = RemoteStorage().read_bytes(path)
+        if not data:
+            raise io_error(path, errno.EINVAL)
+        return data.decode("utf-8", errors="replace")
     try:
         descriptor = os.open(path, os.O_RDONLY)
     except OSError as error:

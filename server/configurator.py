@@ -12,6 +12,7 @@ import grpc
 from pyserving.server import config as model_config
 from pyserving.server.errors import ServingError, failed_precondition, unimplemented
 from pyserving.server.manager import ModelManager, VersionState, VersionStatus
+from pyserving.server.remote_storage import is_remote, require_cloud_extra
 from pyserving.server.source import FileSystemSource
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ class ModelConfigurator:
                                       "legal to transition from one ModelConfigList to "
                                       "another.")
         model_config.validate_model_config_list(config)
+        for model in config.model_config_list.config:
+            if is_remote(model.base_path):
+                require_cloud_extra(model.base_path)  # fails now, not at every poll
         if self._accepted is not None:
             model_config.validate_no_platform_changes(self._accepted, config)
         # From here on TF Serving holds the new config as its own even if a later check fails.

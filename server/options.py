@@ -58,6 +58,10 @@ class ServerOptions:
     model_name: str = _flag("default", "Name of the model (ignored with --model_config_file).")
     model_base_path: str = _flag("", "Directory whose numeric sub-directories are the model's "
                                      "versions (required unless --model_config_file is set).")
+    model_cache_dir: str = _flag(
+        "", "pyserving: local directory where versions from s3:// and gs:// base paths are "
+            "copied before they load (in a sub-directory of this server's own, removed at "
+            "exit); empty: a temporary directory.")
     num_load_threads: int = _flag(0, "Threads used to load servables (0 loads serially).")
     num_unload_threads: int = _flag(0, "Threads used to unload servables (0 unloads serially).")
     max_num_load_retries: int = _flag(5, "Retries of a failed load before giving up.")

@@ -42,6 +42,7 @@ class Servable:
         self._usage = threading.Condition()
         self._in_flight = 0
         self._retired = False
+        self._after_close: list[Callable[[], None]] = []
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]:
@@ -87,6 +88,12 @@ class Servable:
             self._retired = True
             self._usage.wait_for(lambda: not self._in_flight, drain_seconds)
         self.model.close()
+        for callback in self._after_close:
+            callback()
+
+    def after_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once retire() has closed the model (e.g. delete its files)."""
+        self._after_close.append(callback)
 
 
 # How a request's signature is run: (servable, signature, feeds, fetches) -> outputs; the async

@@ -13,6 +13,7 @@ from typing import Callable
 
 from pyserving.server.config import ModelConfig, VersionDirectory
 from pyserving.server.errors import ServingError, invalid_argument, io_error
+from pyserving.server.remote_storage import RemoteStorage, is_remote
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,13 @@ AspiredVersionsCallback = Callable[[str, list[VersionDirectory]], None]
 
 class FileSystemSource:
     """Scans base paths on demand (``poll``) and every ``poll_seconds`` once started; a
-    negative ``poll_seconds`` disables scanning altogether, as in TF Serving."""
+    negative ``poll_seconds`` disables scanning altogether, as in TF Serving. Base paths in
+    object storage (s3://, gs://) are listed through ``remote``."""
 
-    def __init__(self, poll_seconds: float) -> None:
+    def __init__(self, poll_seconds: float, remote: RemoteStorage | None = None) -> None:
         self._aspire: AspiredVersionsCallback = lambda name, versions: None
         self._poll_seconds = poll_seconds
+        self._remote = remote if remote is not None else RemoteStorage()
         self._models: dict[str, ModelConfig] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -61,7 +64,7 @@ class FileSystemSource:
                 if names is not None and model.name not in names:
                     continue
                 try:
-                    aspired[model.name] = versions_on_disk(model)
+                    aspired[model.name] = aspired_versions(model, self._remote)
                 except ServingError as error:
                     log.error("FileSystemStoragePathSource encountered a filesystem access "
                               "error: %s", error.message)
@@ -87,37 +90,45 @@ class FileSystemSource:
             self._thread = None
 
 
-def base_path_missing(model: ModelConfig) -> ServingError:
+def base_path_missing(model: ModelConfig, status: str | None = None) -> ServingError:
+    status = status or f"NOT_FOUND: {model.base_path} not found"
     return invalid_argument(f"Could not find base path {model.base_path} for servable "
-                            f"{model.name} with error NOT_FOUND: {model.base_path} not found")
+                            f"{model.name} with error {status}")
 
 
-def versions_on_disk(model: ModelConfig) -> list[VersionDirectory]:
-    """The versions the model's policy picks under its base path, as
+def aspired_versions(model: ModelConfig, remote: RemoteStorage) -> list[VersionDirectory]:
+    """The versions the model's policy picks under its base path, local or in a bucket, as
     FileSystemStoragePathSource's PollFileSystemForServable finds them (and logs what it
     logs); raises ServingError if the base path is missing or cannot be listed."""
-    base = model.base_path
-    if not os.access(base, os.F_OK):
-        raise base_path_missing(model)
-    policy = model.model_version_policy
-    if policy.WhichOneof("policy_choice") == "specific":
-        fast = _specific_versions_present(model)
-        if fast is not None:
-            return fast
+    if is_remote(model.base_path):
+        try:
+            found = [VersionDirectory(version, url)
+                     for version, url in remote.version_directories(model.base_path)]
+        except ServingError as error:
+            raise base_path_missing(model, str(error)) from None
+    else:
+        if not os.access(model.base_path, os.F_OK):
+            raise base_path_missing(model)
+        if model.model_version_policy.WhichOneof("policy_choice") == "specific":
+            fast = _specific_versions_present(model)
+            if fast is not None:
+                return fast
+        found = _local_version_directories(model.base_path)
+    aspired = _apply_policy(model, sorted(found, key=lambda v: v.version))
+    if not aspired:
+        log.warning("No versions of servable %s found under base path %s. Did you forget to "
+                    "name your leaf directory as a number (eg. '/1/')?", model.name,
+                    model.base_path)
+    return aspired
+
+
+def _local_version_directories(base: str) -> list[VersionDirectory]:
     try:
         names = os.listdir(base)
     except OSError as error:
         raise io_error(base, error.errno or 0) from None
-    found = []
-    for name in names:
-        path = os.path.join(base, name)
-        if _VERSION_DIR.match(name) and os.path.isdir(path):
-            found.append(VersionDirectory(int(name), path))
-    aspired = _apply_policy(model, sorted(found, key=lambda v: v.version))
-    if not aspired:
-        log.warning("No versions of servable %s found under base path %s. Did you forget to "
-                    "name your leaf directory as a number (eg. '/1/')?", model.name, base)
-    return aspired
+    return [VersionDirectory(int(name), os.path.join(base, name)) for name in names
+            if _VERSION_DIR.match(name) and os.path.isdir(os.path.join(base, name))]
 
 
 def _specific_versions_present(model: ModelConfig) -> list[VersionDirectory] | None:

@@ -41,6 +41,7 @@ RPC_TIMEOUT = 20.0
 RUNNING_TCP = re.compile(r"Running gRPC ModelServer at 0\.0\.0\.0:(\d+) \.\.\.")
 REST_EXPORTED = re.compile(r"Exporting HTTP/REST API at:localhost:(\d+)")
 LABELLED_VERSIONS = {"stable": 1, "canary": 2}
+BUCKET = "s3://my-model-bucket/models"  # the ConfigMap's base paths (rclone-sidecar/: /models)
 
 
 def manifests() -> list[tuple[str, dict[str, Any]]]:
@@ -97,6 +98,44 @@ def test_schema_check_rejects_a_broken_deployment(path: tuple[str, ...], value: 
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
+def strategic_merge(base: Any, patch: Any) -> Any:
+    """kubectl's strategic merge for what rclone-sidecar/ patches: maps merge, lists of
+    objects merge by ``name`` (volumeMounts by ``mountPath``), other values are replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and patch and \
+            all(isinstance(item, dict) for item in base + patch):
+        key = "mountPath" if "mountPath" in patch[0] else "name"
+        merged = {item[key]: item for item in base}
+        for item in patch:
+            merged[item[key]] = strategic_merge(merged[item[key]], item) \
+                if item[key] in merged else item
+        return list(merged.values())
+    return patch
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_rclone_sidecar_overlay_is_a_valid_deployment(version: str) -> None:
+    overlay = KUBERNETES / "rclone-sidecar"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["../"]
+    patches = {p["path"]: yaml.safe_load((overlay / p["path"]).read_text())
+               for p in kustomization["patches"]}
+    deployment = strategic_merge(manifest("Deployment", "pyserving"),
+                                 patches["deployment-patch.yaml"])
+    kubernetes_validate.validate(deployment, version, strict=True)
+    spec = deployment["spec"]["template"]["spec"]
+    mounted = {c["name"]: {m["name"] for m in c["volumeMounts"]}
+               for c in spec["initContainers"] + spec["containers"]}
+    assert mounted["model-sync"] >= {"models", "model-sync"}
+    assert {v["name"] for v in spec["volumes"]} >= set().union(*mounted.values())
+    config = patches["models-config-patch.yaml"]["data"]["models.config"]
+    assert config == model_config_text().replace(f'"{BUCKET}/', '"/models/')
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(
@@ -128,7 +167,7 @@ def test_pods_run_as_non_root_with_a_read_only_root() -> None:
     spec = manifest("Deployment", "pyserving")["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
-    for container in spec["initContainers"] + spec["containers"]:
+    for container in spec.get("initContainers", []) + spec["containers"]:
         context = container["securityContext"]
         assert context["readOnlyRootFilesystem"] is True, container["name"]
         assert context["allowPrivilegeEscalation"] is False, container["name"]
@@ -149,8 +188,11 @@ def test_model_config_is_a_polled_configmap_directory() -> None:
     assert "subPath" not in mount  # a subPath mount never sees ConfigMap edits
     volume = next(v for v in deployment["volumes"] if v["name"] == mount["name"])
     assert config_path.name in manifest("ConfigMap", volume["configMap"]["name"])["data"]
+    # The bucket's versions are copied into /models (an emptyDir) before they load.
+    assert flags["model_cache_dir"] == "/models"
     models = next(m for m in container["volumeMounts"] if m["mountPath"] == "/models")
-    assert models["readOnly"] is True
+    volume = next(v for v in deployment["volumes"] if v["name"] == models["name"])
+    assert "emptyDir" in volume and not models.get("readOnly")
 
 
 def test_services_select_the_pods_and_name_their_ports() -> None:
@@ -210,7 +252,7 @@ def test_configmap_labels_serve_and_roll(models_root: Path, tmp_path: Path, serv
                                          caplog: pytest.LogCaptureFixture) -> None:
     """The ConfigMap as served, then deploy/kubernetes/README.md's rollout of version 3."""
     config = tmp_path / "models.config"
-    config.write_text(model_config_text().replace('"/models/', f'"{models_root}/'))
+    config.write_text(model_config_text().replace(f'"{BUCKET}/', f'"{models_root}/'))
     server = serve(model_config_file=str(config), model_config_file_poll_wait_seconds=1,
                    allow_version_labels_for_unavailable_models=True)
     channel = channel_to(server.grpc_target)
@@ -289,7 +331,7 @@ def test_dockerfile_is_a_tensorflow_serving_drop_in() -> None:
     assert command[-1] == "/usr/bin/pyserving_entrypoint.sh"
     assert "--chmod=755 deploy/docker/entrypoint.sh /usr/bin/pyserving_entrypoint.sh" in \
         values("COPY")
-    assert any('pip install "/tmp/pyserving[server]"' in run for run in values("RUN"))
+    assert any('pip install "/tmp/pyserving[server,cloud]"' in run for run in values("RUN"))
     # The user comes last, after everything that needs root.
     assert [key for key, _ in instructions].index("USER") > max(
         index for index, (key, _) in enumerate(instructions) if key == "RUN")
@@ -312,7 +354,8 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
 
 
 def test_image_build_context_builds_the_package(tmp_path: Path) -> None:
-    """The Dockerfile's `pip install "/tmp/pyserving[server]"`, from the files it copies."""
+    """The Dockerfile's `pip install "/tmp/pyserving[server,cloud]"`, from the files it
+    copies."""
     context = tmp_path / "pyserving"
     for source in copied_sources():
         if source.startswith("deploy/"):

@@ -15,7 +15,7 @@ from pyserving.server.options import INERT_FLAGS, ServerOptions
 GROUPS = {
     "Models and versions": [
         "model_name", "model_base_path", "model_config_file",
-        "model_config_file_poll_wait_seconds", "file_system_poll_wait_seconds",
+        "model_config_file_poll_wait_seconds", "file_system_poll_wait_seconds", "model_cache_dir",
         "saved_model_tags", "max_num_load_retries", "load_retry_interval_micros",
         "num_load_threads", "num_unload_threads", "enable_model_warmup",
         "num_request_iterations_for_warmup", "allow_version_labels_for_unavailable_models",
