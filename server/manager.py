@@ -158,6 +158,9 @@ class ModelManager:
         if any_aspired_available or not aspired:
             for number, entry in versions.items():
                 if number not in aspired and entry.state == VersionState.AVAILABLE:
+                    # Out of the request snapshot at once (TF Serving quiesces it first): a
+                    # request after a reload that removed it is NOT_FOUND; in-flight ones drain.
+                    self._publish(name, number, None)
                     self._set_state(name, number, entry, VersionState.UNLOADING)
                     self._unload_pool.submit(self._unload, name, number, entry)
 
