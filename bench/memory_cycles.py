@@ -24,7 +24,9 @@ def rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def build_model(base: str, megabytes: int) -> str:
+def export_dense(target: str, megabytes: int) -> None:
+    """A SavedModel at ``target`` whose one variable is a square float32 matrix of about
+    ``megabytes`` MB; ``serve`` multiplies its input by it."""
     import tensorflow as tf
 
     class Dense(tf.Module):
@@ -38,9 +40,13 @@ def build_model(base: str, megabytes: int) -> str:
         def serve(self, x):
             return {"y": tf.matmul(x, self.w[: tf.shape(x)[1], :])}
 
-    path = os.path.join(base, "dense", "1")
     module = Dense()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    tf.saved_model.save(module, target, signatures={"serving_default": module.serve})
+
+
+def build_model(base: str, megabytes: int) -> str:
+    path = os.path.join(base, "dense", "1")
+    export_dense(path, megabytes)
     return os.path.dirname(path)
 
 

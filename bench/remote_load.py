@@ -28,28 +28,14 @@ import tempfile
 import time
 import urllib.request
 
-import numpy as np
-
 POLL_SECONDS = 1
 MODEL = "dense"
 
 
 def build_model(target: str, megabytes: int) -> None:
-    import tensorflow as tf
+    from memory_cycles import export_dense  # bench/ is the script's directory
 
-    class Dense(tf.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            side = int((megabytes * 2**20 / 4) ** 0.5)
-            self.w = tf.Variable(np.random.default_rng(0).normal(size=(side, side))
-                                 .astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
-        def serve(self, x):
-            return {"y": tf.matmul(x, self.w[: tf.shape(x)[1], :])}
-
-    module = Dense()
-    tf.saved_model.save(module, target, signatures={"serving_default": module.serve})
+    export_dense(target, megabytes)
 
 
 def start_s3_server() -> tuple[subprocess.Popen, int]:
