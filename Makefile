@@ -33,18 +33,10 @@ serve: install $(DEMO_DIR)/half_plus_two/1/saved_model.pb
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# server/ and client/ are the packages pyserving.server and pyserving.client (package-dir),
-# which mypy cannot follow through the editable install: it reads them through a folder of
-# symlinks laid out as installed (pyserving itself is a namespace package: no __init__.py).
+# mypy's targets and its path to server/ and client/ are in pyproject.toml ([tool.mypy]).
 check: install-dev
 	$(BIN)/ruff check .
-	@tree="$$(mktemp -d)" && trap 'rm -rf "$$tree"' EXIT && \
-	mkdir "$$tree/pyserving" && \
-	ln -s "$(CURDIR)/server" "$$tree/pyserving/server" && \
-	ln -s "$(CURDIR)/client" "$$tree/pyserving/client" && \
-	echo "mypy -p pyserving.server -p pyserving.client" && \
-	MYPYPATH="$$tree" $(BIN)/mypy --python-executable $(BIN)/python \
-		-p pyserving.server -p pyserving.client
+	$(BIN)/mypy --python-executable $(BIN)/python
 
 protos: install-test
 	$(BIN)/python tools/generate_protos.py
