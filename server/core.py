@@ -36,7 +36,7 @@ from pyserving.server.predict import Predictor
 from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.router import Outputs, Route, Router, target_spec
 from pyserving.server.rollout.shadow import response_outputs
-from pyserving.server.servable import Servable, Steps, run_steps
+from pyserving.server.servable import Runner, Servable, Steps, run_steps
 
 SIGNATURE_DEF_FIELD = "signature_def"
 Request = TypeVar("Request", classification_pb2.ClassificationRequest,
@@ -84,17 +84,20 @@ class ServingCore:
         admitted = self._serving(request)
         with admitted as servable:
             response = yield from self._predictor.predict_steps(servable, request)
-        self._mirror_predict(admitted.route, request, response)
+        if admitted.route is not None:
+            self._mirror(admitted.route, request, response, self._predictor.predict_steps,
+                         self._predictor.runner)
         return response
 
-    def _mirror_predict(self, route: Route | None, request: predict_pb2.PredictRequest,
-                        response: predict_pb2.PredictResponse) -> None:
+    def _mirror(self, route: Route, request: Any, response: Any,
+                steps: Callable[[Servable, Any], Steps[Any]], runner: Runner) -> None:
+        """Offer a routed request's copy to its model's shadow, run by the same steps."""
         def shadow(spec: model_pb2.ModelSpec) -> Outputs:
-            copy = predict_pb2.PredictRequest()
+            copy = type(request)()
             copy.CopyFrom(request)
             _retarget(copy.model_spec, spec)
             with self.servable_for(spec) as servable:
-                return response_outputs(self._predictor.predict(servable, copy))
+                return response_outputs(run_steps(steps(servable, copy), runner))
 
         self.router.mirror(route, lambda: response_outputs(response), shadow)
 
@@ -109,6 +112,8 @@ class ServingCore:
             signature_name, inputs = read(servable)
             outputs = self._predictor.predict_arrays(servable, spec.name, signature_name,
                                                      inputs)
+        if admitted.route is None:
+            return outputs
 
         def shadow(shadow_spec: model_pb2.ModelSpec) -> Outputs:
             with self.servable_for(shadow_spec) as servable:
@@ -142,15 +147,8 @@ class ServingCore:
         admitted = self._serving(request)
         with admitted as servable:
             response = yield from steps(servable, request)
-
-        def shadow(spec: model_pb2.ModelSpec) -> Outputs:
-            copy = type(request)()
-            copy.CopyFrom(request)
-            _retarget(copy.model_spec, spec)
-            with self.servable_for(spec) as servable:
-                return response_outputs(run_steps(steps(servable, copy), self._inference.runner))
-
-        self.router.mirror(admitted.route, lambda: response_outputs(response), shadow)
+        if admitted.route is not None:
+            self._mirror(admitted.route, request, response, steps, self._inference.runner)
         return response
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest

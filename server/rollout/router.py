@@ -74,11 +74,11 @@ class Router:
         """A routed request ended."""
         route.rollout.record(route.arm, ok)
 
-    def mirror(self, route: Route | None, primary: Callable[[], Outputs],
+    def mirror(self, route: Route, primary: Callable[[], Outputs],
                shadow: Callable[[model_pb2.ModelSpec], Outputs]) -> None:
         """Maybe send a routed request's copy to its model's shadow: ``shadow(spec)`` runs it
         for the shadow's ModelSpec, and its outputs are compared with ``primary()``'s."""
-        if route is None or not route.rollout.wants_shadow():
+        if not route.rollout.wants_shadow():
             return
         rollout = route.rollout
         plan = rollout.plan.shadow
