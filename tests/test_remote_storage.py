@@ -155,7 +155,10 @@ def serve_remote(tmp_path: Path) -> Iterator:
     channels: list[grpc.Channel] = []
 
     def start(**options: object) -> tuple[ModelServer, grpc.Channel]:
-        options = {"port": 0, "model_cache_dir": str(tmp_path / "cache"), **POLL, **options}
+        # A poll may catch an upload mid-way; that load fails and is retried, here soon
+        # rather than after the default 60 s (as docs/buckets.md advises).
+        options = {"port": 0, "model_cache_dir": str(tmp_path / "cache"), **POLL,
+                   "load_retry_interval_micros": 200_000, **options}
         server = ModelServer(ServerOptions(**options), host="127.0.0.1").start()
         servers.append(server)
         channels.append(grpc.insecure_channel(server.grpc_target))
