@@ -43,9 +43,18 @@ from pyserving.server.rollout.plan import RolloutFileWatcher
 from pyserving.server.rollout.router import Router
 from pyserving.server.rollout.state import Rollouts
 from pyserving.server.saved_model import load_servable, tfrecords
-from pyserving.server.servable import Servable, SignatureDef, run_unbatched
+from pyserving.server.servable import (
+    AsyncRunner,
+    EncodeObserver,
+    Runner,
+    Servable,
+    SignatureDef,
+    run_unbatched,
+)
 from pyserving.server.source import FileSystemSource
+from pyserving.server.status import StatusBoard, request_counts
 from pyserving.server.tls import server_credentials
+from pyserving.server.tracing import Tracing, build_tracing
 from pyserving.server.warmup import Warmup
 
 log = logging.getLogger(__name__)
@@ -114,15 +123,25 @@ class ModelServer:
                                     allow_labels_for_unavailable=(
                                         options.allow_version_labels_for_unavailable_models),
                                     observers=[self._on_model_event])
-        self.metrics = ServerMetrics(self.manager, self._queue_depths)
-        runner = self._run_batched if options.enable_batching else run_unbatched
+        self.metrics = ServerMetrics(self.manager, self._queue_depths,
+                                     batching=options.enable_batching)
+        # --enable_tracing: the hooks that make a request span's children (tracing.py).
+        self.tracing = build_tracing(options.enable_tracing)
+        runner: Runner = self._run_batched if options.enable_batching else run_unbatched
+        on_encode: EncodeObserver = self.metrics.observe_encode
+        if self.tracing is not None:
+            runner = self.tracing.traced_runner(runner, batched=options.enable_batching)
+            on_encode = _both(self.metrics.observe_encode, self.tracing.observe_encode)
+        self._on_encode = on_encode
         predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
                               check_method_name=options.enable_signature_method_name_check,
                               max_tensor_bytes=options.max_request_tensor_bytes,
-                              runner=runner, on_runtime=self.metrics.observe_runtime)
+                              runner=runner, on_runtime=self.metrics.observe_runtime,
+                              on_encode=on_encode)
         inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
                                      runner=runner, on_runtime=self.metrics.observe_runtime,
-                                     on_examples=self.metrics.observe_examples)
+                                     on_examples=self.metrics.observe_examples,
+                                     on_encode=on_encode)
         self._warmup = Warmup(predictor, inference, tfrecords,
                               options.num_request_iterations_for_warmup,
                               self.metrics.observe_warmup) if options.enable_model_warmup else None
@@ -140,16 +159,26 @@ class ModelServer:
             self.router.rollouts.apply) if options.rollout_config_file else None
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
-                                metric_value=self.metrics.int64_value, router=self.router)
+                                metric_value=self.metrics.int64_value, router=self.router,
+                                tracing=self.tracing)
+        self.status = StatusBoard(
+            self.manager, rollout_status=self._rollout_statuses, queue_depths=self._queue_depths,
+            request_counts=lambda: request_counts(self.metrics.registry.collect()),
+            server_info={"batching": "on" if options.enable_batching else "off",
+                         "tracing": "on" if self.tracing is not None else "off"})
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
         assert self.batcher is not None, "start() makes the batcher before serving"
         return self.batcher.run(servable, signature, feeds, fetches)
 
+    def _rollout_statuses(self) -> dict[str, dict[str, Any]]:
+        return {name: self.core.rollout_status(name) for name, _ in self.router.rollouts.items()}
+
     def _on_model_event(self, event: ModelEvent) -> None:
         _keep_models_out_of_gc_scans(event)
         self.metrics.observe_model_event(event)
+        self.status.observe_model_event(event)
         self.health.observe_model_event(event)
 
     def _queue_depths(self) -> dict[str, int]:
@@ -204,7 +233,7 @@ class ModelServer:
         log.info("%s", device.describe_devices())
         try:
             load_op_libraries(self.options.custom_op_libraries)  # before any model loads
-            self.batcher = _batcher(self.options, self.metrics)
+            self.batcher = _batcher(self.options, self.metrics, self.tracing)
             if self._rollout_watcher is not None:
                 self._rollout_watcher.start()
             config = model_config.model_server_config(self.options)
@@ -243,12 +272,14 @@ class ModelServer:
         if self.batcher is not None:
             # Batching: requests wait for their batch as futures on grpc.aio, not as threads.
             server = LoopServer(self._executor, channel_options, max_rpcs)
-            run = functools.partial(self.batcher.run_async, executor=self._executor)
-            prediction = AsyncPredictionService(self.core, run, self.metrics)
+            run: AsyncRunner = functools.partial(self.batcher.run_async, executor=self._executor)
+            if self.tracing is not None:
+                run = self.tracing.traced_async_runner(run)
+            prediction = AsyncPredictionService(self.core, run, self.metrics, self.tracing)
         else:
             server = grpc.server(self._executor, options=channel_options,
                                  maximum_concurrent_rpcs=max_rpcs)
-            prediction = PredictionService(self.core, self.metrics)
+            prediction = PredictionService(self.core, self.metrics, self.tracing)
         add_services(server, self.core, prediction)
         self.health.serve_on(server)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
@@ -282,7 +313,9 @@ class ModelServer:
                 enable_cors=options.rest_api_enable_cors_support,
                 max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
-                              if self.monitoring.enable else None)).start()
+                              if self.monitoring.enable else None),
+                status=self.status.document, tracing=self.tracing,
+                on_encode=self._on_encode).start()
         except ServingError as error:
             log.error("%s", error.message)
             return
@@ -326,6 +359,8 @@ class ModelServer:
         self._cache.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self.tracing is not None:
+            self.tracing.shutdown()
         log.info("server stopped")
 
     def wait(self) -> None:
@@ -339,7 +374,15 @@ class ModelServer:
         self.stop()
 
 
-def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
+def _both(first: EncodeObserver, second: EncodeObserver) -> EncodeObserver:
+    def both(model: str, api: str, started: float, seconds: float) -> None:
+        first(model, api, started, seconds)
+        second(model, api, started, seconds)
+    return both
+
+
+def _batcher(options: ServerOptions, metrics: ServerMetrics,
+             tracing: Tracing | None = None) -> Batcher | None:
     """The batcher --enable_batching asks for (TF Serving's defaults without a file)."""
     if not options.enable_batching:
         if options.batching_parameters_file:
@@ -348,8 +391,12 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
         return None
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
+    run_observers = [metrics.observe_batch_run]
+    if tracing is not None:
+        run_observers.append(tracing.observe_batch_run)
     return Batcher(batching, [metrics.observe_batch],
-                   per_model_parameters=options.enable_per_model_batching_parameters)
+                   per_model_parameters=options.enable_per_model_batching_parameters,
+                   run_observers=run_observers)
 
 
 def _keep_models_out_of_gc_scans(event: ModelEvent) -> None:

@@ -37,6 +37,7 @@ from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.router import Outputs, Route, Router, target_spec
 from pyserving.server.rollout.shadow import response_outputs
 from pyserving.server.servable import Runner, Servable, Steps, run_steps
+from pyserving.server.tracing import Tracing
 
 SIGNATURE_DEF_FIELD = "signature_def"
 Request = TypeVar("Request", classification_pb2.ClassificationRequest,
@@ -55,8 +56,9 @@ class ServingCore:
                  max_in_flight_per_model: int = 0,
                  on_reload: AppliedObserver | None = None,
                  metric_value: Callable[[str], int] = lambda name: 0,
-                 router: Router | None = None) -> None:
+                 router: Router | None = None, tracing: Tracing | None = None) -> None:
         self.manager = manager
+        self.tracing = tracing  # with --enable_tracing: admission is a span
         self.router = router if router is not None else Router(manager)
         self._metric_value = metric_value
         self.in_flight = InFlightLimit(max_in_flight_per_model)
@@ -74,7 +76,12 @@ class ServingCore:
         picks), counted in and admitted."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return _Admitted(*self.router.resolve(request.model_spec), self.in_flight, self.router)
+        if self.tracing is not None:
+            return self.tracing.admission(self._admit, request.model_spec)
+        return self._admit(request.model_spec)
+
+    def _admit(self, spec: model_pb2.ModelSpec) -> "_Admitted":
+        return _Admitted(*self.router.resolve(spec), self.in_flight, self.router)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         return run_steps(self.predict_steps(request), self._predictor.runner)
@@ -107,7 +114,8 @@ class ServingCore:
         """Predict for a transport that decodes its own tensors against the signature: the
         spec is resolved once, ``read(servable)`` gives (signature name, input arrays) for
         that very version, and the outputs come back as (alias, array, DataType)."""
-        admitted = _Admitted(*self.router.resolve(spec), self.in_flight, self.router)
+        admitted = self._admit(spec) if self.tracing is None else \
+            self.tracing.admission(self._admit, spec)
         with admitted as servable:
             signature_name, inputs = read(servable)
             outputs = self._predictor.predict_arrays(servable, spec.name, signature_name,
@@ -251,6 +259,10 @@ class _Admitted:
             if route is not None and router is not None:
                 router.finish(route, ok=False)
             raise
+
+    @property
+    def servable(self) -> Servable:
+        return self._servable
 
     def __enter__(self) -> Servable:
         return self._servable

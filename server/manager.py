@@ -423,6 +423,10 @@ class ModelManager:
         """The versions of ``name`` that requests can use now."""
         return set(self._serving.servables.get(name, {}))
 
+    def labels(self) -> Mapping[str, Mapping[str, int]]:
+        """Each model's version labels now (label -> version)."""
+        return self._serving.labels
+
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._aspired)

@@ -139,6 +139,13 @@ class ServerOptions:
     rollout_config_poll_wait_seconds: int = _flag(
         10, "pyserving: seconds between re-reads of --rollout_config_file (0 reads it once); "
             "an invalid file is logged and the rollouts in force stay.")
+    enable_tracing: bool = _flag(
+        False, "pyserving: OpenTelemetry traces of requests (needs pyserving[tracing]), "
+               "configured by the standard OTEL_* environment variables (exporter, endpoint, "
+               "sampler, service name); a caller's W3C traceparent continues its trace.")
+    log_format: str = _flag(
+        "text", "pyserving: 'text', or 'json' for one JSON object per log line; lines about a "
+                "request carry its request ID (x-request-id) and trace ID.")
 
     @property
     def tags(self) -> tuple[str, ...]:

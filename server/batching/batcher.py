@@ -51,6 +51,20 @@ PER_MODEL_FILE = "batching_params.pbtxt"
 
 Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
+
+
+class BatchRun(NamedTuple):
+    """One batch that ran, for the observers of its stages (metrics, tracing)."""
+
+    model: str
+    size: int
+    padded: int
+    started: float  # time.monotonic() when its run began
+    seconds: float  # its TensorFlow run
+    requests: list[tuple[request_context.RequestContext, float]]  # each with its enqueue time
+
+
+BatchRunObserver = Callable[[BatchRun], None]
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 
 T = TypeVar("T")
@@ -269,10 +283,12 @@ class Batcher:
     """Runs signature calls through per-signature batch queues on a shared thread pool."""
 
     def __init__(self, options: BatchingOptions, observers: Sequence[BatchObserver] = (), *,
-                 per_model_parameters: bool = False) -> None:
+                 per_model_parameters: bool = False,
+                 run_observers: Sequence[BatchRunObserver] = ()) -> None:
         check_thread_count(options)
         self.options = options
         self._observers = list(observers)
+        self._run_observers = list(run_observers)
         self._per_model = per_model_parameters
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
             weakref.WeakKeyDictionary()
@@ -450,6 +466,12 @@ class Batcher:
             waits = [started - task.enqueued for task in live]
             for observer in self._observers:
                 observer(queue.servable.name, start, padded, waits)
+        if self._run_observers:
+            run = BatchRun(queue.servable.name, start, padded, started,
+                           time.monotonic() - started,
+                           [(task.context, task.enqueued) for task in live])
+            for run_observer in self._run_observers:
+                run_observer(run)
         _wake(live)
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[list[np.ndarray], int]:

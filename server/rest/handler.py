@@ -24,7 +24,7 @@ from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.metrics import REST, ServerMetrics
 from pyserving.server.predict import DEFAULT_SIGNATURE
 from pyserving.server.rest import json_parse, request_json, response_json
-from pyserving.server.servable import Servable
+from pyserving.server.servable import EncodeObserver, Servable
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +81,11 @@ def _model_spec(name: str, version: str, label: str) -> model_pb2.ModelSpec:
 class RestHandler:
     """HttpRestApiHandler::ProcessRequest: one request in, (HTTP status, JSON body) out."""
 
-    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None,
+                 on_encode: EncodeObserver | None = None) -> None:
         self._core = core
         self._metrics = metrics
+        self._on_encode = on_encode
 
     def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         prediction = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
@@ -143,7 +145,13 @@ class RestHandler:
                 document, lambda name: _signature_inputs(servable, name), may_hold_bools)
             return name, arrays
 
-        return response_json.predict_json(self._core.predict_arrays(spec, read), fmt)
+        outputs = self._core.predict_arrays(spec, read)
+        if self._on_encode is None:
+            return response_json.predict_json(outputs, fmt)
+        started = time.monotonic()
+        encoded = response_json.predict_json(outputs, fmt)
+        self._on_encode(spec.name, "Predict", started, time.monotonic() - started)
+        return encoded
 
     def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = classification_pb2.ClassificationRequest(model_spec=spec)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import grpc
+import orjson
 from aiohttp import web
 
 from pyserving.server import request_context
@@ -21,8 +22,12 @@ from pyserving.server.core import ServingCore
 from pyserving.server.errors import unavailable
 from pyserving.server.metrics import ServerMetrics
 from pyserving.server.request_context import RequestContext
-from pyserving.server.rest import response_json
+from pyserving.server.request_id import HEADER as REQUEST_ID_HEADER
+from pyserving.server.request_id import request_id
+from pyserving.server.rest import response_json, status_page
 from pyserving.server.rest.handler import HTTP_STATUS, RestHandler
+from pyserving.server.servable import EncodeObserver
+from pyserving.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +64,14 @@ class RestServer:
 
     def __init__(self, core: ServingCore, options: RestOptions, host: str = "0.0.0.0", *,
                  metrics: ServerMetrics | None = None,
-                 metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None
-                 ) -> None:
-        self._handler = RestHandler(core, metrics)
+                 metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None,
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 tracing: Tracing | None = None,
+                 on_encode: EncodeObserver | None = None) -> None:
+        self._handler = RestHandler(core, metrics, on_encode)
         self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
+        self._status = status  # the status page's document (status.py), if served
+        self._tracing = tracing
         self._options = options
         self._host = host
         self._executor = ThreadPoolExecutor(max_workers=max(options.num_threads, 1),
@@ -121,6 +130,9 @@ class RestServer:
         page = self._metrics_page
         if page is not None and path == page[0]:
             return await self._serve_metrics(target, *page)
+        if self._status is not None and request.method == "GET" and (
+                path in status_page.HTML_PATHS or path == status_page.JSON_PATH):
+            return await self._serve_status(path, self._status)
         if not _HANDLED_PATH.fullmatch(target):
             return web.Response(status=404, text="404: Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
@@ -131,8 +143,21 @@ class RestServer:
             return self._too_large(None)
         if request.method == "OPTIONS":
             return self._preflight(request)
-        status, payload = await self._run(request.method, target, body, request.headers)
-        return self._response(status, payload)
+        rid = request_id(request.headers.get)
+        status, payload = await self._run(request.method, target, body, request.headers, rid)
+        response = self._response(status, payload)
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+    async def _serve_status(self, path: str, status: Callable[[], dict[str, Any]]
+                            ) -> web.Response:
+        """The status page (HTML) or its document (JSON), built on the thread pool."""
+        document = await self._loop.run_in_executor(self._executor, status)
+        if path == status_page.JSON_PATH:
+            return web.Response(status=200, body=orjson.dumps(document),
+                                headers={"Content-Type": _JSON, "Cache-Control": "no-store"})
+        return web.Response(status=200, body=status_page.render(document), headers={
+            "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
 
     async def _serve_metrics(self, target: str, path: str,
                              render: Callable[[], tuple[bytes, str]]) -> web.Response:
@@ -151,23 +176,30 @@ class RestServer:
                               b"")
 
     async def _run(self, method: str, path: str, body: bytes,
-                   headers: Mapping[str, str]) -> tuple[int, bytes]:
+                   headers: Mapping[str, str], rid: str = "") -> tuple[int, bytes]:
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
         deadline = None if timeout is None else time.monotonic() + timeout
         waiting = threading.Event()
         waiting.set()
-        context = RequestContext(deadline, waiting.is_set, headers.get)
+        trace = None if self._tracing is None else \
+            self._tracing.start_rest(method, path, headers.get, rid)
+        context = RequestContext(deadline, waiting.is_set, headers.get, rid, trace)
         future = self._loop.run_in_executor(
             self._executor, _in_context, context, self._handler.process, method, path, body)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer: tuple[int, bytes] = await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             waiting.clear()
-            return HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
+            answer = HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
                 response_json.error_json("Deadline Exceeded")
         except asyncio.CancelledError:
             waiting.clear()  # the client went away; the batcher may drop the work
+            if trace is not None:
+                trace.end(grpc.StatusCode.CANCELLED)
             raise
+        if trace is not None:
+            trace.end(_status_code(answer[0]), attributes={"http.response.status_code": answer[0]})
+        return answer
 
     def _too_large(self, size: int | None) -> web.Response:
         limit = self._options.max_request_bytes
@@ -181,6 +213,14 @@ class RestServer:
         if self._options.enable_cors:
             headers.update(_CORS_HEADERS)
         return web.Response(status=status, body=payload, headers=headers)
+
+
+_STATUS_CODES = {http: code for code, http in reversed(list(HTTP_STATUS.items()))}
+
+
+def _status_code(http_status: int) -> grpc.StatusCode:
+    """The gRPC code a REST answer stands for (the first that maps to its HTTP status)."""
+    return _STATUS_CODES.get(http_status, grpc.StatusCode.UNKNOWN)
 
 
 def _path_and_query(request: web.Request) -> str:

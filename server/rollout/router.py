@@ -86,6 +86,9 @@ class Router:
         if route.arm.target == plan.target:  # its answer is the shadow's: nothing to compare
             return
         spec = target_spec(rollout.plan.model_name, plan.target)
+        trace = request_context.current.get().trace
+        if trace is not None:  # --enable_tracing: the copy is a span linked to this request
+            shadow = trace.shadowed(shadow)
 
         def run() -> None:
             rollout.count_shadow(mirrored=1)

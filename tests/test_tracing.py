@@ -1,0 +1,266 @@
+"""--enable_tracing over the real OTLP/gRPC wire: a test collector (opentelemetry-proto's
+TraceService) on loopback receives the spans of real gRPC and REST requests; the tests check
+their parent/child links, the batch links, attributes, and that a given traceparent continues
+the caller's trace. Also the request ID (x-request-id) both transports return."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from concurrent import futures
+from pathlib import Path
+from typing import Any, Iterator
+
+import grpc
+import numpy as np
+import pytest
+from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from support import free_port, wait_until
+
+trace_service = pytest.importorskip(
+    "opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
+    reason="the tracing extra is not installed")
+pytest.importorskip("opentelemetry.sdk", reason="the tracing extra is not installed")
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: E402
+
+MODEL = "saved_model_half_plus_two_cpu"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
+PREDICT = "tensorflow.serving.PredictionService/Predict"
+
+
+class Collector(trace_service.TraceServiceServicer):
+    """An OTLP trace receiver keeping every span it is sent, by name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.spans: list[Any] = []
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    self.spans.extend(scope_spans.spans)
+                self.resource = resource_spans.resource
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def named(self, name: str) -> list[Any]:
+        with self._lock:
+            return [span for span in self.spans if span.name == name]
+
+    def wait_for(self, name: str, count: int = 1, trace_id: str | None = None) -> list[Any]:
+        def found() -> list[Any] | None:
+            spans = [span for span in self.named(name)
+                     if trace_id is None or span.trace_id.hex() == trace_id]
+            return spans if len(spans) >= count else None
+        wait_until(found, f"{count} span(s) named {name}", timeout=20)
+        return found() or []
+
+    def children(self, parent: Any) -> dict[str, Any]:
+        with self._lock:
+            return {span.name: span for span in self.spans
+                    if span.trace_id == parent.trace_id and span.parent_span_id == parent.span_id}
+
+
+def attributes(span: Any) -> dict[str, Any]:
+    values = {}
+    for item in span.attributes:
+        kind = item.value.WhichOneof("value")
+        values[item.key] = getattr(item.value, kind) if kind else None
+    return values
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collector]:
+    """A collector on a free loopback port, and the OTEL_* environment that points at it."""
+    receiver = Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "pyserving-test")
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
+    yield receiver
+    server.stop(None)
+
+
+def x_is(*values: float, model: str = "default") -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT,
+                                    tensor_content=np.array(values, np.float32).tobytes())
+    tensor.tensor_shape.dim.add().size = len(values)
+    request.inputs["x"].CopyFrom(tensor)
+    return request
+
+
+def test_grpc_predict_continues_the_callers_trace(serve, testdata_model, channel_to,
+                                                  collector):
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    _, call = stub.Predict.with_call(x_is(1.0), timeout=10, metadata=(
+        ("traceparent", TRACEPARENT), ("x-request-id", "caller-42")))
+    assert ("x-request-id", "caller-42") in call.trailing_metadata()
+
+    (span,) = collector.wait_for(PREDICT, trace_id=TRACE_ID)
+    assert span.parent_span_id.hex() == PARENT_ID
+    assert span.kind == span.SPAN_KIND_SERVER
+    found = attributes(span)
+    assert found["pyserving.model.name"] == "default"
+    assert found["pyserving.model.version"] == 123
+    assert found["pyserving.signature"] == "serving_default"
+    assert found["pyserving.api"] == "Predict"
+    assert found["rpc.grpc.status_code"] == 0
+    assert found["pyserving.request_id"] == "caller-42"
+    wait_until(lambda: {"admission", "run", "encode"} <= set(collector.children(span)),
+               "the admission, run and encode spans")
+    children = collector.children(span)
+    for name in ("admission", "run", "encode"):
+        child = children[name]
+        assert span.start_time_unix_nano <= child.start_time_unix_nano
+        assert child.end_time_unix_nano <= span.end_time_unix_nano
+    assert children["admission"].end_time_unix_nano <= children["run"].start_time_unix_nano
+    assert children["run"].end_time_unix_nano <= children["encode"].start_time_unix_nano
+    assert collector.resource.attributes[0].key  # the resource came along
+    service = {a.key: a.value.string_value for a in collector.resource.attributes}
+    assert service["service.name"] == "pyserving-test"
+
+
+def test_a_request_without_traceparent_starts_a_trace_and_gets_a_request_id(
+        serve, testdata_model, channel_to, collector):
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    _, call = stub.Predict.with_call(x_is(1.0), timeout=10)
+    request_id = dict(call.trailing_metadata())["x-request-id"]
+    assert request_id
+    (span,) = collector.wait_for(PREDICT)
+    assert not span.parent_span_id
+    assert attributes(span)["pyserving.request_id"] == request_id
+
+
+def test_errors_end_the_span_with_their_status(serve, testdata_model, channel_to, collector):
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(x_is(1.0, model="missing"), timeout=10,
+                     metadata=(("traceparent", TRACEPARENT), ("x-request-id", "bad-1")))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert ("x-request-id", "bad-1") in raised.value.trailing_metadata()
+    (span,) = collector.wait_for(PREDICT, trace_id=TRACE_ID)
+    assert attributes(span)["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert span.status.code == span.status.STATUS_CODE_ERROR
+    assert "NOT_FOUND" in span.status.message
+    wait_until(lambda: "admission" in collector.children(span), "the admission span")
+    assert collector.children(span)["admission"].status.code == span.status.STATUS_CODE_ERROR
+
+
+def test_metadata_has_a_span(serve, testdata_model, channel_to, collector):
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "default"
+    stub.GetModelMetadata(request, timeout=10, metadata=(("traceparent", TRACEPARENT),))
+    (span,) = collector.wait_for("tensorflow.serving.PredictionService/GetModelMetadata",
+                                 trace_id=TRACE_ID)
+    assert attributes(span)["pyserving.model.name"] == "default"
+
+
+def test_a_batch_run_links_every_request_of_its_batch(serve, testdata_model, channel_to,
+                                                      collector, tmp_path: Path):
+    parameters = tmp_path / "batching.pbtxt"
+    parameters.write_text("max_batch_size { value: 8 }\nbatch_timeout_micros { value: 300000 }\n"
+                          "num_batch_threads { value: 1 }\nallowed_batch_sizes: 4\n"
+                          "allowed_batch_sizes: 8\n")
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True,
+                   enable_batching=True, batching_parameters_file=str(parameters))
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    with futures.ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda v: stub.Predict(x_is(v), timeout=10), [1.0, 2.0, 3.0]))
+    assert [list(a.outputs["y"].float_val) for a in answers] == [[2.5], [3.0], [3.5]]
+
+    requests = collector.wait_for(PREDICT, count=3)
+    runs = collector.wait_for("run")
+    queued = collector.wait_for("batch_queue", count=3)
+    linked = {(link.trace_id, link.span_id) for run in runs for link in run.links}
+    assert {(span.trace_id, span.span_id) for span in requests} <= linked
+    run = next(run for run in runs if len(run.links) == 3)
+    found = attributes(run)
+    assert (found["pyserving.batch.size"], found["pyserving.batch.padded_size"]) == (3, 4)
+    assert found["pyserving.batch.padding"] == 1
+    assert any(run.parent_span_id == span.span_id for span in requests)
+    by_request = {span.span_id: span for span in requests}
+    for wait in queued:
+        request = by_request[wait.parent_span_id]
+        assert wait.trace_id == request.trace_id
+        assert wait.end_time_unix_nano <= run.start_time_unix_nano + 1000
+    for span in requests:
+        assert attributes(span)["pyserving.model.version"] == 123
+
+
+def test_rest_continues_the_callers_trace(serve, testdata_model, collector):
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True,
+                   rest_api_port=free_port())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.rest_port}/v1/models/default:predict",
+        data=b'{"instances": [1.0, 2.0]}', method="POST",
+        headers={"traceparent": TRACEPARENT, "X-Request-Id": "rest-7"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.loads(response.read()) == {"predictions": [2.5, 3.0]}
+        assert response.headers["X-Request-Id"] == "rest-7"
+    (span,) = collector.wait_for("POST /v1/models/{model}:predict", trace_id=TRACE_ID)
+    assert span.parent_span_id.hex() == PARENT_ID
+    found = attributes(span)
+    assert found["http.response.status_code"] == 200
+    assert found["pyserving.model.version"] == 123
+    assert found["pyserving.request_id"] == "rest-7"
+    wait_until(lambda: {"admission", "run", "encode"} <= set(collector.children(span)),
+               "the admission, run and encode spans")
+
+
+def test_rest_errors_and_generated_request_ids(serve, testdata_model, collector):
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True,
+                   rest_api_port=free_port())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.rest_port}/v1/models/missing:predict",
+        data=b'{"instances": [1.0]}', method="POST",
+        headers={"X-Request-Id": "has spaces"})  # not a token: replaced
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=10)
+    assert raised.value.code == 404
+    request_id = raised.value.headers["X-Request-Id"]
+    assert request_id and " " not in request_id
+    (span,) = collector.wait_for("POST /v1/models/{model}:predict")
+    assert attributes(span)["http.response.status_code"] == 404
+    assert attributes(span)["pyserving.request_id"] == request_id
+    assert span.status.code == span.status.STATUS_CODE_ERROR
+
+
+def test_tracing_needs_a_known_exporter(serve, testdata_model, monkeypatch):
+    from pyserving.server.errors import ServingError
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(ServingError, match="zipkin"):
+        serve(model_base_path=testdata_model(MODEL), enable_tracing=True)
+
+
+def test_off_by_default(serve, testdata_model, channel_to, collector):
+    server = serve(model_base_path=testdata_model(MODEL))
+    assert server.tracing is None and server.core.tracing is None
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
+    _, call = stub.Predict.with_call(x_is(1.0), timeout=10)
+    assert dict(call.trailing_metadata())["x-request-id"]
+    assert collector.spans == []
+
