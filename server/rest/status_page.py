@@ -77,7 +77,7 @@ def _models(models: list[dict[str, Any]]) -> str:
         labels = ", ".join(f"{escape(label)} &rarr; {version}"
                            for label, version in model["labels"].items())
         errors = model["errors"]
-        rows.append([f'<b>{escape(model["name"])}</b>', versions, _text(labels),
+        rows.append([f'<b>{escape(model["name"])}</b>', versions, labels or _text(None),
                      f'<span class="num">{model["requests"]}</span>',
                      f'<span class="num{" bad" if errors else ""}">{errors}</span>',
                      f'<span class="num">{model["batch_queue_depth"]}</span>'])
