@@ -130,6 +130,9 @@ class RequestTrace:
             except ServingError as error:
                 trace.end(error.code, error.message)
                 raise
+            except BaseException as error:
+                trace.end(grpc.StatusCode.UNKNOWN, repr(error))
+                raise
             finally:
                 request_context.current.reset(token)
             trace.end(grpc.StatusCode.OK)

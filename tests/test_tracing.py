@@ -6,6 +6,7 @@ the caller's trace. Also the request ID (x-request-id) both transports return.""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import urllib.error
 import urllib.request
@@ -264,3 +265,42 @@ def test_off_by_default(serve, testdata_model, channel_to, collector):
     assert dict(call.trailing_metadata())["x-request-id"]
     assert collector.spans == []
 
+
+
+def test_routing_is_on_the_span_and_the_shadow_is_linked(collector, tmp_path: Path):
+    from pyserving.server import ModelServer, ServerOptions
+    from support import TESTDATA
+
+    for version in (1, 2):
+        shutil.copytree(TESTDATA / MODEL / "00000123", tmp_path / "m" / str(version))
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
+                      'model_platform: "tensorflow" model_version_policy { all {} } } }')
+    rollout = tmp_path / "rollout.txt"
+    rollout.write_text('rollouts { model_name: "m" split { version: 1 weight: 1 } '
+                       'sticky_metadata_key: "user" shadow { version: 2 fraction: 1.0 } }')
+    server = ModelServer(ServerOptions(
+        port=0, model_config_file=str(config), rollout_config_file=str(rollout),
+        rollout_config_poll_wait_seconds=0, enable_tracing=True), host="127.0.0.1").start()
+    try:
+        with grpc.insecure_channel(server.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            stub.Predict(x_is(1.0, model="m"), timeout=10, metadata=(("user", "ann"),))
+            stub.Predict(x_is(1.0, model="m"), timeout=10)
+        random, sticky = sorted(collector.wait_for(PREDICT, count=2),
+                                key=lambda span: attributes(span)["pyserving.rollout.routing"])
+        assert attributes(random)["pyserving.rollout.routing"] == "random"
+        assert attributes(sticky)["pyserving.rollout.routing"] == "sticky"
+        assert attributes(sticky)["pyserving.rollout.arm"] == "version:1"
+        wait_until(lambda: server.core.rollout_status("m")["shadow"]["compared"] == 2,
+                   "both shadows compared", timeout=30)
+        shadows = collector.wait_for("shadow", count=2)
+        primaries = {(span.trace_id, span.span_id) for span in (sticky, random)}
+        for shadow in shadows:
+            assert {(link.trace_id, link.span_id) for link in shadow.links} <= primaries
+            assert shadow.trace_id not in {span.trace_id for span in (sticky, random)}
+        wait_until(lambda: all("run" in collector.children(s) for s in shadows),
+                   "the shadows' run spans")
+        assert attributes(collector.children(shadows[0])["run"]) == {"pyserving.batch.size": 1}
+    finally:
+        server.stop(grace=None)
