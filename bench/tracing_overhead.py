@@ -1,15 +1,16 @@
 """What tracing costs a Predict: requests/s of one server with OpenTelemetry not installed
 (its imports blocked: a build without the ``tracing`` extra), with it installed but
-``--enable_tracing`` off, and on with every request sampled and exported over OTLP/gRPC to a
-collector that discards them; ratios against the first, measured in the same run.
+``--enable_tracing`` off, on with every request sampled and exported over OTLP/gRPC to a
+collector that discards them, and on with every request sampled but no exporter (what making
+the spans costs alone); ratios against the first, measured in the same run.
 
     .venv/bin/python bench/tracing_overhead.py [--seconds S] [--rounds N] [--clients C]
                                                [--model tiny|mlp]
 
 Each server runs in its own process, the sink collector in another, the grpc.aio clients in
-this one. The configurations are measured in turn for ``--rounds`` rounds and each keeps its
-best round (the machine's noise only ever slows a round down). It also times what every
-request pays with tracing off: taking or making its request ID.
+this one. The configurations are measured in turn, in a shuffled order, for ``--rounds``
+rounds and each keeps its best round (the machine's noise only ever slows a round down). It
+also times what every request pays with tracing off: taking or making its request ID.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import random
 import sys
 import tempfile
 import time
@@ -31,7 +33,10 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workloads  # noqa: E402
 
-CONFIGS = ("no extra", "tracing off", "tracing on, all sampled")
+# "no extra, again" is a second, identical server: how far apart two identical servers measure
+# on this machine (the noise floor of every other ratio).
+CONFIGS = ("no extra", "no extra, again", "tracing off", "tracing on, all sampled",
+           "tracing on, not exported")
 
 
 def _sink(conn: Any) -> None:
@@ -57,13 +62,14 @@ def _sink(conn: Any) -> None:
 
 
 def _serve(conn: Any, config: str, base: str, model_name: str, sink_port: int) -> None:
-    if config == "no extra":
+    if config.startswith("no extra"):
         for name in ("opentelemetry", "opentelemetry.sdk", "opentelemetry.trace"):
             sys.modules[name] = None  # type: ignore[assignment]  # ImportError from now on
     else:
         os.environ.update({
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_TRACES_SAMPLER": "always_on"})
+            "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_TRACES_EXPORTER": "none" if config.endswith("not exported") else "otlp"})
     from pyserving.server import ModelServer, ServerOptions
 
     server = ModelServer(ServerOptions(
@@ -128,8 +134,11 @@ def main() -> None:
             process.start()
             servers[config] = (ours, process, ours.recv())
         try:
+            order, shuffler = list(servers), random.Random(7)
             for _ in range(args.rounds):
-                for config, (_, _, target) in servers.items():
+                shuffler.shuffle(order)  # no configuration always goes first
+                for config in order:
+                    target = servers[config][2]
                     done = asyncio.run(_load(target, workload.request, args.clients,
                                              args.seconds))
                     best[config] = max(best.get(config, 0.0), done / args.seconds)

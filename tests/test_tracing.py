@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -209,6 +211,11 @@ def test_a_batch_run_links_every_request_of_its_batch(serve, testdata_model, cha
         assert wait.end_time_unix_nano <= run.start_time_unix_nano + 1000
     for span in requests:
         assert attributes(span)["pyserving.model.version"] == 123
+    # grpc.aio (batching) returns the request ID on errors too.
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Predict(x_is(1.0, model="missing"), timeout=10,
+                     metadata=(("x-request-id", "aio-1"),))
+    assert ("x-request-id", "aio-1") in raised.value.trailing_metadata()
 
 
 def test_rest_continues_the_callers_trace(serve, testdata_model, collector):
@@ -304,3 +311,39 @@ def test_routing_is_on_the_span_and_the_shadow_is_linked(collector, tmp_path: Pa
         assert attributes(collector.children(shadows[0])["run"]) == {"pyserving.batch.size": 1}
     finally:
         server.stop(grace=None)
+
+
+WITHOUT_THE_EXTRA = """
+import sys
+sys.modules["opentelemetry"] = None  # as if pyserving[tracing] were not installed
+import grpc, numpy as np
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from pyserving.server import ModelServer, ServerOptions
+from pyserving.server.errors import ServingError
+
+with ModelServer(ServerOptions(port=0, model_base_path=sys.argv[1]), host="127.0.0.1") as s:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "default"
+    request.inputs["x"].dtype = 1
+    request.inputs["x"].float_val.append(1.0)
+    with grpc.insecure_channel(s.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        answer, call = stub.Predict.with_call(request, timeout=10)
+    print("y", list(answer.outputs["y"].float_val), dict(call.trailing_metadata())["x-request-id"])
+try:
+    ModelServer(ServerOptions(port=0, model_base_path=sys.argv[1], enable_tracing=True))
+except ServingError as error:
+    print(error)
+print("imported", sorted(name for name in sys.modules if name.startswith("opentelemetry.")))
+"""
+
+
+def test_without_the_extra_serving_works_and_tracing_is_refused(testdata_model):
+    answer = subprocess.run([sys.executable, "-c", WITHOUT_THE_EXTRA, testdata_model(MODEL)],
+                            capture_output=True, text=True, timeout=180)
+    assert answer.returncode == 0, answer.stderr
+    lines = answer.stdout.splitlines()
+    assert lines[0].startswith("y [2.5] ")
+    assert lines[1].startswith("INVALID_ARGUMENT: --enable_tracing needs OpenTelemetry")
+    assert lines[1].endswith("install pyserving[tracing]")
+    assert lines[2] == "imported []"
