@@ -284,6 +284,11 @@ def main() -> None:
     parser.add_argument("--configs", default="all",
                         help="comma-separated subset of: tiny, tiny-batched, mlp, mlp-batched")
     parser.add_argument("--short", action="store_true", help="smoke run: 1 s cells, 2 rounds")
+    parser.add_argument("--profile", metavar="CONFIG",
+                        help="instead of comparing: load this tree's server of CONFIG (tiny, "
+                        "tiny-batched, mlp, mlp-batched) and profile it with py-spy: a "
+                        "flamegraph SVG (--profile-out) and the top frames")
+    parser.add_argument("--profile-out", default="profile.svg")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(),
                                                         "pyserving-compare-ref"))
     args = parser.parse_args()
@@ -292,9 +297,12 @@ def main() -> None:
         return
     if args.short:
         args.seconds, args.rounds, args.warmup = 1.0, 2, 0.3
+    cache = Path(args.cache)
+    if args.profile:
+        profile(args, select_configs(args.profile)[0], import_root(REPO, cache / "tree-importroot"))
+        return
     refs = args.ref or ["7fa3604", "main"]
     started = time.time()
-    cache = Path(args.cache)
     variants = {ref: export_ref(ref, cache) for ref in refs}
     variants[TREE] = import_root(REPO, cache / "tree-importroot")
     configs = select_configs(args.configs)
@@ -379,6 +387,64 @@ def measure_config(args: Any, variants: dict[str, Path], config: Config,
             stop_server(server)
         if echo is not None:
             harness.stop_servers([echo])
+
+
+def profile(args: Any, config: Config, import_path: Path) -> None:
+    """py-spy on this tree's server under load: one window for the flamegraph, one for the
+    raw stacks summarised here (self samples per frame, and samples per frame anywhere)."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    context = multiprocessing.get_context("spawn")
+    seconds = max(args.seconds, 5.0)
+    with tempfile.TemporaryDirectory(prefix="compare_ref_") as scratch_name:
+        scratch = Path(scratch_name)
+        workload = workloads.prepare(config.workload, scratch / "models")
+        model = workloads.InProcessModel(workload, inter_op=0)
+        check = workloads.response_checker(model.reference())
+        model.stop()
+        server = start_server(f"{TREE} {config.name}", import_path, config, workload, scratch)
+        processes, conns = harness.start_load_processes(context, args.load_processes)
+        raw = scratch / "stacks.txt"
+        try:
+            grpc_cell(conns, server, workload.request, args, check)  # warm up
+            for output, fmt in ((args.profile_out, "flamegraph"), (str(raw), "raw")):
+                spy = subprocess.Popen([py_spy, "record", "--pid", str(server.process.pid),
+                                        "--duration", str(int(seconds)), "--rate", "250",
+                                        "--nonblocking", "--format", fmt, "--output", output],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                window = argparse.Namespace(**{**vars(args), "seconds": seconds - 0.5,
+                                               "warmup": 0.3})
+                cell = grpc_cell(conns, server, workload.request, window, check)
+                _, errors = spy.communicate(timeout=seconds + 30)
+                if spy.returncode:
+                    raise RuntimeError(f"py-spy failed: {errors.decode(errors='replace')}")
+        finally:
+            harness.stop_load_processes(processes, conns)
+            stop_server(server)
+        print(f"{config.name}, {args.concurrency} clients: {cell.requests_per_second:,.0f} "
+              f"req/s while sampled; flamegraph: {args.profile_out}")
+        print_top_frames(raw.read_text())
+
+
+def print_top_frames(collapsed: str, count: int = 15) -> None:
+    """Top frames of py-spy's raw (collapsed) stacks: by self samples and by samples with
+    the frame anywhere on the stack."""
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack:
+            continue
+        weight = int(samples)
+        total += weight
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + weight
+        for frame in set(frames[1:]):  # the first is the thread
+            anywhere[frame] = anywhere.get(frame, 0) + weight
+    for title, table in (("self", own), ("on the stack", anywhere)):
+        print(f"\ntop frames by samples {title} (of {total}):")
+        for frame, weight in sorted(table.items(), key=lambda item: -item[1])[:count]:
+            print(f"  {weight / total:6.1%}  {frame[:140]}")
 
 
 def print_table(args: Any, refs: list[str], table: Table, elapsed: float) -> None:

@@ -47,8 +47,10 @@ class Servable:
         self._in_flight = 0
         self._retired = False
         self._after_close: list[Callable[[], None]] = []
-        # id(signature) -> consecutive fast unbatched calls (servable.unbatched_async)
-        self.fast_calls: dict[int, int] = {}
+        # unbatched_async: id(signature) -> seconds of its last calls on the pool, and the
+        # signatures measured fast enough to run on the event loop
+        self.call_seconds: dict[int, list[float]] = {}
+        self.inline: set[int] = set()
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]:
@@ -178,9 +180,10 @@ def run_unbatched(servable: Servable, signature: SignatureDef,
     return servable.run(feeds, fetches)
 
 
-# A signature whose calls on the pool took less than INLINE_MAX_SECONDS (INLINE_AFTER more fast
-# calls than 4x the slow ones) runs on the event loop itself: a hop to a pool thread and back
-# costs more than such a call (docs/performance.md); one slower call sends it back.
+# A signature whose calls on the pool took less than INLINE_MAX_SECONDS (the median of
+# INLINE_AFTER calls: a pool thread's clock also counts its waits for the GIL) runs on the event
+# loop itself, as a hop to a pool thread and back costs more than such a call
+# (docs/performance.md); one slower call there sends it back to the pool.
 INLINE_MAX_SECONDS = 0.0005
 INLINE_AFTER = 16
 
@@ -193,17 +196,20 @@ def unbatched_async(executor: Executor) -> AsyncRunner:
                   feeds: Sequence[tuple[str, np.ndarray]],
                   fetches: Sequence[str]) -> list[np.ndarray]:
         key = id(signature)
-        fast = servable.fast_calls.get(key, 0)
-        if fast >= INLINE_AFTER:
+        if key in servable.inline:
             started = time.perf_counter()
             outputs = servable.run(feeds, fetches)
             if time.perf_counter() - started >= INLINE_MAX_SECONDS:
-                servable.fast_calls[key] = 0
+                servable.inline.discard(key)
             return outputs
         outputs, seconds = await asyncio.get_running_loop().run_in_executor(
             executor, contextvars.copy_context().run, _timed, servable, feeds, fetches)
-        # A pool thread's clock also counts its waits for the GIL: one slow reading is noise.
-        servable.fast_calls[key] = fast + 1 if seconds < INLINE_MAX_SECONDS else max(fast - 4, 0)
+        samples = servable.call_seconds.setdefault(key, [])
+        samples.append(seconds)
+        if len(samples) >= INLINE_AFTER:
+            if sorted(samples)[len(samples) // 2] < INLINE_MAX_SECONDS:
+                servable.inline.add(key)
+            samples.clear()
         return outputs
     return run
 
