@@ -11,7 +11,7 @@ import gc
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -27,8 +27,6 @@ from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
 from pyserving.server.grpc_services import (
-    PredictionService,
-    PredictionServiceBase,
     add_services,
 )
 from pyserving.server.health import ServingHealth
@@ -50,6 +48,7 @@ from pyserving.server.servable import (
     Servable,
     SignatureDef,
     run_unbatched,
+    unbatched_async,
 )
 from pyserving.server.source import FileSystemSource
 from pyserving.server.status import StatusBoard, request_counts
@@ -175,6 +174,15 @@ class ModelServer:
     def _rollout_statuses(self) -> dict[str, dict[str, Any]]:
         return {name: self.core.rollout_status(name) for name, _ in self.router.rollouts.items()}
 
+    def _async_runner(self, executor: Executor) -> AsyncRunner:
+        """How an event-loop transport awaits a TensorFlow call: in a batch, or unbatched
+        (``executor`` runs what does not run inline); with tracing, as spans."""
+        run: AsyncRunner = functools.partial(self.batcher.run_async, executor=executor) \
+            if self.batcher is not None else unbatched_async(executor)
+        if self.tracing is not None:
+            run = self.tracing.traced_async_runner(run, batched=self.batcher is not None)
+        return run
+
     def _on_model_event(self, event: ModelEvent) -> None:
         _keep_models_out_of_gc_scans(event)
         self.metrics.observe_model_event(event)
@@ -267,19 +275,11 @@ class ModelServer:
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
         max_rpcs = options.grpc_max_concurrent_rpcs or None
-        server: grpc.Server
-        prediction: PredictionServiceBase
-        if self.batcher is not None:
-            # Batching: requests wait for their batch as futures on grpc.aio, not as threads.
-            server = LoopServer(self._executor, channel_options, max_rpcs)
-            run: AsyncRunner = functools.partial(self.batcher.run_async, executor=self._executor)
-            if self.tracing is not None:
-                run = self.tracing.traced_async_runner(run)
-            prediction = AsyncPredictionService(self.core, run, self.metrics, self.tracing)
-        else:
-            server = grpc.server(self._executor, options=channel_options,
-                                 maximum_concurrent_rpcs=max_rpcs)
-            prediction = PredictionService(self.core, self.metrics, self.tracing)
+        # Every mode on grpc.aio: a request is a coroutine on the loop, its TensorFlow call
+        # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
+        server = LoopServer(self._executor, channel_options, max_rpcs)
+        prediction = AsyncPredictionService(self.core, self._async_runner(self._executor),
+                                            self.metrics, self.tracing)
         add_services(server, self.core, prediction)
         self.health.serve_on(server)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
@@ -315,7 +315,7 @@ class ModelServer:
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
                               if self.monitoring.enable else None),
                 status=self.status.document, tracing=self.tracing,
-                on_encode=self._on_encode).start()
+                on_encode=self._on_encode, runner_for=self._async_runner).start()
         except ServingError as error:
             log.error("%s", error.message)
             return

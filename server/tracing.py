@@ -47,10 +47,10 @@ T = TypeVar("T")
 
 
 class Admitted(Protocol):
-    """What admission gives (core._Admitted): the servable, and the rollout route if any."""
+    """What admission gives (core._Admitted): the version, and the rollout route if any."""
 
     @property
-    def servable(self) -> "Servable": ...
+    def version(self) -> int: ...
 
     route: Any
 
@@ -205,7 +205,7 @@ class Tracing:
             raise
         finally:
             _ended(span, error)
-        attributes: dict[str, Any] = {"pyserving.model.version": admitted.servable.version}
+        attributes: dict[str, Any] = {"pyserving.model.version": admitted.version}
         route = admitted.route
         if route is not None:
             key = route.rollout.plan.sticky_metadata_key
@@ -248,14 +248,25 @@ class Tracing:
 
         return run
 
-    def traced_async_runner(self, runner: "AsyncRunner") -> "AsyncRunner":
-        """The batcher's coroutine runner, noting the servable on the request span."""
+    def traced_async_runner(self, runner: "AsyncRunner", *, batched: bool) -> "AsyncRunner":
+        """``traced_runner`` for an event-loop transport's awaited runner."""
         async def run(servable: "Servable", signature: "SignatureDef", feeds: Any,
                       fetches: Any) -> Any:
             trace = request_context.current.get().trace
-            if trace is not None:
-                self._note_servable(trace, servable, signature)
-            return await runner(servable, signature, feeds, fetches)
+            if trace is None:
+                return await runner(servable, signature, feeds, fetches)
+            self._note_servable(trace, servable, signature)
+            if batched:
+                return await runner(servable, signature, feeds, fetches)
+            span = trace.child("run", attributes={"pyserving.batch.size": _rows(feeds)})
+            error: BaseException | None = None
+            try:
+                return await runner(servable, signature, feeds, fetches)
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                _ended(span, error)
 
         return run
 

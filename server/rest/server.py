@@ -1,6 +1,8 @@
-"""The HTTP server of the REST API: aiohttp on its own event loop in a background thread; each
-request is parsed, run and encoded on a pool of --rest_api_num_threads threads so TensorFlow
-never blocks the loop."""
+"""The HTTP server of the REST API: aiohttp on its own event loop in a background thread. A
+Predict, Classify or Regress is parsed, run by the core's steps and encoded on the loop; its
+TensorFlow call waits as a batch's future or runs on a pool of --rest_api_num_threads threads
+(inline when its signature measured faster than the hop, servable.unbatched_async). Status,
+metadata and the metrics page run on the pool."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -26,7 +28,7 @@ from pyserving.server.request_id import HEADER as REQUEST_ID_HEADER
 from pyserving.server.request_id import request_id
 from pyserving.server.rest import response_json, status_page
 from pyserving.server.rest.handler import HTTP_STATUS, RestHandler
-from pyserving.server.servable import EncodeObserver
+from pyserving.server.servable import AsyncRunner, EncodeObserver, unbatched_async
 from pyserving.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -67,8 +69,8 @@ class RestServer:
                  metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None,
                  status: Callable[[], dict[str, Any]] | None = None,
                  tracing: Tracing | None = None,
-                 on_encode: EncodeObserver | None = None) -> None:
-        self._handler = RestHandler(core, metrics, on_encode)
+                 on_encode: EncodeObserver | None = None,
+                 runner_for: Callable[[Executor], AsyncRunner] = unbatched_async) -> None:
         self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
         self._status = status  # the status page's document (status.py), if served
         self._tracing = tracing
@@ -76,6 +78,8 @@ class RestServer:
         self._host = host
         self._executor = ThreadPoolExecutor(max_workers=max(options.num_threads, 1),
                                             thread_name_prefix="rest")
+        self._handler = RestHandler(core, runner_for(self._executor), self._executor, metrics,
+                                    on_encode)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -177,26 +181,26 @@ class RestServer:
 
     async def _run(self, method: str, path: str, body: bytes,
                    headers: Mapping[str, str], rid: str = "") -> tuple[int, bytes]:
+        """The handler's answer, on this loop, within --rest_api_timeout_in_ms (its
+        TensorFlow call on the pool or in a batch: the loop never waits for one)."""
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiting = threading.Event()
-        waiting.set()
         trace = None if self._tracing is None else \
             self._tracing.start_rest(method, path, headers.get, rid)
-        context = RequestContext(deadline, waiting.is_set, headers.get, rid, trace)
-        future = self._loop.run_in_executor(
-            self._executor, _in_context, context, self._handler.process, method, path, body)
+        token = request_context.current.set(
+            RequestContext(deadline, header=headers.get, request_id=rid, trace=trace))
         try:
-            answer: tuple[int, bytes] = await asyncio.wait_for(asyncio.shield(future), timeout)
+            answer: tuple[int, bytes] = await asyncio.wait_for(
+                self._handler.process(method, path, body), timeout)
         except asyncio.TimeoutError:
-            waiting.clear()
             answer = HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
                 response_json.error_json("Deadline Exceeded")
         except asyncio.CancelledError:
-            waiting.clear()  # the client went away; the batcher may drop the work
             if trace is not None:
                 trace.end(grpc.StatusCode.CANCELLED)
             raise
+        finally:
+            request_context.current.reset(token)
         if trace is not None:
             trace.end(_status_code(answer[0]), attributes={"http.response.status_code": answer[0]})
         return answer
@@ -229,10 +233,3 @@ def _path_and_query(request: web.Request) -> str:
     target = request.raw_path  # the request line's target, as sent
     return target if target.startswith("/") else request.rel_url.raw_path_qs
 
-
-def _in_context(context: RequestContext, call: Callable[..., Any], *args: Any) -> Any:
-    token = request_context.current.set(context)
-    try:
-        return call(*args)
-    finally:
-        request_context.current.reset(token)
