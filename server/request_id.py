@@ -2,8 +2,8 @@
 token, else a new one; the transport returns it (trailing metadata, response header) and log
 lines about the request carry it (logging_setup.py).
 
-A new ID is a random per-process prefix and a counter: 0.1 us, where ``uuid.uuid4().hex``
-took 1.6 us (bench/tracing_overhead.py measures the whole per-request cost). The prefix is
+A new ID is a random per-process prefix and a counter: 0.4 us, where ``uuid.uuid4().hex``
+took 4.3 us on the same (busy) machine (bench/tracing_overhead.py times it). The prefix is
 drawn again in a forked child, so ``--workers`` processes never share one.
 """
 
