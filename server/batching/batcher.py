@@ -11,6 +11,10 @@ Callers wait either in their thread (``run``) or as an asyncio future (``run_asy
 grpc.aio path): a finished batch wakes each event loop once for all of its requests. Batches
 always run on the batch threads: running fast ones on the event loop instead measured 0.84-0.93x
 the requests/s on a model whose batches take over 1 ms (bench/README.md).
+
+Unlike TF Serving, an open batch also closes as soon as no request that could join it is on
+its way (``arrivals.py``): a lone request does not wait out ``batch_timeout_micros`` for
+companions that cannot come. ``wait_for_full_batch`` restores TF Serving's wait.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import grpc
 import numpy as np
 
 from pyserving.server import request_context
+from pyserving.server.batching import arrivals
+from pyserving.server.batching.clock import MONOTONIC, Clock
 from pyserving.server.batching.config import (
     BatchingOptions,
     check_thread_count,
@@ -69,7 +75,7 @@ class _Task:
         self.feeds = feeds
         self.size = size
         self.context = context
-        self.enqueued = time.monotonic()
+        self.enqueued = 0.0  # on the batcher's clock, set by its queue
         self.outputs: list[np.ndarray] | None = None  # set, or ``error``, before the wake-up
         self.error: ServingError | None = None
         # A thread waits on ``_done``; a coroutine awaits ``future`` on ``loop``.
@@ -182,16 +188,19 @@ class _Queue:
     """Tasks for one signature of one servable, grouped into batches of at most max size."""
 
     def __init__(self, servable: Servable, feed_names: tuple[str, ...],
-                 fetches: tuple[str, ...], options: BatchingOptions) -> None:
+                 fetches: tuple[str, ...], options: BatchingOptions,
+                 on_the_way: arrivals.Pending | None) -> None:
         self.servable = servable
         self.feed_names = feed_names
         self.fetches = fetches
         self.options = options
+        # The model's requests on their way here (``arrivals``); None: always wait.
+        self.on_the_way = on_the_way
         self.batches: deque[list[_Task]] = deque([[]])
         self.open_size = 0
         self.open_since = 0.0
 
-    def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker
+    def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker, now: float
                     ) -> tuple[list[_Task], bool]:
         """Enqueue one request, split as TF's SharedBatchScheduler splits it, all or none (the
         scheduler lock is held): its tasks, and True when that moved the queue's ready time,
@@ -202,6 +211,7 @@ class _Queue:
         for part in sizes:
             task = make([array[start:start + part] for array in arrays] if len(sizes) > 1
                         else arrays, part)
+            task.enqueued = now
             self._add(task)
             tasks.append(task)
             start += part
@@ -242,13 +252,17 @@ class _Queue:
         self.open_size += task.size
 
     def ready_at(self) -> float | None:
-        """When the first batch may run: now if it is closed or full, else at its timeout."""
+        """When the first batch may run: now if it is closed or full, else at its timeout;
+        or, when it is the only batch and no request is on its way to join it, since it
+        opened (waiting cannot fill it)."""
         if len(self.batches) > 1:
             return 0.0
         if not self.batches[0]:
             return None
         if self.open_size >= self.options.execution_batch_size:
             return 0.0
+        if self.on_the_way is not None and not self.on_the_way:
+            return self.open_since
         return self.open_since + self.options.batch_timeout_micros / 1e6
 
     def take(self) -> list[_Task]:
@@ -269,9 +283,19 @@ class Batcher:
     """Runs signature calls through per-signature batch queues on a shared thread pool."""
 
     def __init__(self, options: BatchingOptions, observers: Sequence[BatchObserver] = (), *,
-                 per_model_parameters: bool = False) -> None:
+                 per_model_parameters: bool = False, wait_for_full_batch: bool = False,
+                 clock: Clock = MONOTONIC) -> None:
+        """``wait_for_full_batch``: TF Serving's behaviour, a batch waits until full or timed
+        out even when nothing can join it. Otherwise the transports count requests in with
+        ``arrivals.arrive`` (None when waiting for full batches)."""
         check_thread_count(options)
         self.options = options
+        self._clock = clock
+        self._now = clock.now
+        self.arrivals: arrivals.Arrivals | None = None
+        if not wait_for_full_batch:
+            self.arrivals = arrivals.Arrivals()
+            self.arrivals.on_settled = self._look_again
         self._observers = list(observers)
         self._per_model = per_model_parameters
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
@@ -334,12 +358,21 @@ class Batcher:
         """Add a request to its queue as one task or more, made by ``make``, and tell the
         batch threads. Finding the queue and adding to it is one step under the lock: a queue
         forgotten in between would hold its tasks where no batch thread looks."""
+        arrival = arrivals.current.get() if self.arrivals is not None else None
         with self._lock:
+            # Counted out first: the ready time of its own queue then sees it arrived.
+            emptied = arrival is not None and arrival.reached()
             queue = self._queue(plan)
-            tasks, moved = queue.add_request(plan.arrays, plan.size, make)
-            if moved:  # else the batch threads' current wait still holds
+            tasks, moved = queue.add_request(plan.arrays, plan.size, make, self._now())
+            if moved or emptied:  # else the batch threads' current wait still holds
                 self._lock.notify(len(tasks))
             return tasks
+
+    def _look_again(self) -> None:
+        """A request left without reaching a queue, and its model has none on the way: a
+        batch that waited for it may close now."""
+        with self._lock:
+            self._lock.notify()
 
     def prepare(self, servable: Servable) -> None:
         """Check a loading version's queue options, so bad ones fail its load as in TF
@@ -352,6 +385,8 @@ class Batcher:
             options = read_batching_parameters(path) if os.path.exists(path) else None
         if options is not None:
             options = queue_options(options)
+            if self.arrivals is not None:
+                self.arrivals.pending(servable.name)  # count the model's requests from now
         with self._lock:
             self._model_options[servable] = options
 
@@ -368,7 +403,9 @@ class Batcher:
         queue = self._queues.get(plan.key)
         if queue is None:
             servable, names, fetches, _ = plan.key
-            queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options)
+            on_the_way = None if self.arrivals is None else self.arrivals.pending(servable.name)
+            queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options,
+                                                    on_the_way)
             self._queue_list.append(queue)
         return queue
 
@@ -379,14 +416,14 @@ class Batcher:
                 while queue is None:
                     if self._stopped:
                         return
-                    self._lock.wait(self._wait_time())
+                    self._clock.wait(self._lock, self._wait_time())
                     queue = self._next_ready()
                 batch = queue.take()
             self._execute(queue, batch)
 
     def _next_ready(self) -> _Queue | None:
         """The queue whose first batch has been ready longest (the lock is held)."""
-        now = time.monotonic()
+        now = self._now()
         best, best_at = None, None
         retired = False
         for queue in self._queue_list:
@@ -413,7 +450,7 @@ class Batcher:
     def _wait_time(self) -> float | None:
         pending = [at for at in (queue.ready_at() for queue in self._queue_list)
                    if at is not None]
-        return max(min(pending) - time.monotonic(), 0.0) if pending else None
+        return max(min(pending) - self._now(), 0.0) if pending else None
 
     def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
         live: list[_Task] = []
@@ -424,7 +461,7 @@ class Batcher:
         _wake(dropped)
         if not live:
             return
-        started = time.monotonic()
+        started = self._now()
         try:
             outputs, padded = self._run_batch(queue, live)
         except ServingError as error:

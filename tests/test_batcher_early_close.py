@@ -1,0 +1,228 @@
+"""Issue 28: an open batch closes as soon as no request that could join it is on its way, on
+an injected clock (no sleeps: a timeout passes only when the test moves the clock)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Callable, Iterator
+
+import numpy as np
+import pytest
+from fake_clock import FakeClock
+from fake_servable import INPUT, OUTPUT, fake_servable
+
+from pyserving.server import request_context
+from pyserving.server.batching.batcher import Batcher
+from pyserving.server.batching.config import BatchingOptions
+from pyserving.server.request_context import RequestContext
+from pyserving.server.servable import Servable
+from support import wait_until
+
+SIGNATURE = fake_servable().signatures["serving_default"]
+TIMEOUT = 1.0  # batch_timeout_micros, in seconds of the fake clock
+WAIT = 10.0  # real seconds a test waits for what must happen at once
+START = 1000.0
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(START)
+
+
+def make_batcher(clock: FakeClock, wait_for_full_batch: bool = False) -> Batcher:
+    return Batcher(BatchingOptions(max_batch_size=4, batch_timeout_micros=int(TIMEOUT * 1e6),
+                                   num_batch_threads=1),
+                   wait_for_full_batch=wait_for_full_batch, clock=clock)
+
+
+@pytest.fixture
+def batcher(clock: FakeClock) -> Iterator[Batcher]:
+    made = make_batcher(clock)
+    yield made
+    made.stop()
+
+
+@pytest.fixture
+def servable(batcher: Batcher) -> Servable:
+    made = fake_servable()
+    batcher.prepare(made)  # as a load does: from now on its requests are counted
+    return made
+
+
+def run(batcher: Batcher, servable: Servable, rows: list[float]) -> list[float]:
+    token = request_context.current.set(RequestContext(time.monotonic() + WAIT))
+    try:
+        [y] = batcher.run(servable, SIGNATURE, [(INPUT, np.array(rows))], [OUTPUT])
+    finally:
+        request_context.current.reset(token)
+    return y.tolist()
+
+
+class Caller(threading.Thread):
+    """One request as a transport makes it: counted in at its edge (``arrived`` is set then),
+    then run once ``go`` is set, then counted out."""
+
+    def __init__(self, batcher: Batcher, servable: Servable, rows: list[float],
+                 go: threading.Event | None = None) -> None:
+        super().__init__(daemon=True)
+        self.batcher, self.servable, self.rows = batcher, servable, rows
+        self.go = go
+        self.arrived = threading.Event()
+        self.result: list[float] | None = None
+
+    def run(self) -> None:
+        assert self.batcher.arrivals is not None
+        arrival = self.batcher.arrivals.arrive(self.servable.name)
+        assert arrival is not None
+        self.arrived.set()
+        try:
+            if self.go is not None:
+                assert self.go.wait(WAIT)
+            self.result = run(self.batcher, self.servable, self.rows)
+        finally:
+            arrival.leave()
+
+    def finish(self) -> list[float] | None:
+        self.join(WAIT)
+        assert not self.is_alive()
+        return self.result
+
+
+def start(caller: Caller) -> Caller:
+    caller.start()
+    assert caller.arrived.wait(WAIT)
+    return caller
+
+
+def waiting_for_timeout(clock: FakeClock) -> Callable[[], bool]:
+    """True once the batch thread waits for the open batch's timeout (and nothing else)."""
+    return lambda: clock.deadlines() == [START + TIMEOUT]
+
+
+def test_a_lone_request_runs_without_waiting_out_the_timeout(batcher, servable, clock):
+    assert start(Caller(batcher, servable, [1.0])).finish() == [2.0]
+    assert servable.model.calls == [[1.0]]
+    assert clock.now() == START  # no time had to pass
+
+
+def test_a_call_no_transport_counted_runs_at_once(batcher, servable, clock):
+    assert run(batcher, servable, [1.0, 2.0]) == [2.0, 4.0]
+    assert clock.now() == START
+
+
+def test_two_concurrent_requests_still_batch_together(batcher, servable, clock):
+    go = threading.Event()
+    first = start(Caller(batcher, servable, [1.0], go))
+    second = start(Caller(batcher, servable, [2.0], go))
+    go.set()  # both are in flight before either reaches the batcher
+    assert (first.finish(), second.finish()) == ([2.0], [4.0])
+    [call] = servable.model.calls
+    assert sorted(call) == [1.0, 2.0]
+    assert clock.now() == START
+
+
+def test_a_request_in_flight_keeps_the_batch_open_until_it_joins(batcher, servable, clock):
+    late = threading.Event()
+    joining = start(Caller(batcher, servable, [2.0], late))  # counted, not yet enqueued
+    first = start(Caller(batcher, servable, [1.0]))
+    wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+    assert servable.model.calls == []
+    late.set()
+    assert (first.finish(), joining.finish()) == ([2.0], [4.0])
+    assert servable.model.calls == [[1.0, 2.0]]
+    assert clock.now() == START
+
+
+def test_a_request_in_flight_that_never_comes_holds_the_batch_until_the_timeout(
+        batcher, servable, clock):
+    arrival = batcher.arrivals.arrive(servable.name)  # e.g. still decoding its input
+    assert arrival is not None
+    try:
+        first = start(Caller(batcher, servable, [1.0]))
+        wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+        clock.advance(TIMEOUT / 2)
+        assert servable.model.calls == []
+        clock.advance(TIMEOUT / 2)
+        assert first.finish() == [2.0]
+        assert servable.model.calls == [[1.0]]
+    finally:
+        arrival.leave()
+
+
+def test_a_request_that_leaves_without_joining_closes_the_batch(batcher, servable, clock):
+    arrival = batcher.arrivals.arrive(servable.name)
+    assert arrival is not None
+    first = start(Caller(batcher, servable, [1.0]))
+    wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+    arrival.leave()  # e.g. its input failed validation: it never reaches the batcher
+    assert first.finish() == [2.0]
+    assert clock.now() == START
+
+
+def test_requests_to_another_model_do_not_hold_the_batch(batcher, servable, clock):
+    other = fake_servable("other")
+    batcher.prepare(other)
+    arrival = batcher.arrivals.arrive(other.name)
+    assert arrival is not None
+    try:
+        assert start(Caller(batcher, servable, [1.0])).finish() == [2.0]
+    finally:
+        arrival.leave()
+
+
+def test_only_models_the_batcher_prepared_are_counted(batcher):
+    assert batcher.arrivals.arrive("made-up") is None
+
+
+def test_an_async_lone_request_runs_at_once(batcher, servable, clock):
+    async def call() -> list[float]:
+        request_context.current.set(RequestContext(time.monotonic() + WAIT))
+        arrival = batcher.arrivals.arrive(servable.name)
+        assert arrival is not None
+        try:
+            [y] = await batcher.run_async(servable, SIGNATURE, [(INPUT, np.array([3.0]))],
+                                          [OUTPUT], executor=None)
+        finally:
+            arrival.leave()
+        return y.tolist()
+
+    assert asyncio.run(call()) == [6.0]
+    assert clock.now() == START
+
+
+def test_waiting_for_full_batches_restores_the_timeout(clock):
+    batcher = make_batcher(clock, wait_for_full_batch=True)
+    try:
+        assert batcher.arrivals is None  # nothing is counted: the edges do no work for it
+        servable = fake_servable()
+        results: list[list[float]] = []
+        caller = threading.Thread(target=lambda: results.append(run(batcher, servable, [1.0])))
+        caller.start()
+        wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+        clock.advance(TIMEOUT - 0.001)
+        assert servable.model.calls == []
+        clock.advance(0.001)
+        caller.join(WAIT)
+        assert results == [[2.0]]
+    finally:
+        batcher.stop()
+
+
+def test_a_full_batch_runs_before_the_timeout_when_waiting_for_full_batches(clock):
+    batcher = make_batcher(clock, wait_for_full_batch=True)
+    try:
+        servable = fake_servable()
+        results: list[list[float]] = []
+        callers = [threading.Thread(target=lambda rows=rows: results.append(
+            run(batcher, servable, rows))) for rows in ([1.0], [2.0, 3.0], [4.0])]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(WAIT)
+        assert sorted(results) == [[2.0], [4.0, 6.0], [8.0]]
+        assert len(servable.model.calls) == 1
+        assert clock.now() == START
+    finally:
+        batcher.stop()
