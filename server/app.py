@@ -351,7 +351,7 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
     batcher = Batcher(batching, [metrics.observe_batch],
                       per_model_parameters=options.enable_per_model_batching_parameters,
                       wait_for_full_batch=options.batching_wait_for_full_batch)
-    metrics.arrivals = batcher.arrivals  # the transports' in-flight count feeds it
+    metrics.batch_traffic = batcher.traffic  # the transports' in-flight count feeds it
     return batcher
 
 

@@ -1,17 +1,18 @@
-"""Issue 28: an open batch closes as soon as no request that could join it is on its way, on
-an injected clock (no sleeps: a timeout passes only when the test moves the clock)."""
+"""Issue 28: a batch opened by a lone request closes once every request in flight to its
+model joined it; under load, TF Serving's wait. On an injected clock (no sleeps: a timeout
+passes only when the test moves the clock)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pytest
 from fake_clock import FakeClock
-from fake_servable import INPUT, OUTPUT, fake_servable
+from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
 
 from pyserving.server import request_context
 from pyserving.server.batching.batcher import Batcher
@@ -62,7 +63,7 @@ def run(batcher: Batcher, servable: Servable, rows: list[float]) -> list[float]:
 
 class Caller(threading.Thread):
     """One request as a transport makes it: counted in at its edge (``arrived`` is set then),
-    then run once ``go`` is set, then counted out."""
+    run once ``go`` is set (or at once), counted out after its answer or error."""
 
     def __init__(self, batcher: Batcher, servable: Servable, rows: list[float],
                  go: threading.Event | None = None) -> None:
@@ -73,16 +74,16 @@ class Caller(threading.Thread):
         self.result: list[float] | None = None
 
     def run(self) -> None:
-        assert self.batcher.arrivals is not None
-        arrival = self.batcher.arrivals.arrive(self.servable.name)
-        assert arrival is not None
+        traffic = self.batcher.traffic.of(self.servable.name)
+        assert traffic is not None
+        traffic.arrive()
         self.arrived.set()
         try:
             if self.go is not None:
                 assert self.go.wait(WAIT)
             self.result = run(self.batcher, self.servable, self.rows)
         finally:
-            arrival.leave()
+            traffic.leave()
 
     def finish(self) -> list[float] | None:
         self.join(WAIT)
@@ -101,9 +102,43 @@ def waiting_for_timeout(clock: FakeClock) -> Callable[[], bool]:
     return lambda: clock.deadlines() == [START + TIMEOUT]
 
 
+class BlockingModel(FakeModel):
+    """Keeps the batch thread busy until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = threading.Event()
+        self.release = threading.Event()
+
+    def run(self, feeds: Sequence[tuple[str, np.ndarray]],
+            fetches: Sequence[str]) -> list[np.ndarray]:
+        self.running.set()
+        assert self.release.wait(WAIT)
+        return super().run(feeds, fetches)
+
+
+@pytest.fixture
+def busy(batcher: Batcher) -> Iterator[tuple[BlockingModel, threading.Thread]]:
+    """Another model's batch holding the only batch thread, so the test can queue requests
+    behind it; released after the test at the latest."""
+    model = BlockingModel()
+    other = Servable("other", 1, "/models/other/1", model)
+    caller = threading.Thread(target=run, args=(batcher, other, [5.0]), daemon=True)
+    caller.start()
+    assert model.running.wait(WAIT)
+    yield model, caller
+    model.release.set()
+    caller.join(WAIT)
+
+
+def queued(batcher: Batcher, servable: Servable, count: int) -> Callable[[], bool]:
+    return lambda: batcher.traffic.of(servable.name).queued == count
+
+
 def test_a_lone_request_runs_without_waiting_out_the_timeout(batcher, servable, clock):
-    assert start(Caller(batcher, servable, [1.0])).finish() == [2.0]
-    assert servable.model.calls == [[1.0]]
+    for value in (1.0, 2.0, 3.0):  # one after another, as one client sends them
+        assert start(Caller(batcher, servable, [value])).finish() == [2 * value]
+    assert servable.model.calls == [[1.0], [2.0], [3.0]]
     assert clock.now() == START  # no time had to pass
 
 
@@ -112,51 +147,68 @@ def test_a_call_no_transport_counted_runs_at_once(batcher, servable, clock):
     assert clock.now() == START
 
 
-def test_two_concurrent_requests_still_batch_together(batcher, servable, clock):
+def test_concurrent_requests_still_batch_together_as_in_tf_serving(batcher, servable, clock):
     go = threading.Event()
     first = start(Caller(batcher, servable, [1.0], go))
     second = start(Caller(batcher, servable, [2.0], go))
-    go.set()  # both are in flight before either reaches the batcher
+    go.set()  # both are in flight before either reaches the batcher: that is load
+    wait_until(queued(batcher, servable, 2), "both requests to queue")
+    wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+    assert servable.model.calls == []
+    clock.advance(TIMEOUT)
     assert (first.finish(), second.finish()) == ([2.0], [4.0])
     [call] = servable.model.calls
     assert sorted(call) == [1.0, 2.0]
+
+
+def test_a_request_in_flight_keeps_the_batch_open_until_the_timeout(batcher, servable, clock):
+    late = threading.Event()
+    joining = start(Caller(batcher, servable, [2.0], late))  # counted, e.g. still decoding
+    first = start(Caller(batcher, servable, [1.0]))
+    wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+    late.set()
+    wait_until(queued(batcher, servable, 2), "the second request to join")
+    clock.advance(TIMEOUT / 2)
+    assert servable.model.calls == []
+    clock.advance(TIMEOUT / 2)
+    assert (first.finish(), joining.finish()) == ([2.0], [4.0])
+    assert servable.model.calls == [[1.0, 2.0]]
+
+
+def test_a_full_batch_runs_before_the_timeout(batcher, servable, clock):
+    go = threading.Event()
+    callers = [start(Caller(batcher, servable, rows, go)) for rows in ([1.0], [2.0, 3.0], [4.0])]
+    go.set()
+    assert sorted(caller.finish() for caller in callers) == [[2.0], [4.0, 6.0], [8.0]]
+    assert len(servable.model.calls) == 1
     assert clock.now() == START
 
 
-def test_a_request_in_flight_keeps_the_batch_open_until_it_joins(batcher, servable, clock):
+def test_a_lone_batch_takes_a_request_arriving_before_it_runs(batcher, servable, clock, busy):
+    model, _ = busy
     late = threading.Event()
-    joining = start(Caller(batcher, servable, [2.0], late))  # counted, not yet enqueued
-    first = start(Caller(batcher, servable, [1.0]))
-    wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+    first = start(Caller(batcher, servable, [1.0]))  # alone: opens a batch that may close
+    wait_until(queued(batcher, servable, 1), "the first request to queue")
+    joining = start(Caller(batcher, servable, [2.0], late))  # arrives before it ran
+    model.release.set()
+    wait_until(waiting_for_timeout(clock), "the batch to wait for the request in flight")
     assert servable.model.calls == []
-    late.set()
+    late.set()  # it joins: nothing else is in flight, so the batch closes without a timeout
     assert (first.finish(), joining.finish()) == ([2.0], [4.0])
     assert servable.model.calls == [[1.0, 2.0]]
     assert clock.now() == START
 
 
-def test_a_request_in_flight_that_never_comes_holds_the_batch_until_the_timeout(
-        batcher, servable, clock):
-    arrival = batcher.arrivals.arrive(servable.name)  # e.g. still decoding its input
-    assert arrival is not None
-    try:
-        first = start(Caller(batcher, servable, [1.0]))
-        wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
-        clock.advance(TIMEOUT / 2)
-        assert servable.model.calls == []
-        clock.advance(TIMEOUT / 2)
-        assert first.finish() == [2.0]
-        assert servable.model.calls == [[1.0]]
-    finally:
-        arrival.leave()
-
-
-def test_a_request_that_leaves_without_joining_closes_the_batch(batcher, servable, clock):
-    arrival = batcher.arrivals.arrive(servable.name)
-    assert arrival is not None
+def test_a_lone_batch_closes_when_the_request_it_waited_for_leaves(batcher, servable, clock,
+                                                                   busy):
+    model, _ = busy
     first = start(Caller(batcher, servable, [1.0]))
-    wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
-    arrival.leave()  # e.g. its input failed validation: it never reaches the batcher
+    wait_until(queued(batcher, servable, 1), "the first request to queue")
+    traffic = batcher.traffic.of(servable.name)
+    traffic.arrive()  # a request whose input will fail validation
+    model.release.set()
+    wait_until(waiting_for_timeout(clock), "the batch to wait for the request in flight")
+    traffic.leave()  # it never reaches the batcher
     assert first.finish() == [2.0]
     assert clock.now() == START
 
@@ -164,38 +216,39 @@ def test_a_request_that_leaves_without_joining_closes_the_batch(batcher, servabl
 def test_requests_to_another_model_do_not_hold_the_batch(batcher, servable, clock):
     other = fake_servable("other")
     batcher.prepare(other)
-    arrival = batcher.arrivals.arrive(other.name)
-    assert arrival is not None
+    batcher.traffic.of("other").arrive()
     try:
         assert start(Caller(batcher, servable, [1.0])).finish() == [2.0]
     finally:
-        arrival.leave()
+        batcher.traffic.of("other").leave()
 
 
 def test_only_models_the_batcher_prepared_are_counted(batcher):
-    assert batcher.arrivals.arrive("made-up") is None
+    assert batcher.traffic.of("made-up") is None
 
 
 def test_an_async_lone_request_runs_at_once(batcher, servable, clock):
+    traffic = batcher.traffic.of(servable.name)
+
     async def call() -> list[float]:
         request_context.current.set(RequestContext(time.monotonic() + WAIT))
-        arrival = batcher.arrivals.arrive(servable.name)
-        assert arrival is not None
+        traffic.arrive()
         try:
             [y] = await batcher.run_async(servable, SIGNATURE, [(INPUT, np.array([3.0]))],
                                           [OUTPUT], executor=None)
         finally:
-            arrival.leave()
+            traffic.leave()
         return y.tolist()
 
     assert asyncio.run(call()) == [6.0]
     assert clock.now() == START
+    assert (len(traffic.requests), traffic.queued, traffic.lone) == (0, 0, 0)
 
 
 def test_waiting_for_full_batches_restores_the_timeout(clock):
     batcher = make_batcher(clock, wait_for_full_batch=True)
     try:
-        assert batcher.arrivals is None  # nothing is counted: the edges do no work for it
+        assert batcher.traffic is None  # nothing is counted: the edges do no work for it
         servable = fake_servable()
         results: list[list[float]] = []
         caller = threading.Thread(target=lambda: results.append(run(batcher, servable, [1.0])))

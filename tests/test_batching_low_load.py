@@ -79,14 +79,15 @@ def test_a_bad_request_neither_waits_nor_holds_the_counts(serve, testdata_model,
     # Counted out on the way out: the next lone request is not held for them.
     took, y = seconds(lambda: grpc_predict(server, channel_to))
     assert y == [2.5, 3.5] and took < LONG_TIMEOUT / 2
-    assert len(server.batcher.arrivals.pending("half")) == 0
+    traffic = server.batcher.traffic.of("half")
+    assert (len(traffic.requests), traffic.queued, traffic.lone) == (0, 0, 0)
 
 
 def test_the_always_wait_flag_restores_tf_servings_wait(serve, testdata_model, tmp_path,
                                                         channel_to):
     server = batching_server(serve, testdata_model, tmp_path, SHORT_TIMEOUT,
                              batching_wait_for_full_batch=True)
-    assert server.batcher.arrivals is None and server.metrics.arrivals is None
+    assert server.batcher.traffic is None and server.metrics.batch_traffic is None
     took, y = seconds(lambda: grpc_predict(server, channel_to))
     assert y == [2.5, 3.5] and took >= SHORT_TIMEOUT
     took, (status, _) = seconds(lambda: rest_predict(server))

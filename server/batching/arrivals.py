@@ -1,79 +1,81 @@
-"""Requests on their way to the batcher: counted in per model at the transport's edge (where
-the in-flight gauge counts them), counted out when they reach their batch queue or leave
-without reaching it (an error, an unbatchable signature).
+"""Each batched model's traffic, as the batcher needs it to tell a lone request from load.
 
-The batcher closes an open batch early only when its model has no such request: nothing that
-could still join it. The count is a deque per model (``append``/``pop`` are atomic, so no lock
-is taken per request); which request reached the batcher travels in a context variable from
-the edge to ``Batcher.run``. Only the models the batcher prepared are counted, so a client
-cannot grow the table with made-up names.
+A transport's edge counts every request to a model in and out (where the in-flight gauge
+counts it: from the handler's start, decoding and validation included, to its answer); the
+batcher counts the model's queued tasks under its own lock. A batch opened by a lone request
+("born alone": no two requests to the model were in flight at once since its previous batch
+was taken, and none other is queued or in flight now: none running, none being answered,
+none decoding) closes as soon as
+every request in flight to the model is queued, instead of waiting out
+``batch_timeout_micros``. Any other batch keeps TF Serving's semantics exactly: under load,
+the requests that fill a batch are mostly not in the server yet (in the client, on the wire,
+in gRPC's queue), and waiting for them is what fills batches. Closing whenever the counted
+requests were all queued halved the rows per batch and measured 0.46x the requests/s at 32
+gRPC clients; without the "since its previous batch" condition, every batch after one whose
+answers had all gone out before the next request came was born alone, and ran one row. One
+client never has two requests in flight; many clients do, between any two batches.
+
+The in-flight count is a deque per model (``append``/``pop`` are atomic: no lock per request).
+Only the models the batcher prepared are counted, so a client cannot grow the table with
+made-up names.
 """
 
 from __future__ import annotations
 
-import contextvars
 from collections import deque
 from typing import Callable
 
-Pending = deque  # one None per request of the model on its way to the batcher
 
+class ModelTraffic:
+    """One model's requests in flight (``requests``, and their ``peak``: by the edges); its
+    tasks queued (``queued``) and its queues waiting on a born-alone batch (``lone``: by the
+    batcher, under its lock)."""
 
-class Arrival:
-    """One request counted in; ``reached`` or ``leave`` counts it out, once."""
+    __slots__ = ("requests", "queued", "lone", "peak", "_look_again")
 
-    __slots__ = ("_pending", "_token", "_arrivals")
+    def __init__(self, look_again: Callable[[], None]) -> None:
+        self.requests: deque[None] = deque()
+        self.queued = 0
+        self.lone = 0
+        self.peak = 0  # most requests in flight at once since the model's last batch was taken
+        self._look_again = look_again
 
-    def __init__(self, pending: Pending, arrivals: "Arrivals") -> None:
-        self._pending: Pending | None = pending
-        self._arrivals = arrivals
-        pending.append(None)
-        self._token = current.set(self)
-
-    def reached(self) -> bool:
-        """The request is at its batch queue (called by the batcher, its lock held): True
-        when that leaves its model with no request on the way."""
-        pending = self._pending
-        if pending is None:
-            return False
-        self._pending = None
-        pending.pop()
-        return not pending
+    def arrive(self) -> None:
+        requests = self.requests
+        requests.append(None)
+        if len(requests) > self.peak:  # racy without a lock: a hint, read once per batch
+            self.peak = len(requests)
 
     def leave(self) -> None:
-        """The request's edge is done; if it never reached the batcher, a batch that waited
-        for it may close now."""
-        try:
-            current.reset(self._token)
-        except ValueError:  # left from another context than it arrived in: nothing to undo
-            pass
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            pending.pop()
-            if not pending:
-                self._arrivals.on_settled()
+        """A request's edge is done; a born-alone batch that waited for it may close now
+        (it left without joining: an error, an unbatchable signature)."""
+        self.requests.pop()
+        if self.lone and len(self.requests) <= self.queued:
+            self._look_again()
+
+    def alone(self) -> bool:
+        """Whether a batch opening now is born alone (the batcher's lock held)."""
+        return self.peak <= 1 and self.queued == 0 and len(self.requests) <= 1
+
+    def all_queued(self) -> bool:
+        """Every request in flight to the model is in a batch queue (uncounted callers, such
+        as shadow requests, only make this true sooner)."""
+        return len(self.requests) <= self.queued
 
 
-class Arrivals:
-    """Per model name, the requests counted in and not yet in a batch queue."""
+class Traffic:
+    """The batched models' traffic, by model name."""
 
-    def __init__(self) -> None:
-        self._pending: dict[str, Pending] = {}
-        self.on_settled: Callable[[], None] = _nothing  # the batcher's "look again"
+    def __init__(self, look_again: Callable[[], None]) -> None:
+        self._models: dict[str, ModelTraffic] = {}
+        self._look_again = look_again
 
-    def arrive(self, model: str) -> Arrival | None:
-        """Count a request to ``model`` in (None for a model the batcher does not know)."""
-        pending = self._pending.get(model)
-        return None if pending is None else Arrival(pending, self)
+    def of(self, model: str) -> ModelTraffic | None:
+        """The model's traffic, None when the batcher does not batch it."""
+        return self._models.get(model)
 
-    def pending(self, model: str) -> Pending:
-        """The live count of ``model`` (its ``len``), made on first use."""
-        return self._pending.setdefault(model, deque())
-
-
-def _nothing() -> None:
-    pass
-
-
-current: contextvars.ContextVar[Arrival | None] = contextvars.ContextVar(
-    "pyserving_batch_arrival", default=None)
+    def track(self, model: str) -> ModelTraffic:
+        traffic = self._models.get(model)
+        if traffic is None:
+            traffic = self._models.setdefault(model, ModelTraffic(self._look_again))
+        return traffic

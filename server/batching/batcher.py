@@ -12,9 +12,10 @@ grpc.aio path): a finished batch wakes each event loop once for all of its reque
 always run on the batch threads: running fast ones on the event loop instead measured 0.84-0.93x
 the requests/s on a model whose batches take over 1 ms (bench/README.md).
 
-Unlike TF Serving, an open batch also closes as soon as no request that could join it is on
-its way (``arrivals.py``): a lone request does not wait out ``batch_timeout_micros`` for
-companions that cannot come. ``wait_for_full_batch`` restores TF Serving's wait.
+Unlike TF Serving, a batch opened by a lone request (no other request to its model in flight)
+closes as soon as every request in flight to the model has joined it (``arrivals.py``): it
+does not wait out ``batch_timeout_micros`` for companions that cannot come. Under load the
+semantics are TF Serving's. ``wait_for_full_batch`` restores TF Serving's wait everywhere.
 """
 
 from __future__ import annotations
@@ -189,16 +190,16 @@ class _Queue:
 
     def __init__(self, servable: Servable, feed_names: tuple[str, ...],
                  fetches: tuple[str, ...], options: BatchingOptions,
-                 on_the_way: arrivals.Pending | None) -> None:
+                 traffic: arrivals.ModelTraffic | None) -> None:
         self.servable = servable
         self.feed_names = feed_names
         self.fetches = fetches
         self.options = options
-        # The model's requests on their way here (``arrivals``); None: always wait.
-        self.on_the_way = on_the_way
+        self.traffic = traffic  # None: always wait, as TF Serving
         self.batches: deque[list[_Task]] = deque([[]])
         self.open_size = 0
         self.open_since = 0.0
+        self.alone = False  # the first batch opened with nothing else in flight to the model
 
     def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker, now: float
                     ) -> tuple[list[_Task], bool]:
@@ -246,10 +247,20 @@ class _Queue:
         if self.open_size + task.size > self.options.execution_batch_size:
             self.batches.append([])
             self.open_size = 0
+            self._set_alone(False)
         if not self.batches[-1]:
             self.open_since = task.enqueued
+            if self.traffic is not None and len(self.batches) == 1:
+                self._set_alone(self.traffic.alone())
         self.batches[-1].append(task)
         self.open_size += task.size
+        if self.traffic is not None:
+            self.traffic.queued += 1
+
+    def _set_alone(self, alone: bool) -> None:
+        if alone != self.alone and self.traffic is not None:
+            self.alone = alone
+            self.traffic.lone += 1 if alone else -1
 
     def ready_at(self) -> float | None:
         """When the first batch may run: now if it is closed or full, else at its timeout;
@@ -261,12 +272,16 @@ class _Queue:
             return None
         if self.open_size >= self.options.execution_batch_size:
             return 0.0
-        if self.on_the_way is not None and not self.on_the_way:
+        if self.alone and self.traffic is not None and self.traffic.all_queued():
             return self.open_since
         return self.open_since + self.options.batch_timeout_micros / 1e6
 
     def take(self) -> list[_Task]:
         batch = self.batches.popleft()
+        self._set_alone(False)
+        if self.traffic is not None:
+            self.traffic.queued -= len(batch)
+            self.traffic.peak = len(self.traffic.requests)
         if not self.batches:
             self.batches.append([])
             self.open_size = 0
@@ -286,16 +301,13 @@ class Batcher:
                  per_model_parameters: bool = False, wait_for_full_batch: bool = False,
                  clock: Clock = MONOTONIC) -> None:
         """``wait_for_full_batch``: TF Serving's behaviour, a batch waits until full or timed
-        out even when nothing can join it. Otherwise the transports count requests in with
-        ``arrivals.arrive`` (None when waiting for full batches)."""
+        out even when nothing can join it. Otherwise the transports count each request to a
+        model of ``traffic`` in and out (``traffic`` is None when waiting for full batches)."""
         check_thread_count(options)
         self.options = options
         self._clock = clock
         self._now = clock.now
-        self.arrivals: arrivals.Arrivals | None = None
-        if not wait_for_full_batch:
-            self.arrivals = arrivals.Arrivals()
-            self.arrivals.on_settled = self._look_again
+        self.traffic = None if wait_for_full_batch else arrivals.Traffic(self._look_again)
         self._observers = list(observers)
         self._per_model = per_model_parameters
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
@@ -358,19 +370,16 @@ class Batcher:
         """Add a request to its queue as one task or more, made by ``make``, and tell the
         batch threads. Finding the queue and adding to it is one step under the lock: a queue
         forgotten in between would hold its tasks where no batch thread looks."""
-        arrival = arrivals.current.get() if self.arrivals is not None else None
         with self._lock:
-            # Counted out first: the ready time of its own queue then sees it arrived.
-            emptied = arrival is not None and arrival.reached()
             queue = self._queue(plan)
             tasks, moved = queue.add_request(plan.arrays, plan.size, make, self._now())
-            if moved or emptied:  # else the batch threads' current wait still holds
+            if moved:  # else the batch threads' current wait still holds
                 self._lock.notify(len(tasks))
             return tasks
 
     def _look_again(self) -> None:
-        """A request left without reaching a queue, and its model has none on the way: a
-        batch that waited for it may close now."""
+        """A request to a model with a born-alone batch left without joining it, and every
+        other one in flight is queued: that batch may close now."""
         with self._lock:
             self._lock.notify()
 
@@ -385,8 +394,8 @@ class Batcher:
             options = read_batching_parameters(path) if os.path.exists(path) else None
         if options is not None:
             options = queue_options(options)
-            if self.arrivals is not None:
-                self.arrivals.pending(servable.name)  # count the model's requests from now
+            if self.traffic is not None:
+                self.traffic.track(servable.name)  # the edges count its requests from now
         with self._lock:
             self._model_options[servable] = options
 
@@ -403,9 +412,9 @@ class Batcher:
         queue = self._queues.get(plan.key)
         if queue is None:
             servable, names, fetches, _ = plan.key
-            on_the_way = None if self.arrivals is None else self.arrivals.pending(servable.name)
+            traffic = None if self.traffic is None else self.traffic.track(servable.name)
             queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options,
-                                                    on_the_way)
+                                                    traffic)
             self._queue_list.append(queue)
         return queue
 
