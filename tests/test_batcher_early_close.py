@@ -279,3 +279,20 @@ def test_a_full_batch_runs_before_the_timeout_when_waiting_for_full_batches(cloc
         assert clock.now() == START
     finally:
         batcher.stop()
+
+
+def test_after_load_a_lone_request_waits_once_then_runs_at_once(batcher, servable, clock):
+    go = threading.Event()
+    pair = [start(Caller(batcher, servable, [value], go)) for value in (1.0, 2.0)]
+    go.set()  # two requests in flight at once: load, so TF Serving's wait
+    wait_until(queued(batcher, servable, 2), "both requests to queue")
+    wait_until(waiting_for_timeout(clock), "the batch to wait for its timeout")
+    clock.advance(TIMEOUT)
+    assert [caller.finish() for caller in pair] == [[2.0], [4.0]]
+
+    lone = start(Caller(batcher, servable, [3.0]))  # the model saw two at once just now
+    wait_until(lambda: clock.deadlines() == [START + 2 * TIMEOUT], "the lone batch to wait")
+    clock.advance(TIMEOUT)
+    assert lone.finish() == [6.0]
+    assert start(Caller(batcher, servable, [4.0])).finish() == [8.0]  # quiet since: no wait
+    assert clock.now() == START + 2 * TIMEOUT

@@ -264,8 +264,8 @@ class _Queue:
 
     def ready_at(self) -> float | None:
         """When the first batch may run: now if it is closed or full, else at its timeout;
-        or, when it is the only batch and no request is on its way to join it, since it
-        opened (waiting cannot fill it)."""
+        or, when a lone request opened it and every request in flight to its model has
+        joined, since it opened (waiting cannot fill it)."""
         if len(self.batches) > 1:
             return 0.0
         if not self.batches[0]:
@@ -276,12 +276,11 @@ class _Queue:
             return self.open_since
         return self.open_since + self.options.batch_timeout_micros / 1e6
 
-    def take(self) -> list[_Task]:
+    def take(self, now: float) -> list[_Task]:
         batch = self.batches.popleft()
         self._set_alone(False)
         if self.traffic is not None:
-            self.traffic.queued -= len(batch)
-            self.traffic.peak = len(self.traffic.requests)
+            self.traffic.taken(len(batch), now)
         if not self.batches:
             self.batches.append([])
             self.open_size = 0
@@ -427,7 +426,7 @@ class Batcher:
                         return
                     self._clock.wait(self._lock, self._wait_time())
                     queue = self._next_ready()
-                batch = queue.take()
+                batch = queue.take(self._now())
             self._execute(queue, batch)
 
     def _next_ready(self) -> _Queue | None:
