@@ -394,9 +394,12 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics,
     run_observers = [metrics.observe_batch_run]
     if tracing is not None:
         run_observers.append(tracing.observe_batch_run)
-    return Batcher(batching, [metrics.observe_batch],
-                   per_model_parameters=options.enable_per_model_batching_parameters,
-                   run_observers=run_observers)
+    batcher = Batcher(batching, [metrics.observe_batch],
+                      per_model_parameters=options.enable_per_model_batching_parameters,
+                      wait_for_full_batch=options.batching_wait_for_full_batch,
+                      run_observers=run_observers)
+    metrics.batch_traffic = batcher.traffic  # the transports' in-flight count feeds it
+    return batcher
 
 
 def _keep_models_out_of_gc_scans(event: ModelEvent) -> None:
