@@ -299,6 +299,10 @@ class ModelServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        # A warmup in progress ends after its current request: the load it belongs to fails
+        # at once instead of keeping the load pool (and so manager.close) busy for minutes.
+        if self._warmup is not None:
+            self._warmup.stop()
         # Publishing NOT_SERVING to Watch streams waits on gRPC (on grpc.aio, for the event
         # loop); bound the wait: the gRPC stop below ends those streams anyway.
         notifier = threading.Thread(target=self.health.shut_down, name="health-shutdown",
@@ -317,12 +321,16 @@ class ModelServer:
             self._server.stop(grace).wait()
         if self._rest is not None:
             self._rest.stop()
-        # The grace period is over and gRPC has cancelled what was left; closing the sessions
-        # stops those handlers' TensorFlow runs, so the thread pool can finish.
+        # The grace period is over and gRPC has cancelled what was left: queued shadow
+        # requests are dropped, a running one is cancelled like any request below.
+        self.router.stop(wait=False)
+        # Closing the sessions stops the TensorFlow runs still going, so the thread pools can
+        # finish. The batcher stops after the manager: a load still warming up replays through
+        # it, and a batcher stopped first would leave that request where no thread looks.
+        self.manager.close(drain_seconds=0)
         self.router.stop()
         if self.batcher is not None:
             self.batcher.stop()
-        self.manager.close(drain_seconds=0)
         self._cache.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)

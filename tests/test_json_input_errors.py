@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyserving.client import tensors
-from pyserving.server.apis import classification_pb2
-from pyserving.server.apis import meta_graph_pb2
+from pyserving.server.apis import classification_pb2, meta_graph_pb2
 from pyserving.server.errors import ServingError
 from pyserving.server.rest import json_parse, request_json
 
