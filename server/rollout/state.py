@@ -28,6 +28,7 @@ from pyserving.server.rollout.shadow_budget import ShadowBudget
 log = logging.getLogger(__name__)
 
 _HASH_SCALE = float(2**64)
+_RATE_TOLERANCE = 1e-9  # 3/10 - 1/10 is 0.19999999999999998
 
 
 class RolloutObserver(Protocol):
@@ -136,12 +137,12 @@ class ModelRollout:
             arm.requests += 1
             arm.errors += failed
             stable = self.arms[0]
-            if (not failed or arm.tripped or arm is stable or guard.max_error_rate is None
-                    or arm.requests < max(guard.min_requests, 1)):
+            if (arm.tripped or arm is stable or guard.max_error_rate is None
+                    or not arm.errors or arm.requests < max(guard.min_requests, 1)):
                 return
             excess = arm.errors / arm.requests - (stable.errors / stable.requests
                                                   if stable.requests else 0.0)
-            if excess < guard.max_error_rate:
+            if excess < guard.max_error_rate - _RATE_TOLERANCE:
                 return
             arm.tripped = True
             reason = (f"{arm.target.describe()} failed {arm.errors} of {arm.requests} requests"
