@@ -21,6 +21,7 @@ from pyserving.server import config as model_config
 from pyserving.server import device
 from pyserving.server.batching.batcher import Batcher, Feeds
 from pyserving.server.batching.config import BatchingOptions, read_batching_parameters
+from pyserving.server.config import VersionDirectory
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
@@ -130,7 +131,8 @@ class ModelServer:
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
         remote = RemoteStorage()
         self._cache = VersionCache(remote, options.model_cache_dir)
-        self._source = FileSystemSource(options.file_system_poll_wait_seconds, remote)
+        self._source = FileSystemSource(options.file_system_poll_wait_seconds, remote,
+                                        on_listed=self._retry_changed_versions)
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
         self.configurator = ModelConfigurator(self.manager, self._source)
         self.router = Router(self.manager, Rollouts(observer=self.metrics))
@@ -155,16 +157,30 @@ class ModelServer:
     def _queue_depths(self) -> dict[str, int]:
         return self.batcher.queue_depths() if self.batcher is not None else {}
 
+    def _retry_changed_versions(self, name: str, versions: list[VersionDirectory]) -> None:
+        """A bucket version whose copy or load failed (a poll caught its upload midway) is
+        tried again once its files change."""
+        for version in versions:
+            if self._cache.changed_since_failure(version.path):
+                log.info("The files of servable version {name: %s version: %d} changed since "
+                         "its load failed: loading it again", name, version.version)
+                self.manager.retry_failed(name, version.version)
+
     def _load(self, name: str, version: int, path: str) -> Servable:
         """Load a version; one in object storage is copied into the cache first, and its copy
         is deleted when its load fails or it unloads."""
         if not is_remote(path):
             return self._load_local(name, version, path)
-        local = self._cache.fetch(name, version, path)
+        try:
+            local = self._cache.fetch(name, version, path)
+        except BaseException:
+            self._cache.note_failure(path)
+            raise
         try:
             servable = self._load_local(name, version, local)
         except BaseException:
             self._cache.evict(name, version)
+            self._cache.note_failure(path)
             raise
         servable.after_close(functools.partial(self._cache.evict, name, version))
         return servable

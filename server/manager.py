@@ -136,6 +136,14 @@ class ModelManager:
                     entry.failed_while_aspired = False
             self._reconcile(name)
 
+    def retry_failed(self, name: str, number: int) -> None:
+        """Let a version whose load failed while aspired load again (its files changed): the
+        next ``set_aspired_versions`` naming it loads it."""
+        with self._lock:
+            entry = self._versions.get(name, {}).get(number)
+            if entry is not None and entry.state == VersionState.END:
+                entry.failed_while_aspired = False
+
     def _reconcile(self, name: str) -> None:
         """Schedule the loads and unloads that move ``name`` toward its aspired versions."""
         if self._closed:
