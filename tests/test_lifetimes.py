@@ -165,7 +165,7 @@ def _routed(text: str) -> tuple[Router, Route]:
     router = Router(_FakeManager(), rollouts)  # type: ignore[arg-type]
     rollout = rollouts.get("m")
     assert rollout is not None
-    return router, Route(rollout, rollout.arms[0])
+    return router, Route(rollout, rollout.arms[0], mirror=True)
 
 
 SHADOWED = 'rollouts { model_name: "m" split { version: 1 weight: 1 } ' \

@@ -75,7 +75,7 @@ def test_an_arm_whose_version_is_not_loaded_fails_and_trips():
     refused = 0
     for _ in range(200):
         try:
-            router.resolve(model_pb2.ModelSpec(name="m"))
+            router.route(model_pb2.ModelSpec(name="m"), model)
         except ServingError as error:
             assert error.code == grpc.StatusCode.NOT_FOUND
             refused += 1
