@@ -32,6 +32,7 @@ _WRITER_CALL = re.compile(rb'[\s,:]*(?:"(?:[^"\\]|\\.)*"|[\[\]{}]|[^\s,:\[\]{}"]
 _STRING_OR_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)',
                                re.DOTALL)
 _TOO_BIG = "Number too big to be stored in double."
+_TOO_BIG_SUM = 1.7976931348623157e307
 
 
 def parse_json(body: bytes) -> dict:
@@ -80,12 +81,28 @@ def _rapidjson(text: str, start: int) -> Any:
 
 
 def _number_too_big(text: str, start: int) -> ServingError | None:
-    """rapidjson's NumberTooBig at the first number token beyond a double, if there is one."""
+    """rapidjson's NumberTooBig at the first number whose integer part overflows its reader,
+    if there is one (its exponent check python-rapidjson makes itself: 1e400 is refused,
+    1.5e309 is Infinity)."""
     for token in _STRING_OR_NUMBER.finditer(text):
-        if token[1] is not None and math.isinf(float(token[1])):
+        if token[1] is not None and _integer_part_too_big(token[1]):
             offset = len(text[:token.start()].encode("utf-8", "surrogateescape"))
             return invalid_argument(f"JSON Parse error: {_TOO_BIG} at offset: {start + offset}")
     return None
+
+
+def _integer_part_too_big(number: str) -> bool:
+    """reader.h ParseNumber: past 64 bits the integer part is summed as a double, refused
+    once the sum reaches 1.7976931348623157e307 before another digit."""
+    digits = number.lstrip("-").split(".")[0].split("e")[0].split("E")[0]
+    if len(digits) < 309:
+        return False
+    total = 0.0
+    for digit in digits:
+        if total >= _TOO_BIG_SUM:
+            return True
+        total = total * 10 + (ord(digit) - 48)
+    return False
 
 
 def _rapidjson_error(text: str, start: int, error: Exception) -> Any:
