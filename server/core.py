@@ -33,6 +33,14 @@ from pyserving.server.errors import ServingError, invalid_argument, not_found
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.manager import ModelManager
 from pyserving.server.predict import Predictor
+from pyserving.server.request_log import (
+    CLASSIFY,
+    MULTI_INFERENCE,
+    PREDICT,
+    REGRESS,
+    ArraysPredict,
+    RequestLog,
+)
 from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.router import Outputs, Route, Router, target_spec
 from pyserving.server.rollout.shadow import response_outputs
@@ -55,8 +63,11 @@ class ServingCore:
                  max_in_flight_per_model: int = 0,
                  on_reload: AppliedObserver | None = None,
                  metric_value: Callable[[str], int] = lambda name: 0,
-                 router: Router | None = None) -> None:
+                 router: Router | None = None,
+                 request_log: RequestLog | None = None) -> None:
         self.manager = manager
+        # Its ``models`` is empty unless a model logs: then an answer costs one truthiness test.
+        self.request_log = request_log if request_log is not None else RequestLog.disabled()
         self.router = router if router is not None else Router(manager)
         self._metric_value = metric_value
         self.in_flight = InFlightLimit(max_in_flight_per_model)
@@ -84,6 +95,8 @@ class ServingCore:
         admitted = self._serving(request)
         with admitted as servable:
             response = yield from self._predictor.predict_steps(servable, request)
+        if self.request_log.models:
+            self._log(PREDICT, request.model_spec.name, request, response)
         if admitted.route is not None:
             self._mirror(admitted.route, request, response, self._predictor.predict_steps,
                          self._predictor.runner)
@@ -112,6 +125,9 @@ class ServingCore:
             signature_name, inputs = read(servable)
             outputs = self._predictor.predict_arrays(servable, spec.name, signature_name,
                                                      inputs)
+        if self.request_log.models:
+            self._log(PREDICT, spec.name, ArraysPredict(spec, servable.version, signature_name,
+                                                        inputs, outputs), None)
         if admitted.route is None:
             return outputs
 
@@ -135,18 +151,20 @@ class ServingCore:
 
     def classify_steps(self, request: classification_pb2.ClassificationRequest
                        ) -> Steps[classification_pb2.ClassificationResponse]:
-        return self._inference_steps(request, self._inference.classify_steps)
+        return self._inference_steps(request, self._inference.classify_steps, CLASSIFY)
 
     def regress_steps(self, request: regression_pb2.RegressionRequest
                       ) -> Steps[regression_pb2.RegressionResponse]:
-        return self._inference_steps(request, self._inference.regress_steps)
+        return self._inference_steps(request, self._inference.regress_steps, REGRESS)
 
     def _inference_steps(self, request: Request,
-                         steps: Callable[[Servable, Request], Steps[Response]]
-                         ) -> Steps[Response]:
+                         steps: Callable[[Servable, Request], Steps[Response]],
+                         kind: str) -> Steps[Response]:
         admitted = self._serving(request)
         with admitted as servable:
             response = yield from steps(servable, request)
+        if self.request_log.models:
+            self._log(kind, request.model_spec.name, request, response)
         if admitted.route is not None:
             self._mirror(admitted.route, request, response, steps, self._inference.runner)
         return response
@@ -155,7 +173,16 @@ class ServingCore:
                         ) -> inference_pb2.MultiInferenceResponse:
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         with _Admitted(self.servable_for(spec), None, self.in_flight) as servable:
-            return self._inference.multi_inference(servable, request)
+            response = self._inference.multi_inference(servable, request)
+        if self.request_log.models:
+            self._log(MULTI_INFERENCE, spec.name, request, response)
+        return response
+
+    def _log(self, kind: str, model: str, request: Any, response: Any) -> None:
+        """Offer an answered request to its model's request log, if that model logs."""
+        logged = self.request_log.models.get(model)
+        if logged is not None:
+            logged.offer(kind, request, response)
 
     def rollout_status(self, model_name: str) -> dict[str, Any]:
         """The rollout of a model as ``GET /v1/models/{m}/rollout`` shows it; NOT_FOUND when

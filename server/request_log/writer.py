@@ -1,0 +1,266 @@
+"""The request-log writer: one thread that builds PredictionLog records and appends them to
+TFRecord files, so a request only pays for a bounded-queue put.
+
+Per model, records go to ``<filename_prefix>-<UTC time>-<pid>-<n>.tfrecord`` (the pid keeps
+``--workers`` processes apart). A file is closed and a new one opened before it would pass
+``max_file_bytes``. Files are flushed to the OS at least every ``flush_seconds`` and when the
+writer stops, after every queued record is written: a clean shutdown loses nothing, a crash
+at most the last second.
+
+Nothing here fails a request. A full queue drops the record (``queue_full``); a file that
+cannot be opened, written or flushed (full disk, folder gone) drops the records it held
+(``write_error``); a file deleted while open is noticed at the next flush and its records
+count as lost (``file_deleted``). Each is logged, at most every ``LOG_EVERY_SECONDS`` per model
+and reason, and counted; the next record tries a new file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import IO, Any, Callable, Protocol, Sequence
+
+from pyserving.client.tfrecord import frame
+from pyserving.server.request_log.records import prediction_log
+from pyserving.server.request_log.settings import LogSettings
+
+log = logging.getLogger(__name__)
+
+QUEUE_FULL, WRITE_ERROR, FILE_DELETED, SHUTDOWN = ("queue_full", "write_error", "file_deleted",
+                                                   "shutdown")
+LOG_EVERY_SECONDS = 10.0
+_STOP = object()
+
+
+class LogObserver(Protocol):
+    """Where the writer's counts go (ServerMetrics)."""
+
+    def observe_request_log_written(self, model: str, records: int, size: int) -> None: ...
+
+    def observe_request_log_dropped(self, model: str, reason: str, records: int) -> None: ...
+
+
+def open_log_file(path: str) -> IO[bytes]:
+    return open(path, "xb")  # never appends to (or replaces) another process's file
+
+
+class LogFile:
+    """The file one model's records go to now; used only on the writer's thread."""
+
+    def __init__(self, settings: LogSettings) -> None:
+        self.settings = settings
+        self.handle: IO[bytes] | None = None
+        self.path = ""
+        self.size = 0  # bytes in the current file
+        self.records = 0  # records in the current file
+        self.unflushed_records = 0
+        self.unflushed_bytes = 0
+        self.sequence = 0
+
+
+class RequestLogWriter:
+    """Queue in, TFRecord files out, on its own thread (started on the first record)."""
+
+    def __init__(self, observer: LogObserver, *, tags: Sequence[str] = ("serve",),
+                 max_file_bytes: int = 128 << 20, queue_size: int = 4096,
+                 flush_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 open_file: Callable[[str], IO[bytes]] = open_log_file) -> None:
+        self._observer = observer
+        self._tags = tuple(tags)
+        self._max_file_bytes = max(max_file_bytes, 1)
+        self._queue: queue.Queue[Any] = queue.Queue(max(queue_size, 1))
+        self._flush_seconds = flush_seconds
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._open_file = open_file
+        self._files: set[LogFile] = set()
+        self._last_logged: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def submit(self, file: LogFile, kind: str, request: Any, response: Any) -> None:
+        """Queue one answered request (called on the request's thread; never blocks)."""
+        if self._thread is None:
+            self._start()
+        try:
+            self._queue.put_nowait((file, kind, request, response, self._wall_clock()))
+        except queue.Full:
+            self._observer.observe_request_log_dropped(file.settings.model, QUEUE_FULL, 1)
+
+    def retire(self, file: LogFile) -> None:
+        """Close ``file`` once the records queued before now are written to it."""
+        if self._thread is not None:
+            self._queue.put(("retire", file))
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, name="request-log",
+                                                daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write every queued record, flush and close the files, end the thread."""
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(_STOP)
+        thread.join(timeout)
+        if thread.is_alive():
+            log.error("request log writer did not finish within %g s", timeout)
+
+    def _run(self) -> None:
+        next_flush = self._clock() + self._flush_seconds
+        while True:
+            try:
+                item = self._queue.get(timeout=max(next_flush - self._clock(), 0.0))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                self._finish()
+                return
+            if item is not None:
+                self._handle(item)
+            if self._clock() >= next_flush:
+                self.flush_all()
+                next_flush = self._clock() + self._flush_seconds
+
+    def _finish(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._handle(item)
+        for file in list(self._files):
+            self._close(file)
+
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        if item[0] == "retire":
+            self._close(item[1])
+            return
+        file, kind, request, response, timestamp = item
+        settings = file.settings
+        try:
+            record = frame(prediction_log(kind, request, response, model=settings.model,
+                                          sampling_config=settings.sampling_config,
+                                          tags=self._tags, timestamp=timestamp))
+        except Exception:  # a bug: that record is lost, serving and logging go on
+            log.exception("building a request log record for model %s failed", settings.model)
+            self._drop(file, WRITE_ERROR, 1, "building a record failed")
+            return
+        self.write(file, record)
+
+    def write(self, file: LogFile, record: bytes) -> None:
+        """Append one framed record to the model's file, rotating it first if full."""
+        if file.handle is not None and file.size and \
+                file.size + len(record) > self._max_file_bytes:
+            self._close(file)
+        if file.handle is None and not self._open(file):
+            self._drop(file, WRITE_ERROR, 1, f"cannot open a log file: {file.path}")
+            return
+        assert file.handle is not None
+        try:
+            file.handle.write(record)
+        except OSError as error:
+            self._fail(file, 1, error)
+            return
+        file.size += len(record)
+        file.records += 1
+        file.unflushed_records += 1
+        file.unflushed_bytes += len(record)
+
+    def _open(self, file: LogFile) -> bool:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self._wall_clock()))
+        for _ in range(100):
+            file.sequence += 1
+            file.path = f"{file.settings.filename_prefix}-{stamp}-{os.getpid()}-" \
+                        f"{file.sequence:05d}.tfrecord"
+            try:
+                file.handle = self._open_file(file.path)
+            except FileExistsError:
+                continue
+            except OSError as error:
+                self._log(file, WRITE_ERROR, f"cannot open {file.path}: {error}")
+                return False
+            file.size = file.records = 0
+            self._files.add(file)
+            return True
+        return False
+
+    def flush_all(self) -> None:
+        for file in list(self._files):
+            self._flush(file)
+
+    def _flush(self, file: LogFile) -> None:
+        if file.handle is None:
+            return
+        try:
+            file.handle.flush()
+            deleted = _is_deleted(file.handle)
+        except OSError as error:
+            self._fail(file, 0, error)
+            return
+        if file.unflushed_records:
+            self._observer.observe_request_log_written(file.settings.model,
+                                                       file.unflushed_records,
+                                                       file.unflushed_bytes)
+        file.unflushed_records = file.unflushed_bytes = 0
+        if deleted:
+            self._drop(file, FILE_DELETED, file.records, f"{file.path} was deleted while open")
+            self._discard(file)
+
+    def _close(self, file: LogFile) -> None:
+        self._flush(file)
+        self._discard(file)
+
+    def _discard(self, file: LogFile) -> None:
+        handle, file.handle = file.handle, None
+        self._files.discard(file)
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
+
+    def _fail(self, file: LogFile, more: int, error: OSError) -> None:
+        """A write or flush failed: the records not yet on disk are lost."""
+        lost = file.unflushed_records + more
+        file.unflushed_records = file.unflushed_bytes = 0
+        self._discard(file)
+        self._drop(file, WRITE_ERROR, lost, f"writing {file.path} failed: {error}")
+
+    def _drop(self, file: LogFile, reason: str, records: int, why: str) -> None:
+        if records:
+            self._observer.observe_request_log_dropped(file.settings.model, reason, records)
+        self._log(file, reason, why, records)
+
+    def _log(self, file: LogFile, reason: str, why: str, records: int = 0) -> None:
+        key = (file.settings.model, reason)
+        now = self._clock()
+        last = self._last_logged.get(key)
+        if last is not None and now - last < LOG_EVERY_SECONDS:
+            self._suppressed[key] = self._suppressed.get(key, 0) + records
+            return
+        self._last_logged[key] = now
+        earlier = self._suppressed.pop(key, 0)
+        log.error("request log of model %s: %s; %d record(s) dropped (%s)%s",
+                  file.settings.model, why, records, reason,
+                  f", {earlier} more since the last message" if earlier else "")
+
+
+def _is_deleted(handle: IO[bytes]) -> bool:
+    """Whether the open file has no name left (its folder or itself was removed)."""
+    try:
+        return os.fstat(handle.fileno()).st_nlink == 0
+    except (AttributeError, ValueError, OSError):
+        return False
