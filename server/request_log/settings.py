@@ -63,6 +63,9 @@ def check_writable_folder(model: str, prefix: str) -> None:
     """The prefix's folder exists (it is created if missing) and a file can be made in it;
     tried for real, since ``os.access`` says yes to root whatever the mode."""
     folder = os.path.dirname(os.path.abspath(prefix))
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise invalid_argument(f"Model {model}: cannot write request logs under "
+                               f"filename_prefix {prefix}: {folder} is not a folder")
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=".pyserving-log-check-"):
