@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -82,8 +83,13 @@ def _offline(run: Callable[[argparse.Namespace], int]
 
 
 def run_show(args: argparse.Namespace) -> int:
-    for record in selected(read_logs(args.files), args.model, args.signature):
-        sys.stdout.write(json.dumps(as_json(record)) + "\n")
+    try:
+        for record in selected(read_logs(args.files), args.model, args.signature):
+            sys.stdout.write(json.dumps(as_json(record)) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``| head``): stop quietly, as a Unix filter does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
