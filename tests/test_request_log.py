@@ -281,7 +281,8 @@ def test_deleted_folder_is_counted_and_serving_goes_on(logged_server, channel_to
 
 
 def test_sigterm_loses_nothing(tmp_path, testdata_model, channel_to):
-    """N requests answered, SIGTERM, exactly N records, each what was sent and answered."""
+    """Requests in flight when SIGTERM comes: every one answered OK is in the files, exactly
+    once, equal to what was sent and answered (TensorFlow's reader as the oracle)."""
     base = testdata_model(TF1_MODEL, MODEL)
     folder = tmp_path / "logs"
     config = tmp_path / "models.config"
@@ -291,14 +292,17 @@ def test_sigterm_loses_nothing(tmp_path, testdata_model, channel_to):
         process = launch("--port=0", f"--model_config_file={config}",
                          "--request_log_max_file_bytes=4000")
         stub = Stub(channel_to(process.tcp_target()))
-        answered = []
         futures = [(request, stub.Predict.future(request, RPC_TIMEOUT))
-                   for request in (predict_request(float(x)) for x in range(200))]
-        answered = [(request, future.result()) for request, future in futures]
+                   for request in (predict_request(float(x)) for x in range(400))]
+        wait_until(lambda: sum(future.done() for _, future in futures) >= 100,
+                   "a quarter of the requests answered", 30)
         process.popen.send_signal(signal.SIGTERM)
+        answered = [(request, future.result()) for request, future in futures
+                    if future.exception() is None]
         assert process.popen.wait(30) == 0
     finally:
         launch.close()
+    assert len(answered) >= 100
     assert len(list(folder.glob("*.tfrecord"))) > 1  # rotated at 4000 bytes
     records = read_logs(folder)
     assert len(records) == len(answered)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,6 +18,7 @@ from pyserving.server.errors import ServingError
 from pyserving.server.request_log import RequestLog
 from pyserving.server.request_log.settings import LogSettings, logging_settings
 from pyserving.server.request_log.writer import LOG_EVERY_SECONDS, LogFile, RequestLogWriter
+from support import wait_until
 
 
 class Counts:
@@ -184,3 +186,28 @@ def test_invalid_logging_configs_are_refused(tmp_path, text, message):
         logging_settings(config_with(text.replace("{d}", str(tmp_path)), tmp_path))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert message in refused.value.message and "Model m" in refused.value.message
+
+
+def test_a_stuck_disk_never_blocks_a_reload_or_the_shutdown(tmp_path, caplog):
+    counts = Counts()
+    opening, release = threading.Event(), threading.Event()
+
+    def stuck_open(path: str) -> IO[bytes]:
+        opening.set()
+        release.wait(10)
+        return open(path, "xb")
+
+    writer = RequestLogWriter(counts, queue_size=1, open_file=stuck_open)
+    file = LogFile(settings(tmp_path / "m"))
+    writer.submit(file, "predict_log", *answered(1.0))
+    assert opening.wait(10)
+    writer.submit(file, "predict_log", *answered(2.0))  # the queue is full now
+    started = time.monotonic()
+    writer.retire(file)  # a reload retiring the model's file does not wait
+    writer.stop(timeout=0.2)
+    assert time.monotonic() - started < 5
+    assert "did not finish within 0.2 s" in caplog.text
+    writer.submit(file, "predict_log", *answered(3.0))
+    assert counts.dropped == {("m", "shutdown"): 1}
+    release.set()
+    wait_until(lambda: counts.written.get("m") == 2, "the stuck writer to finish its queue")

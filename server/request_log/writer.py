@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 QUEUE_FULL, WRITE_ERROR, FILE_DELETED, SHUTDOWN = ("queue_full", "write_error", "file_deleted",
                                                    "shutdown")
 LOG_EVERY_SECONDS = 10.0
-_STOP = object()
+_WAKE = object()
 
 
 class LogObserver(Protocol):
@@ -81,66 +81,90 @@ class RequestLogWriter:
         self._last_logged: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        self._retire_later: list[LogFile] = []  # retired while the queue was full
         self._thread: threading.Thread | None = None
-        self._stopped = False
+        self._accepting = True
+        self._stopping = threading.Event()
 
     def submit(self, file: LogFile, kind: str, request: Any, response: Any) -> None:
         """Queue one answered request (called on the request's thread; never blocks)."""
         if self._thread is None:
             self._start()
         try:
+            if not self._accepting:
+                raise queue.Full
             self._queue.put_nowait((file, kind, request, response, self._wall_clock()))
         except queue.Full:
-            self._observer.observe_request_log_dropped(file.settings.model, QUEUE_FULL, 1)
+            reason = QUEUE_FULL if self._accepting else SHUTDOWN
+            self._observer.observe_request_log_dropped(file.settings.model, reason, 1)
 
     def retire(self, file: LogFile) -> None:
-        """Close ``file`` once the records queued before now are written to it."""
-        if self._thread is not None:
-            self._queue.put(("retire", file))
+        """Close ``file`` once the records queued before now are written to it; never waits
+        (a config reload must not hang on a stuck disk)."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put_nowait(("retire", file))
+        except queue.Full:
+            with self._lock:
+                self._retire_later.append(file)
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None and not self._stopped:
+            if self._thread is None and self._accepting:
                 self._thread = threading.Thread(target=self._run, name="request-log",
                                                 daemon=True)
                 self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write every queued record, flush and close the files, end the thread."""
+        """Write every queued record, flush and close the files, end the thread (waiting at
+        most ``timeout`` seconds for a writer stuck on its disk)."""
         with self._lock:
-            self._stopped = True
+            self._accepting = False
             thread = self._thread
         if thread is None:
             return
-        self._queue.put(_STOP)
+        self._stopping.set()
+        try:
+            self._queue.put_nowait(_WAKE)
+        except queue.Full:
+            pass  # the writer is busy with the queue: it sees the event next
         thread.join(timeout)
         if thread.is_alive():
-            log.error("request log writer did not finish within %g s", timeout)
+            log.error("request log writer did not finish within %g s; %d record(s) left "
+                      "unwritten", timeout, self._queue.qsize())
 
     def _run(self) -> None:
         next_flush = self._clock() + self._flush_seconds
-        while True:
+        while not self._stopping.is_set():
             try:
                 item = self._queue.get(timeout=max(next_flush - self._clock(), 0.0))
             except queue.Empty:
                 item = None
-            if item is _STOP:
-                self._finish()
-                return
-            if item is not None:
+            if item is not None and item is not _WAKE:
                 self._handle(item)
             if self._clock() >= next_flush:
+                self._retire_late()
                 self.flush_all()
                 next_flush = self._clock() + self._flush_seconds
+        self._finish()
+
+    def _retire_late(self) -> None:
+        with self._lock:
+            late, self._retire_later = self._retire_later, []
+        for file in late:
+            self._close(file)
 
     def _finish(self) -> None:
+        """Stopping: write what is queued (every answered request), close every file."""
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is not _STOP:
+            if item is not _WAKE:
                 self._handle(item)
+        self._retire_late()
         for file in list(self._files):
             self._close(file)
 
