@@ -265,7 +265,7 @@ class ServerMetrics:
             ["model_name"], registry=self._store)
         self._log_dropped = Counter(
             "pyserving_request_log_dropped", "Request log records lost, by reason: "
-            "queue_full, write_error, file_deleted.", ["model_name", "reason"],
+            "queue_full, write_error, file_deleted, shutdown.", ["model_name", "reason"],
             registry=self._store)
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Gauge:

@@ -200,3 +200,14 @@ def test_a_file_that_is_not_a_log_is_a_usage_error(capsys, tmp_path):
     garbage.write_bytes(b"not a tfrecord file at all")
     code, _, err = run(capsys, "logs", "show", str(garbage))
     assert code == 2 and "not a TFRecord file of PredictionLogs" in err
+
+
+def test_replay_to_an_unknown_label_fails_and_bad_pacing_is_a_usage_error(served, capsys):
+    server, folder = served
+    code, out, _ = run(capsys, "logs", "replay", *log_files(folder), "--target",
+                       server.grpc_target, "--label", "nope", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["failed"] == REQUESTS and not report["passed"]
+    code, _, err = run(capsys, "logs", "replay", *log_files(folder), "--target",
+                       server.grpc_target, "--rate", "0")
+    assert code == 2 and "must be positive" in err
