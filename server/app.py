@@ -11,7 +11,7 @@ import gc
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -27,8 +27,6 @@ from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
 from pyserving.server.grpc_services import (
-    PredictionService,
-    PredictionServiceBase,
     add_services,
 )
 from pyserving.server.health import ServingHealth
@@ -44,7 +42,13 @@ from pyserving.server.rollout.plan import RolloutFileWatcher
 from pyserving.server.rollout.router import Router
 from pyserving.server.rollout.state import Rollouts
 from pyserving.server.saved_model import load_servable, tfrecords
-from pyserving.server.servable import Servable, SignatureDef, run_unbatched
+from pyserving.server.servable import (
+    AsyncRunner,
+    Servable,
+    SignatureDef,
+    run_unbatched,
+    unbatched_async,
+)
 from pyserving.server.source import FileSystemSource
 from pyserving.server.tls import server_credentials
 from pyserving.server.warmup import Warmup
@@ -144,13 +148,27 @@ class ModelServer:
             self.router.rollouts.apply) if options.rollout_config_file else None
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
-                                metric_value=self.metrics.int64_value, router=self.router,
-                                request_log=self.request_log)
+                                metric_value=self.metrics.int64_value, router=self.router)
+        # An answer observer only while some model logs: otherwise requests never visit it.
+        self.request_log.on_active = self._request_log_active
+
+    def _request_log_active(self, active: bool) -> None:
+        if active:
+            self.core.add_answer_observer(self.request_log.observe)
+        else:
+            self.core.remove_answer_observer(self.request_log.observe)
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
         assert self.batcher is not None, "start() makes the batcher before serving"
         return self.batcher.run(servable, signature, feeds, fetches)
+
+    def _async_runner(self, executor: Executor) -> AsyncRunner:
+        """How an event-loop transport awaits a TensorFlow call: in a batch, or unbatched
+        (``executor`` runs what does not run inline)."""
+        if self.batcher is not None:
+            return functools.partial(self.batcher.run_async, executor=executor)
+        return unbatched_async(executor)
 
     def _on_model_event(self, event: ModelEvent) -> None:
         _keep_models_out_of_gc_scans(event)
@@ -243,17 +261,11 @@ class ModelServer:
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
         max_rpcs = options.grpc_max_concurrent_rpcs or None
-        server: grpc.Server
-        prediction: PredictionServiceBase
-        if self.batcher is not None:
-            # Batching: requests wait for their batch as futures on grpc.aio, not as threads.
-            server = LoopServer(self._executor, channel_options, max_rpcs)
-            run = functools.partial(self.batcher.run_async, executor=self._executor)
-            prediction = AsyncPredictionService(self.core, run, self.metrics)
-        else:
-            server = grpc.server(self._executor, options=channel_options,
-                                 maximum_concurrent_rpcs=max_rpcs)
-            prediction = PredictionService(self.core, self.metrics)
+        # Every mode on grpc.aio: a request is a coroutine on the loop, its TensorFlow call
+        # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
+        server = LoopServer(self._executor, channel_options, max_rpcs)
+        prediction = AsyncPredictionService(self.core, self._async_runner(self._executor),
+                                            self.metrics)
         add_services(server, self.core, prediction)
         self.health.serve_on(server)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
@@ -287,7 +299,8 @@ class ModelServer:
                 enable_cors=options.rest_api_enable_cors_support,
                 max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
-                              if self.monitoring.enable else None)).start()
+                              if self.monitoring.enable else None),
+                runner_for=self._async_runner).start()
         except ServingError as error:
             log.error("%s", error.message)
             return
@@ -354,8 +367,11 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
         return None
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
-    return Batcher(batching, [metrics.observe_batch],
-                   per_model_parameters=options.enable_per_model_batching_parameters)
+    batcher = Batcher(batching, [metrics.observe_batch],
+                      per_model_parameters=options.enable_per_model_batching_parameters,
+                      wait_for_full_batch=options.batching_wait_for_full_batch)
+    metrics.batch_traffic = batcher.traffic  # the transports' in-flight count feeds it
+    return batcher
 
 
 def _keep_models_out_of_gc_scans(event: ModelEvent) -> None:

@@ -152,6 +152,19 @@ def test_configure_keeps_unchanged_models_and_retires_the_rest(tmp_path):
     assert log.models == {}
 
 
+def test_the_log_is_an_answer_observer_only_while_a_model_logs(tmp_path):
+    heard: list[bool] = []
+    log = RequestLog(Counts())
+    log.on_active = heard.append
+    log.configure({"off": settings(tmp_path / "off", "off", rate=0.0)})
+    log.configure({"a": settings(tmp_path / "a", "a")})
+    log.configure({"a": settings(tmp_path / "a", "a", rate=0.5)})
+    log.configure({})
+    log.configure({"a": settings(tmp_path / "a", "a")})
+    log.stop()
+    assert heard == [True, False, True, False]
+
+
 def config_with(logging_text: str, tmp_path: Path) -> Any:
     from google.protobuf import text_format
 

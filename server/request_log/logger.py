@@ -1,13 +1,25 @@
-"""The request log as the core sees it: ``models`` maps each logging model to its sampler,
-empty when no model logs (the core then does nothing more per request)."""
+"""The request log as the core sees it: an answer observer (core.py ``Answer``) that the
+server adds while some model logs and removes when none does, so a server without
+``logging_config`` runs no request-log code per request."""
 
 from __future__ import annotations
 
 import random
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from pyserving.server.request_log.records import (
+    CLASSIFY,
+    MULTI_INFERENCE,
+    PREDICT,
+    REGRESS,
+    ArraysPredict,
+)
 from pyserving.server.request_log.settings import LogSettings, logging_settings
 from pyserving.server.request_log.writer import LogFile, LogObserver, RequestLogWriter
+
+# The core's API names -> PredictionLog's log_type fields.
+KINDS = {"Predict": PREDICT, "Classify": CLASSIFY, "Regress": REGRESS,
+         "MultiInference": MULTI_INFERENCE}
 
 
 class ModelRequestLog:
@@ -29,23 +41,33 @@ class ModelRequestLog:
 
 
 class RequestLog:
-    """Every model's request logging, changed by each applied ModelServerConfig."""
+    """Every model's request logging, changed by each applied ModelServerConfig.
+    ``on_active(bool)`` hears when the first model starts logging and when the last stops."""
 
     def __init__(self, observer: LogObserver, *, tags: Sequence[str] = ("serve",),
                  max_file_bytes: int = 128 << 20, queue_size: int = 4096) -> None:
         self.writer = RequestLogWriter(observer, tags=tags, max_file_bytes=max_file_bytes,
                                        queue_size=queue_size)
         self.models: Mapping[str, ModelRequestLog] = {}
-
-    @classmethod
-    def disabled(cls) -> "RequestLog":
-        """A request log no config has configured (no model logs, no thread)."""
-        return cls(_NoObserver())
+        self.on_active: Callable[[bool], None] | None = None
 
     @staticmethod
     def settings(config: Any) -> dict[str, LogSettings]:
         """The logging a config asks for, checked: raises INVALID_ARGUMENT naming the model."""
         return logging_settings(config)
+
+    def observe(self, answer: Any) -> None:
+        """The answer observer: offer an answered request to its model's log, if it logs."""
+        logged = self.models.get(answer.model)
+        kind = KINDS.get(answer.api)
+        if logged is None or kind is None:
+            return
+        if answer.inputs is not None:  # a Predict its transport decoded (REST): arrays
+            logged.offer(kind, ArraysPredict(answer.request, answer.version,
+                                             answer.signature_name, answer.inputs,
+                                             answer.response), None)
+        else:
+            logged.offer(kind, answer.request, answer.response)
 
     def configure(self, settings: Mapping[str, LogSettings]) -> None:
         """Apply checked settings: a model whose settings did not change keeps its file; a
@@ -62,15 +84,11 @@ class RequestLog:
         for name, current in old.items():
             if models.get(name) is not current:
                 self.writer.retire(current.file)
+        if bool(old) != bool(models) and self.on_active is not None:
+            self.on_active(bool(models))
 
     def stop(self) -> None:
+        if self.models and self.on_active is not None:
+            self.on_active(False)
         self.models = {}
         self.writer.stop()
-
-
-class _NoObserver:
-    def observe_request_log_written(self, model: str, records: int, size: int) -> None:
-        pass
-
-    def observe_request_log_dropped(self, model: str, reason: str, records: int) -> None:
-        pass
