@@ -12,19 +12,23 @@ import grpc
 from pyserving.server import config as model_config
 from pyserving.server.errors import ServingError, failed_precondition, unimplemented
 from pyserving.server.manager import ModelManager, VersionState, VersionStatus
-from pyserving.server.remote_storage import is_remote, require_cloud_extra
+from pyserving.server.remote_storage import RemoteStorage, is_remote, require_cloud_extra
+from pyserving.server.request_log import RequestLog
 from pyserving.server.source import FileSystemSource
 
 log = logging.getLogger(__name__)
 
+_STOP_WAIT_SECONDS = 1.0
 AppliedObserver = Callable[[model_config.ModelServerConfig], None]
 
 
 class ModelConfigurator:
     """The current model list, and the one way to change it."""
 
-    def __init__(self, manager: ModelManager, source: FileSystemSource) -> None:
+    def __init__(self, manager: ModelManager, source: FileSystemSource,
+                 request_log: RequestLog | None = None) -> None:
         self._manager = manager
+        self._request_log = request_log
         self._source = source
         self._lock = threading.Lock()
         self._config: model_config.ModelServerConfig | None = None  # the models served
@@ -65,6 +69,9 @@ class ModelConfigurator:
         for model in config.model_config_list.config:
             if is_remote(model.base_path):
                 require_cloud_extra(model.base_path)  # fails now, not at every poll
+        # pyserving's own check (TF Serving refuses any logging_config): before the config
+        # is accepted, so a bad one changes nothing.
+        logging = None if self._request_log is None else self._request_log.settings(config)
         if self._accepted is not None:
             model_config.validate_no_platform_changes(self._accepted, config)
         # From here on TF Serving holds the new config as its own even if a later check fails.
@@ -86,6 +93,8 @@ class ModelConfigurator:
         mark = self._manager.change_count()
         self._source.set_models(models)
         self._config = config
+        if logging is not None and self._request_log is not None:
+            self._request_log.configure(logging)  # no model reloads for it
         # TF Serving's source finds new models at its next scan; scanning now is sooner.
         self._source.poll(None if first else new_names)
         reached = self._manager.wait_for_latest(new_names, mark)
@@ -135,13 +144,17 @@ class ModelConfigurator:
         if poll_seconds <= 0 or self._file_poller is not None:
             return
 
+        storage = RemoteStorage()  # a file in a bucket: one client for every re-read
+
         def run() -> None:
             while not self._stop.wait(poll_seconds):
                 try:
-                    config = model_config.read_model_config_file(path)
+                    config = model_config.read_model_config_file(path, storage)
                 except ServingError as error:
                     log.error("Failed to read ModelServerConfig file: %s", error.message)
                     continue
+                if self._stop.is_set():  # the read outlasted shutdown's wait for it
+                    return
                 try:
                     self.apply(config)
                 except ServingError as error:
@@ -152,9 +165,11 @@ class ModelConfigurator:
         self._file_poller.start()
 
     def stop(self) -> None:
+        """Stop polling the config file; a read of it still hanging (a bucket that does not
+        answer) is not waited for beyond a moment: it applies nothing any more."""
         self._stop.set()
         if self._file_poller is not None:
-            self._file_poller.join()
+            self._file_poller.join(_STOP_WAIT_SECONDS)
             self._file_poller = None
 
 

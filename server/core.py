@@ -56,13 +56,16 @@ Response = TypeVar("Response", classification_pb2.ClassificationResponse,
 class Answer:
     """What an answer observer hears: the API, the version that answered, the request (a
     proto; for the array entry, its ModelSpec) and the response (a proto; for the array
-    entry, the (alias, array, DataType) outputs)."""
+    entry, the (alias, array, DataType) outputs). The array entry also gives the signature
+    it ran and its input arrays by alias (the request log rebuilds the PredictRequest)."""
 
     api: str
     model: str
     version: int
     request: Any
     response: Any
+    signature_name: str = ""
+    inputs: Mapping[str, np.ndarray] | None = None
 
 
 AnswerObserver = Callable[[Answer], None]
@@ -96,9 +99,15 @@ class ServingCore:
         return acquire(self.manager, spec)
 
     def add_answer_observer(self, observer: AnswerObserver) -> None:
-        """Call ``observer`` after each answered Predict/Classify/Regress (request logging,
-        tracing); with none added, a request visits no observer code."""
-        self._observers.append(observer)
+        """Call ``observer`` after each answered Predict/Classify/Regress/MultiInference
+        (request logging, tracing); with none added, a request visits no observer code.
+        Adding one already there changes nothing."""
+        if observer not in self._observers:
+            # A new list, not an append: requests iterate the one they read, unlocked.
+            self._observers = [*self._observers, observer]
+
+    def remove_answer_observer(self, observer: AnswerObserver) -> None:
+        self._observers = [known for known in self._observers if known != observer]
 
     def _admit(self, spec: model_pb2.ModelSpec) -> "_Admitted":
         """The servable a prediction request's spec names, counted in and admitted. Only a
@@ -153,7 +162,8 @@ class ServingCore:
             outputs = yield from self._predictor.array_steps(
                 servable, spec.name, signature_name, inputs, output_filter)
         if admitted.route is not None or self._observers:
-            self._arrays_answered(admitted, spec, read, output_filter, outputs)
+            self._arrays_answered(admitted, spec, read, output_filter, outputs,
+                                  signature_name, inputs)
         return outputs
 
     def classify(self, request: classification_pb2.ClassificationRequest
@@ -200,7 +210,8 @@ class ServingCore:
 
     def _arrays_answered(self, admitted: "_Admitted", spec: model_pb2.ModelSpec,
                          read: ReadInputs, output_filter: Sequence[str],
-                         outputs: list[OutputArray]) -> None:
+                         outputs: list[OutputArray], signature_name: str,
+                         inputs: Mapping[str, np.ndarray]) -> None:
         if admitted.route is not None and admitted.route.mirror:
             def shadow(shadow_spec: model_pb2.ModelSpec) -> Outputs:
                 with self.servable_for(shadow_spec) as servable:
@@ -211,7 +222,8 @@ class ServingCore:
 
             self._mirror(admitted.route, lambda: _by_alias(outputs), shadow)
         if self._observers:
-            self._observe(Answer("Predict", admitted.model, admitted.version, spec, outputs))
+            self._observe(Answer("Predict", admitted.model, admitted.version, spec, outputs,
+                                 signature_name, inputs))
 
     def _mirror(self, route: Route, primary: Callable[[], Outputs],
                 shadow: Callable[[model_pb2.ModelSpec], Outputs]) -> None:
@@ -230,7 +242,11 @@ class ServingCore:
                         ) -> inference_pb2.MultiInferenceResponse:
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         with _Admitted(self.servable_for(spec), None, self.in_flight) as servable:
-            return self._inference.multi_inference(servable, request)
+            response = self._inference.multi_inference(servable, request)
+        if self._observers:
+            self._observe(Answer("MultiInference", servable.name, servable.version, request,
+                                 response))
+        return response
 
     def rollout_status(self, model_name: str) -> dict[str, Any]:
         """The rollout of a model as ``GET /v1/models/{m}/rollout`` shows it; NOT_FOUND when
@@ -321,10 +337,10 @@ class _Admitted:
         self._router = router
         try:
             self._slot = limit.admit(servable.name)
-        except BaseException:
+        except BaseException as error:
             servable.release()
             if route is not None and router is not None:
-                router.finish(route, ok=False)
+                router.finish(route, error)
             raise
 
     @property
@@ -338,11 +354,11 @@ class _Admitted:
     def __enter__(self) -> Servable:
         return self._servable
 
-    def __exit__(self, kind: type | None, *_: object) -> None:
+    def __exit__(self, kind: type | None, error: BaseException | None, *_: object) -> None:
         self._limit.release(self._slot)
         self._servable.release()
         if self.route is not None and self._router is not None:
-            self._router.finish(self.route, ok=kind is None)
+            self._router.finish(self.route, error)
 
 
 def _by_alias(outputs: list[OutputArray]) -> Outputs:

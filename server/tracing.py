@@ -24,6 +24,7 @@ then follows from the core's hooks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -33,7 +34,6 @@ import grpc
 
 from pyserving.server import request_context
 from pyserving.server.errors import ServingError, invalid_argument
-from pyserving.server.request_context import RequestContext
 
 if TYPE_CHECKING:
     from pyserving.server.batching.batcher import BatchRun
@@ -124,7 +124,8 @@ class RequestTrace:
                                              links=[Link(primary)],
                                              attributes={"pyserving.shadow": True})
             trace = RequestTrace(tracing, span)
-            token = request_context.current.set(RequestContext(trace=trace))
+            token = request_context.current.set(
+                dataclasses.replace(request_context.current.get(), trace=trace))
             try:
                 answer = shadow(argument)
             except ServingError as error:

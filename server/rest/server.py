@@ -127,8 +127,11 @@ class RestServer:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         if request.method not in _ALLOWED_METHODS:
-            return web.Response(status=405, text="405: Method Not Allowed",
-                                headers={"Allow": ", ".join(sorted(_ALLOWED_METHODS))})
+            # JSON like every other answer, so JSON clients can read it (issue #24)
+            response = self._response(405, response_json.error_json(
+                f"Method Not Allowed: {request.method}"))
+            response.headers["Allow"] = ", ".join(sorted(_ALLOWED_METHODS))
+            return response
         target = _path_and_query(request)
         path = request.rel_url.raw_path
         page = self._metrics_page
@@ -138,7 +141,8 @@ class RestServer:
                 path in status_page.HTML_PATHS or path == status_page.JSON_PATH):
             return await self._serve_status(path, self._status)
         if not _HANDLED_PATH.fullmatch(target):
-            return web.Response(status=404, text="404: Not Found")  # no handler for the path
+            # no handler for the path (libevent's HTML page in TF Serving); JSON here
+            return self._response(404, response_json.error_json(f"Not Found: {target}"))
         if request.content_length and request.content_length > self._options.max_request_bytes:
             return self._too_large(request.content_length)
         try:
