@@ -51,6 +51,7 @@ class Servable:
         # signatures measured fast enough to run on the event loop
         self.call_seconds: dict[int, list[float]] = {}
         self.inline: set[int] = set()
+        self.slow_inline: dict[int, int] = {}
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]:
@@ -182,8 +183,9 @@ def run_unbatched(servable: Servable, signature: SignatureDef,
 
 # A signature whose fastest of INLINE_AFTER calls on the pool took less than INLINE_MAX_SECONDS
 # (the fastest: a pool thread's clock also counts its waits for the GIL) runs on the event loop
-# itself, as the hop to a pool thread and back costs more than such a call; a call there that
-# takes DEMOTE_FACTOR times longer sends it back (docs/performance.md). A call long enough to
+# itself, as the hop to a pool thread and back costs more than such a call; two calls in a row
+# there that take DEMOTE_FACTOR times longer send it back (one may be the thread descheduled on
+# a busy machine) (docs/performance.md). A call long enough to
 # gain from the pool (the MLP's ~0.4 ms) lets the loop take the next request meanwhile.
 INLINE_MAX_SECONDS = 0.00015
 INLINE_AFTER = 16
@@ -201,8 +203,13 @@ def unbatched_async(executor: Executor) -> AsyncRunner:
         if key in servable.inline:
             started = time.perf_counter()
             outputs = servable.run(feeds, fetches)
-            if time.perf_counter() - started >= INLINE_MAX_SECONDS * DEMOTE_FACTOR:
+            if time.perf_counter() - started < INLINE_MAX_SECONDS * DEMOTE_FACTOR:
+                servable.slow_inline.pop(key, None)
+            elif servable.slow_inline.setdefault(key, 0) >= 1:  # twice in a row: not noise
                 servable.inline.discard(key)
+                del servable.slow_inline[key]
+            else:
+                servable.slow_inline[key] = 1
             return outputs
         outputs, seconds = await asyncio.get_running_loop().run_in_executor(
             executor, contextvars.copy_context().run, _timed, servable, feeds, fetches)
