@@ -7,7 +7,8 @@ import sys
 
 TENSORFLOW_FREE = ("core", "manager", "batching.batcher", "source", "servable", "predict",
                    "example_inference", "warmup", "configurator", "health", "grpc_services",
-                   "grpc_aio", "rest.handler", "rest.server", "rollout.router", "metrics")
+                   "grpc_aio", "rest.handler", "rest.server", "rollout.router", "metrics",
+                   "request_log.writer")
 
 
 def test_the_core_and_its_transports_import_no_tensorflow():
