@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from test_tensors import DTYPES, as_content_proto, assert_same, sample, tf_decode, wire
 
+from dtype_samples import DTYPES, as_content_proto, assert_same, sample, tf_decode, wire
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 
 SHAPES = [(), (0,), (5,), (2, 3), (1, 2, 2, 2)]

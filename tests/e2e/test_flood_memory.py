@@ -19,10 +19,10 @@ import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2
-from test_overload import MODEL, TIMEOUT, Stub, slow_base, slow_model  # noqa: F401 (fixtures)
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 from pyserving.server import ServerOptions
+from slow_models import MODEL, TIMEOUT, Stub, slow_base, slow_model  # noqa: F401 (fixtures)
 from support import stop_process
 
 pytestmark = pytest.mark.slow  # a server process flooded for seconds

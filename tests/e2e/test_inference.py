@@ -14,18 +14,24 @@ import pytest
 from tensorflow_serving.apis import (
     classification_pb2,
     inference_pb2,
-    input_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
+)
+
+from inference_requests import (
+    CLASSIFY_METHOD,
+    PREDICT_METHOD,
+    REGRESS_METHOD,
+    add_examples,
+    classify_request,
+    multi_request,
+    regress_request,
 )
 
 TF1_MODEL = "saved_model_half_plus_two_cpu"
 TF2_MODEL = "saved_model_half_plus_two_tf2_cpu"
 MODEL_VERSION = 123
 RPC_TIMEOUT = 20.0
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
-PREDICT_METHOD = "tensorflow/serving/predict"
 
 Stub = prediction_service_pb2_grpc.PredictionServiceStub
 
@@ -45,39 +51,12 @@ def tf1_stub(testdata_model: Callable[..., str], serve: Callable[..., Any],
     return Stub(channel_to(server.grpc_target))
 
 
-def add_examples(request_input: input_pb2.Input, *xs: float) -> None:
-    for x in xs:
-        example = request_input.example_list.examples.add()
-        example.features.feature["x"].float_list.value.append(x)
 
 
-def classify_request(signature_name: str, *xs: float) -> classification_pb2.ClassificationRequest:
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = "default"
-    request.model_spec.signature_name = signature_name
-    add_examples(request.input, *xs)
-    return request
 
 
-def regress_request(signature_name: str, *xs: float) -> regression_pb2.RegressionRequest:
-    request = regression_pb2.RegressionRequest()
-    request.model_spec.name = "default"
-    request.model_spec.signature_name = signature_name
-    add_examples(request.input, *xs)
-    return request
 
 
-def multi_request(*tasks: tuple[str, str, str], xs: tuple[float, ...] = (2.0,)
-                  ) -> inference_pb2.MultiInferenceRequest:
-    """tasks are (model name, signature name, method name)."""
-    request = inference_pb2.MultiInferenceRequest()
-    for model_name, signature_name, method_name in tasks:
-        task = request.tasks.add()
-        task.model_spec.name = model_name
-        task.model_spec.signature_name = signature_name
-        task.method_name = method_name
-    add_examples(request.input, *xs)
-    return request
 
 
 def rpc_error(call: Callable[..., Any], request: Any) -> grpc.RpcError:

@@ -13,6 +13,13 @@ import pytest
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from inference_requests import (
+    CLASSIFY_METHOD,
+    REGRESS_METHOD,
+    classify_request,
+    multi_request,
+    regress_request,
+)
 from pyserving.server.errors import ServingError
 from pyserving.server.metrics import DEFAULT_PATH, PrometheusSettings, read_monitoring_config
 from support import TESTDATA, free_port, metrics_page_samples
@@ -74,14 +81,6 @@ def test_request_count_and_latency_use_tf_serving_names(serve, testdata_model, c
 @pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
 def test_runtime_latency_and_example_counts_use_tf_serving_names(serve, testdata_model,
                                                                  channel_to, batching):
-    from test_inference import (
-        CLASSIFY_METHOD,
-        REGRESS_METHOD,
-        classify_request,
-        multi_request,
-        regress_request,
-    )
-
     server = serve(model_base_path=testdata_model(MODEL), enable_batching=batching)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel_to(server.grpc_target))
     for number in range(2):

@@ -2,11 +2,8 @@
 skip TensorFlow runs, a cancelled caller frees its slot, a flood leaves no threads behind
 (tests/test_flood_memory.py floods the CLI server with 1 MB requests).
 
-The test model counts its runs in a variable and takes as long as it is told: "sleep" sleeps
-for max(ms) milliseconds (cheap on the CPU), "spin" loops max(n) times in a tf.while_loop, so
-run times, and whether a request ran at all, are visible from responses. "carry" sleeps like
-"sleep" and also takes a [batch, bytes] uint8 payload it only measures: a large request with a
-small response.
+The test model (tests/slow_models.py) counts its runs and takes as long as it is told, so run
+times, and whether a request ran at all, are visible from responses.
 """
 
 from __future__ import annotations
@@ -20,73 +17,26 @@ from typing import Callable
 import grpc
 import numpy as np
 import pytest
-import tensorflow as tf
-from tensorflow.python.data.experimental.ops import testing as tf_data_testing
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
+from slow_models import MODEL, TIMEOUT, Stub, slow_base, slow_model  # noqa: F401 (fixtures)
 from support import free_port, post_json, requests_in_flight, wait_until
 
-MODEL = "slow"
-TIMEOUT = 20.0
 LIMIT_MESSAGE = (f"Too many requests in flight for model {MODEL}: the limit is {{limit}} "
                  "(--max_in_flight_requests_per_model); retry later")
 
-Stub = prediction_service_pb2_grpc.PredictionServiceStub
 
 
-class _Slow(tf.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = tf.Variable(0, dtype=tf.int64)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
-    def sleep(self, ms: tf.Tensor) -> dict[str, tf.Tensor]:
-        call = self.calls.assign_add(1)
-        # The sleep dataset sleeps before the element and again before end-of-sequence.
-        slept = tf.data.Dataset.from_tensors(ms).apply(
-            tf_data_testing.sleep(tf.reduce_max(ms) * 500)).get_single_element()
-        return {"call": tf.fill(tf.shape(ms), call), "ms": slept}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
-    def spin(self, n: tf.Tensor) -> dict[str, tf.Tensor]:
-        call = self.calls.assign_add(1)
-        spins = tf.while_loop(lambda i: i < tf.reduce_max(n), lambda i: i + 1,
-                              [tf.constant(0, tf.int64)])[0]
-        return {"call": tf.fill(tf.shape(n), call), "spins": tf.fill(tf.shape(n), spins)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64),
-                                  tf.TensorSpec([None, None], tf.uint8)])
-    def carry(self, ms: tf.Tensor, payload: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"ms": self.sleep(ms)["ms"],
-                "bytes": tf.fill(tf.shape(ms), tf.shape(payload, tf.int64)[1])}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
-    def count(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"calls": tf.fill(tf.shape(x), self.calls.read_value())}
 
 
-@pytest.fixture(scope="module")
-def slow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    module = _Slow()
-    path = tmp_path_factory.mktemp("slow") / "1"
-    tf.saved_model.save(module, str(path), signatures={
-        "serving_default": module.sleep, "spin": module.spin, "calls": module.count,
-        "carry": module.carry})
-    return path
+
+
 
 
 @pytest.fixture
-def slow_base(slow_model: Path, tmp_path: Path) -> Path:
-    """A base path whose version 1 is the slow model."""
-    base = tmp_path / MODEL
-    base.mkdir()
-    (base / "1").symlink_to(slow_model)
-    return base
-
-
-@pytest.fixture
-def slow_server(serve: Callable[..., object], slow_base: Path) -> Callable[..., object]:
+def slow_server(serve: Callable[..., object], slow_base: Path  # noqa: F811 (the fixture)
+                ) -> Callable[..., object]:
     """A server of the slow model (its own run counter) with these options."""
 
     def start(**options: object) -> object:

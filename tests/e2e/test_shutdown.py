@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -18,7 +19,9 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-from test_cli import Launcher
+
+from server_process import Launcher
+from support import free_port, metrics_page_samples, wait_until
 
 MODEL = "slow"
 RPC_TIMEOUT = 60.0
@@ -56,18 +59,46 @@ def launch(tmp_path: Path) -> Iterator[Launcher]:
 
 
 @pytest.fixture
-def start_slow_server(launch: Launcher, slow_model: Path, channel_to: Callable
-                      ) -> Callable[..., tuple[object, PredictionStub]]:
-    """Launch a server of the slow model; returns its process and a stub, once it answers."""
+def start_slow_server(launch: Launcher, slow_model: Path, channel_to: Callable, tmp_path: Path
+                      ) -> Callable[..., tuple[object, PredictionStub, Callable[[], int]]]:
+    """Launch a server of the slow model; returns, once it answers, its process, a stub and
+    how many Predict RPCs it is running now (from its metrics page)."""
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/metrics" }')
 
-    def start(*flags: str) -> tuple[object, PredictionStub]:
+    def start(*flags: str) -> tuple[object, PredictionStub, Callable[[], int]]:
+        rest_port = free_port()
         process = launch("--port=0", f"--model_name={MODEL}", f"--model_base_path={slow_model}",
+                         f"--rest_api_port={rest_port}", f"--monitoring_config_file={monitoring}",
                          *flags)
         stub = PredictionStub(channel_to(process.tcp_target()))
         assert y_of(stub.Predict(slow_request(0.0), RPC_TIMEOUT)) == 3.0
-        return process, stub
+
+        def in_flight() -> int:
+            url = f"http://127.0.0.1:{rest_port}/metrics"
+            with urllib.request.urlopen(url, timeout=RPC_TIMEOUT) as page:
+                samples = metrics_page_samples(page.read().decode())
+            labels = frozenset({("model_name", MODEL), ("API", "Predict"),
+                                ("entrypoint", "GRPC")})
+            return int(samples.get(("pyserving_inflight_requests", labels), 0))
+
+        return process, stub, in_flight
 
     return start
+
+
+def wait_until_refused(stub: PredictionStub) -> None:
+    """Until a new RPC is refused with UNAVAILABLE (one let in before the stop still runs)."""
+
+    def refused() -> bool:
+        try:
+            assert y_of(stub.Predict(slow_request(0.0), RPC_TIMEOUT)) == 3.0
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+            return True
+        return False
+
+    wait_until(refused, "new RPCs to be refused")
 
 
 def slow_request(seconds: float, x: float = 2.0) -> predict_pb2.PredictRequest:
@@ -92,19 +123,16 @@ def exit_code_and_seconds(process: object, since: float) -> tuple[int, float]:
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_lets_in_flight_requests_finish_then_exits_zero(start_slow_server, signum):
     grace = 30.0
-    process, stub = start_slow_server(f"--shutdown_grace_period_seconds={grace}")
+    process, stub, running = start_slow_server(f"--shutdown_grace_period_seconds={grace}")
     in_flight = [stub.Predict.future(slow_request(1.0, x=float(x)), RPC_TIMEOUT)
                  for x in range(4)]
-    time.sleep(0.5)  # the requests reach the server and start running
+    wait_until(lambda: running() == 4, "the requests to reach the server")
     assert not any(future.done() for future in in_flight)
 
     signalled = time.monotonic()
     process.popen.send_signal(signum)
     process.wait_for_log(STOPPING)
-    time.sleep(0.2)  # the gRPC server's stop() follows that line
-    with pytest.raises(grpc.RpcError) as refused:
-        stub.Predict(slow_request(0.0), RPC_TIMEOUT)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    wait_until_refused(stub)
 
     # None of the in-flight requests is dropped.
     assert [y_of(future.result()) for future in in_flight] == [2.0, 2.5, 3.0, 3.5]
@@ -121,9 +149,9 @@ def test_signal_lets_in_flight_requests_finish_then_exits_zero(start_slow_server
 
 def test_a_request_longer_than_the_grace_period_is_cancelled_and_the_server_exits(
         start_slow_server):
-    process, stub = start_slow_server("--shutdown_grace_period_seconds=0.5")
+    process, stub, running = start_slow_server("--shutdown_grace_period_seconds=0.5")
     long_request = stub.Predict.future(slow_request(RPC_TIMEOUT - 10), RPC_TIMEOUT)
-    time.sleep(0.5)
+    wait_until(lambda: running() == 1, "the request to reach the server")
     assert not long_request.done()
 
     signalled = time.monotonic()

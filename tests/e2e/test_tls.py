@@ -13,11 +13,11 @@ from typing import Callable, Iterator
 import grpc
 import pytest
 from client_fakes import Certificates, make_certificates
-from test_cli import RUNNING_TCP, Launcher, assert_clean_startup_failure
 
 from pyserving.client import TLS, PredictionClient, PredictionError
 from pyserving.client.apis import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from pyserving.server.errors import ServingError
+from server_process import RUNNING_TCP, Launcher, assert_clean_startup_failure
 
 pytest.importorskip("cryptography")
 
