@@ -18,7 +18,7 @@ from pyserving.server.rest.json_parse import debug_string, may_hold_bools, parse
 from pyserving.server.rest.request_json import RequestFormat
 from pyserving.server.rest.response_json import error_json, predict_json
 
-# 100 examples keep tests/unit within its 10 s; tests/e2e/test_fuzz_rest.py fuzzes the server longer.
+# 100 examples keep tests/unit within 10 s; tests/e2e/test_fuzz_rest.py fuzzes the server.
 FUZZ = settings(max_examples=100, deadline=None, derandomize=True)
 FLOAT32_BITS = st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=20)
 FLOAT64_BITS = st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=20)
