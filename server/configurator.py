@@ -31,6 +31,13 @@ class ModelConfigurator:
         self._accepted: model_config.ModelServerConfig | None = None  # last validated list
         self._file_poller: threading.Thread | None = None
         self._stop = threading.Event()
+        self.file_polls = 0  # reads of the watched config file done (tests wait on it)
+
+    @property
+    def watching_file(self) -> bool:
+        """Whether a thread re-reads the config file (--model_config_file_poll_wait_seconds
+        > 0)."""
+        return self._file_poller is not None
 
     @property
     def config(self) -> model_config.ModelServerConfig | None:
@@ -137,19 +144,22 @@ class ModelConfigurator:
 
         def run() -> None:
             while not self._stop.wait(poll_seconds):
-                try:
-                    config = model_config.read_model_config_file(path)
-                except ServingError as error:
-                    log.error("Failed to read ModelServerConfig file: %s", error.message)
-                    continue
-                try:
-                    self.apply(config)
-                except ServingError as error:
-                    log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s",
-                              error.message)
+                self._reload_file(path)
+                self.file_polls += 1
 
         self._file_poller = threading.Thread(target=run, name="config-poll", daemon=True)
         self._file_poller.start()
+
+    def _reload_file(self, path: str) -> None:
+        try:
+            config = model_config.read_model_config_file(path)
+        except ServingError as error:
+            log.error("Failed to read ModelServerConfig file: %s", error.message)
+            return
+        try:
+            self.apply(config)
+        except ServingError as error:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message)
 
     def stop(self) -> None:
         self._stop.set()

@@ -36,6 +36,9 @@ class FileSystemSource:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Scans finished (reported or failed): what tests wait on to see "another poll
+        # happened, and still nothing changed" without sleeping through poll periods.
+        self.polls = 0
 
     def set_aspired_versions_callback(self, callback: AspiredVersionsCallback) -> None:
         """Where aspired versions go from now on (core/source.h SetAspiredVersionsCallback)."""
@@ -59,18 +62,25 @@ class FileSystemSource:
         if self._poll_seconds < 0:
             return
         with self._lock:
-            aspired = {}
-            for model in self._models.values():
-                if names is not None and model.name not in names:
-                    continue
-                try:
-                    aspired[model.name] = aspired_versions(model, self._remote)
-                except ServingError as error:
-                    log.error("FileSystemStoragePathSource encountered a filesystem access "
-                              "error: %s", error.message)
-                    return
-            for name, versions in aspired.items():
-                self._aspire(name, versions)
+            try:
+                self._scan(names)
+            finally:
+                self.polls += 1
+
+    def _scan(self, names: list[str] | None) -> None:
+        """One scan; the lock is held."""
+        aspired = {}
+        for model in self._models.values():
+            if names is not None and model.name not in names:
+                continue
+            try:
+                aspired[model.name] = aspired_versions(model, self._remote)
+            except ServingError as error:
+                log.error("FileSystemStoragePathSource encountered a filesystem access "
+                          "error: %s", error.message)
+                return
+        for name, versions in aspired.items():
+            self._aspire(name, versions)
 
     def start(self) -> None:
         """Poll every ``poll_seconds`` in the background (not at all when it is <= 0)."""

@@ -8,11 +8,11 @@ testModelConfigReloadWithZeroPollPeriod.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -31,6 +31,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from pyserving.server import ModelServer
 from pyserving.server.errors import ServingError
+from support import wait_until
 
 TIMEOUT = 10.0
 SETTLE_SECONDS = 30.0  # how long a background load or unload may take on a busy machine
@@ -130,10 +131,11 @@ def statuses(stub: ModelStub, name: str) -> list[tuple[int, int]]:
 def eventually(check: Callable[[], object], expected: object,
                seconds: float = SETTLE_SECONDS) -> None:
     """Poll ``check`` until it returns ``expected`` (background loads and unloads)."""
-    deadline = time.monotonic() + seconds
-    while (result := check()) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert result == expected
+    results: list[object] = []
+    with contextlib.suppress(AssertionError):  # the last result shows what differs
+        wait_until(lambda: results.append(check()) or results[-1] == expected,
+                   f"{expected!r}", seconds, interval=0.1)
+    assert results[-1] == expected
 
 
 def returns(call: Callable[[], object]) -> Callable[[], object]:
@@ -549,7 +551,8 @@ def test_model_config_reload_with_zero_poll_period(config_file: tuple[Path, str,
     stub = PredictionStub(channel_to(server.grpc_target))
     assert predict(stub, model_spec(TWO)) == (3.0, VERSION)
     write_atomically(path, config_file_text((THREE, three)))
-    time.sleep(2)  # TF Serving's test: poll_period + 1
+    # TF Serving's test sleeps poll_period + 1 s; here no thread exists that could reload.
+    assert not server.configurator.watching_file
     assert predict(stub, model_spec(TWO)) == (3.0, VERSION)
     assert predict_error(stub, model_spec(THREE)) == (
         grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({THREE})")
@@ -560,8 +563,10 @@ def test_a_polled_config_file_that_is_refused_keeps_the_old_config(
     path, two, three = config_file
     server = serve(model_config_file=str(path), model_config_file_poll_wait_seconds=1)
     stub = PredictionStub(channel_to(server.grpc_target))
+    polls = server.configurator.file_polls
     write_atomically(path, config_file_text((THREE, three), (THREE, three)))
-    time.sleep(2.5)
+    # A whole poll after the write (one under way may have read the old file) refused it.
+    wait_until(lambda: server.configurator.file_polls >= polls + 2, "two more config polls")
     assert predict(stub, model_spec(TWO)) == (3.0, VERSION)
     write_atomically(path, config_file_text((THREE, three)))
     eventually(returns(lambda: predict(stub, model_spec(THREE))), (4.0, VERSION))
