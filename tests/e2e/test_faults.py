@@ -18,7 +18,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from tensorflow_serving.apis import (
 )
 
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
-from support import TESTDATA, free_port, post_json
+from support import TESTDATA, free_port, post_json, wait_for_log, wait_until
 
 MODEL = "checked"
 TIMEOUT = 20.0
@@ -99,9 +98,9 @@ def write_slow_warmup(version_dir: Path, ms: int, times: int = 1) -> None:
             writer.write(record.SerializeToString())
 
 
-def is_open_here(path: Path) -> bool:
-    """Whether this process (the in-process server) has ``path`` open."""
-    fds = Path("/proc/self/fd")
+def is_open_here(path: Path, pid: int | str = "self") -> bool:
+    """Whether this process (the in-process server), or process ``pid``, has ``path`` open."""
+    fds = Path(f"/proc/{pid}/fd")
     for fd in fds.iterdir():
         try:
             if os.readlink(fd) == str(path):
@@ -143,14 +142,14 @@ def statuses(channel: grpc.Channel, model: str = "default") -> dict[int, State]:
 
 
 def wait_for_states(channel: grpc.Channel, expected: dict[int, int]) -> dict[int, State]:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        found = statuses(channel)
-        if all(v in found and found[v].state == s for v, s in expected.items()):
-            return found
-        if time.monotonic() > deadline:
-            pytest.fail(f"states {expected} not reached: {found}")
-        time.sleep(0.05)
+    found: dict[int, State] = {}
+
+    def reached() -> bool:
+        found.update(statuses(channel))
+        return all(v in found and found[v].state == s for v, s in expected.items())
+
+    wait_until(reached, f"states {expected}", WAIT_SECONDS, interval=0.05)
+    return found
 
 
 # --- a failing op fails only its own request -------------------------------------------------
@@ -225,11 +224,11 @@ def test_vanished_base_path_keeps_loaded_versions_serving(serve, channel_to, tmp
     shutil.rmtree(base)
     if vanish == "replaced_by_a_file":
         base.write_text("not a directory")
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not any(str(base) in record.getMessage() for record in caplog.records):
-        assert time.monotonic() < deadline, "no poll reported the missing base path"
-        time.sleep(0.05)
-    time.sleep(1.5)  # more polls: still nothing unloads
+    wait_until(lambda: any(str(base) in record.getMessage() for record in caplog.records),
+               "a poll to report the missing base path", WAIT_SECONDS)
+    polls = server.source.polls
+    wait_until(lambda: server.source.polls >= polls + 2, "more polls", WAIT_SECONDS)
+    # Still nothing unloads.
     assert {v: s.state for v, s in statuses(channel).items()} == {
         124: State.AVAILABLE, 123: State.AVAILABLE}
     assert (served(stub, 123), served(stub, 124), served(stub)) == (123, 124, 124)
@@ -275,9 +274,11 @@ def test_unreadable_version_reports_the_error_and_the_old_one_keeps_serving(
         f"Can't parse {base / '124' / 'saved_model.pb'} as binary proto")
     assert served(stub) == 123
     # Fixing the files in place does not reload it (as TF Serving); republishing does.
+    polls = server.source.polls
     shutil.rmtree(base / "124")
+    # A whole poll saw it gone (one under way may have listed it still).
+    wait_until(lambda: server.source.polls >= polls + 2, "polls without 124", WAIT_SECONDS)
     wait_for_states(channel, {123: State.AVAILABLE})
-    time.sleep(1.5)
     publish(TWO_VERSIONS / "00000124", base, 124)
     wait_for_states(channel, {124: State.AVAILABLE, 123: State.END})
     assert served(stub) == 124
@@ -300,16 +301,16 @@ def test_version_removed_during_its_load_ends_and_the_old_one_keeps_serving(
     # Remove it once its warmup replay (3 s) is under way: removed earlier, the missing
     # warmup file would make the load finish before the next poll could see the removal.
     warmup = base / "2" / "assets.extra" / "tf_serving_warmup_requests"
-    deadline = time.monotonic() + WAIT_SECONDS
-    while states().get(2) != State.LOADING or not is_open_here(warmup):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: states().get(2) == State.LOADING and is_open_here(warmup),
+               "the warmup replay of version 2", WAIT_SECONDS)
     shutil.rmtree(base / "2")
-    while states() != {2: State.END, 1: State.AVAILABLE}:
-        assert time.monotonic() < deadline, states()
+
+    def ended_while_1_serves() -> bool:
         response = stub.Predict(checked_request([1.0]), TIMEOUT)
         assert response.model_spec.version.value == 1
-        time.sleep(0.05)
+        return states() == {2: State.END, 1: State.AVAILABLE}
+
+    wait_until(ended_while_1_serves, "version 2 to end", WAIT_SECONDS, interval=0.05)
     assert stub.Predict(checked_request([1.0]), TIMEOUT).model_spec.version.value == 1
 
 
@@ -329,14 +330,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def _wait_for_log(process: subprocess.Popen, log: Path, pattern: str) -> re.Match[str]:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        match = re.search(pattern, log.read_text(errors="replace"))
-        if match:
-            return match
-        assert process.poll() is None, log.read_text(errors="replace")
-        time.sleep(0.05)
-    pytest.fail(f"no {pattern!r} in the log:\n{log.read_text(errors='replace')}")
+    return wait_for_log(lambda: log.read_text(errors="replace"), pattern, process)
 
 
 def test_kill_9_during_a_load_then_restart_serves_cleanly(tmp_path, checked_model):
@@ -347,9 +341,10 @@ def test_kill_9_during_a_load_then_restart_serves_cleanly(tmp_path, checked_mode
     args = ["--port=0", f"--model_name={MODEL}", f"--model_base_path={base}"]
     first = _start(args, tmp_path / "first.log")
     try:
-        # Devices are logged right before the models load; kill well inside the 3 s load.
+        # Kill inside the 3 s load: while its warmup replay has the records file open.
         _wait_for_log(first, tmp_path / "first.log", DEVICES_LOGGED)
-        time.sleep(1.5)
+        warmup = version / "assets.extra" / "tf_serving_warmup_requests"
+        wait_until(lambda: is_open_here(warmup, first.pid), "the warmup replay", WAIT_SECONDS)
         assert "Running gRPC ModelServer" not in (tmp_path / "first.log").read_text()
         os.kill(first.pid, signal.SIGKILL)
         assert first.wait(10) == -signal.SIGKILL
