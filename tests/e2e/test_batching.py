@@ -755,7 +755,6 @@ def test_a_swap_under_batched_grpc_and_rest_load_and_scrapes_fails_no_request(
     # version while requests still enqueue into them; none may be lost or fail.
     from concurrent.futures import ThreadPoolExecutor
 
-    from pyserving.server.metrics import DEFAULT_PATH
 
     server = serve(model_base_path=str(rows_base), enable_batching=True,
                    rest_api_port=free_port(), file_system_poll_wait_seconds=1,
@@ -764,7 +763,7 @@ def test_a_swap_under_batched_grpc_and_rest_load_and_scrapes_fails_no_request(
                        tmp_path, "max_batch_size { value: 8 }\n"
                                  "batch_timeout_micros { value: 2000 }\n"))
     stub = stub_for(server, channel_to)
-    page = f"http://127.0.0.1:{server.rest_port}{DEFAULT_PATH}"
+    page = f"http://127.0.0.1:{server.rest_port}/monitoring/prometheus/metrics"
     stop = threading.Event()
     failures: list[str] = []
     served: set[int] = set()

@@ -1,8 +1,8 @@
 """deploy/: the Docker image's entrypoint run for real, and the Kubernetes manifests checked
 offline against the official Kubernetes OpenAPI schemas (kubernetes-validate) and served.
 
-No Docker daemon or cluster runs here: the Dockerfile is checked statically and its pip step
-is built from the same files; the entrypoint runs the real server as the image would.
+No Docker daemon or cluster runs here: the files the Dockerfile copies are built into the package
+its pip step installs; the entrypoint runs the real server as the image would.
 """
 
 from __future__ import annotations
@@ -313,28 +313,6 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     lines = [line.strip() for line in text.splitlines()]
     return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]
-
-
-def test_dockerfile_is_a_tensorflow_serving_drop_in() -> None:
-    instructions = dockerfile_instructions()
-
-    def values(name: str) -> list[str]:
-        return [value for key, value in instructions if key == name]
-
-    assert values("FROM") == ["python:3.11-slim"]
-    (user,) = values("USER")
-    assert user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
-    assert set(values("EXPOSE")) == {"8500", "8501"}
-    assert "MODEL_BASE_PATH=/models" in values("ENV") and "MODEL_NAME=model" in values("ENV")
-    (entrypoint,) = values("ENTRYPOINT")
-    command = json.loads(entrypoint)
-    assert command[-1] == "/usr/bin/pyserving_entrypoint.sh"
-    assert "--chmod=755 deploy/docker/entrypoint.sh /usr/bin/pyserving_entrypoint.sh" in \
-        values("COPY")
-    assert any('pip install "/tmp/pyserving[server,cloud]"' in run for run in values("RUN"))
-    # The user comes last, after everything that needs root.
-    assert [key for key, _ in instructions].index("USER") > max(
-        index for index, (key, _) in enumerate(instructions) if key == "RUN")
 
 
 def copied_sources() -> list[str]:

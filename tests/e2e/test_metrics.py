@@ -21,10 +21,11 @@ from inference_requests import (
     regress_request,
 )
 from pyserving.server.errors import ServingError
-from pyserving.server.metrics import DEFAULT_PATH, PrometheusSettings, read_monitoring_config
+from pyserving.server.metrics import PrometheusSettings, read_monitoring_config
 from support import TESTDATA, free_port, metrics_page_samples
 
 MODEL = "saved_model_half_plus_two_cpu"
+DEFAULT_PATH = "/monitoring/prometheus/metrics"  # TF Serving's PrometheusExporter::kPrometheusPath
 
 
 def x_is(value: float, model: str = "default") -> predict_pb2.PredictRequest:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pyserving.server.errors import ServingError
-from pyserving.server.rollout.plan import DEFAULT_MAX_ABS_DIFF, Target, read_rollout_config
+from pyserving.server.rollout.plan import Target, read_rollout_config
 from pyserving.server.rollout.shadow import ShadowRunner, compare_outputs
 from pyserving.server.rollout.state import Comparison, Rollouts
 from support import wait_until
@@ -47,7 +47,7 @@ def test_a_plan_reads_every_field(tmp_path):
         (Target(label="stable"), 80), (Target(version=2), 20)]
     assert plan.sticky_metadata_key == "x-user-id"
     assert (plan.shadow.target, plan.shadow.fraction, plan.shadow.max_abs_diff) == (
-        Target(label="twin"), 0.5, DEFAULT_MAX_ABS_DIFF)
+        Target(label="twin"), 0.5, 1e-6)
     assert (plan.guard.max_error_rate, plan.guard.min_requests,
             plan.guard.max_mismatch_rate) == (0.5, 4, 0.5)
 
