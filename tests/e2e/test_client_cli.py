@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +19,7 @@ from google.protobuf import json_format
 
 from pyserving.client.apis import get_model_metadata_pb2, predict_pb2, prediction_log_pb2
 from pyserving.client.requests import tensor_proto
-from support import TESTDATA
+from support import TESTDATA, wait_until
 
 TWO = "half_plus_two"  # TF Serving's saved_model_half_plus_two_cpu, version 123
 VERSIONS = "two_versions"  # saved_model_half_plus_two_2_versions: identical 123 and 124
@@ -314,9 +313,8 @@ def test_batch_predict_resumes_after_being_stopped(slow_echo: str, tmp_path: Pat
     process = subprocess.Popen([sys.executable, "-m", "pyserving.client.cli", *map(str, args)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = tmp_path / "out.npz.partial"
-    deadline = time.monotonic() + 60
-    while len(list(partial.glob("*.npz"))) < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: len(list(partial.glob("*.npz"))) >= 5, "five saved parts", 60,
+               interval=0.01)
     process.send_signal(stop)
     stdout, _ = process.communicate(timeout=60)
     if stop == signal.SIGINT:

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -28,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from support import REPO, TESTDATA, free_port
+from support import REPO, TESTDATA, free_port, wait_for_log, wait_until
 
 KUBERNETES = REPO / "deploy" / "kubernetes"
 ENTRYPOINT = REPO / "deploy" / "docker" / "entrypoint.sh"
@@ -269,10 +268,7 @@ def test_configmap_labels_serve_and_roll(models_root: Path, tmp_path: Path, serv
         os.replace(config.with_suffix(".new"), config)
 
     def wait_for(check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not check():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.2)
+        wait_until(check, what, 60, interval=0.2)
 
     shutil.copytree(models_root / "half_plus_two" / "1", models_root / "half_plus_two" / "3")
     # Adding version 3 and moving a label to it in one edit is rejected whole.
@@ -382,15 +378,7 @@ class EntrypointProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def wait_for_log(self, pattern: re.Pattern[str]) -> re.Match[str]:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            match = pattern.search(self.stderr())
-            if match:
-                return match
-            if self.popen.poll() is not None:
-                pytest.fail(f"exited with {self.popen.returncode}; stderr:\n{self.stderr()}")
-            time.sleep(0.05)
-        pytest.fail(f"no {pattern.pattern!r} within {START_TIMEOUT} s:\n{self.stderr()}")
+        return wait_for_log(self.stderr, pattern, self.popen, START_TIMEOUT)
 
     def server_arguments(self) -> list[str]:
         """The arguments the server process was started with (after the binary)."""

@@ -4,6 +4,7 @@ and answers small)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import subprocess
@@ -23,7 +24,7 @@ from tensorflow_serving.apis import predict_pb2
 from pyserving.client.tensors import fill_tensor_proto, ndarray_from_tensor_proto
 from pyserving.server import ServerOptions
 from slow_models import MODEL, TIMEOUT, Stub, slow_base, slow_model  # noqa: F401 (fixtures)
-from support import stop_process
+from support import stop_process, wait_for_log, wait_until
 
 pytestmark = pytest.mark.slow  # a server process flooded for seconds
 MB = 2**20
@@ -83,11 +84,7 @@ def cli_slow_server(slow_base: Path, tmp_path: Path) -> Iterator[tuple[subproces
              f"--model_base_path={slow_base}", "--file_system_poll_wait_seconds=0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 120
-        while not (match := RUNNING.search(log.read_text(errors="replace"))):
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
+        match = wait_for_log(lambda: log.read_text(errors="replace"), RUNNING, process, 120)
         yield process, f"127.0.0.1:{match[1]}"
     finally:
         stop_process(process)
@@ -171,9 +168,8 @@ def _flood_client(target: str, request: bytes, flood: Flood) -> None:
                 flood.sent += 1
                 pending.add(future)
             future.add_done_callback(functools.partial(answered, sent))
-        until = time.monotonic() + GIVE_UP_SECONDS
-        while pending and time.monotonic() < until:
-            time.sleep(0.05)
+        with contextlib.suppress(AssertionError):  # what is still unanswered is given up
+            wait_until(lambda: not pending, "the answers", GIVE_UP_SECONDS, interval=0.05)
         with flood.lock:
             unanswered = list(pending)
         for future in unanswered:
@@ -210,7 +206,10 @@ def test_flood_of_1mb_requests_keeps_server_memory_and_threads_bounded(cli_slow_
         with PeakUsage(process.pid) as sampler:
             result = flood(target, at_least=limits.grpc_max_concurrent_rpcs + 256)
         assert carried(stub.Predict(carry_request(5), TIMEOUT)) == ([5], [MB])
-    time.sleep(1.0)
+    # The flood's threads end (the bound is asserted below, at the end of the wait).
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: Usage.of(process.pid).threads
+                   <= baseline.threads + limits.grpc_max_threads, "the threads to end")
     peak, settled = sampler.peak, Usage.of(process.pid)
     rejections = sorted(result.rejection_seconds) or [0.0]
     median_rejection = rejections[len(rejections) // 2]

@@ -4,7 +4,6 @@ batching metrics, and the per-version state gauge; plus --monitoring_config_file
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import grpc
@@ -22,7 +21,7 @@ from inference_requests import (
 )
 from pyserving.server.errors import ServingError
 from pyserving.server.metrics import PrometheusSettings, read_monitoring_config
-from support import TESTDATA, free_port, metrics_page_samples
+from support import TESTDATA, free_port, metrics_page_samples, wait_until
 
 MODEL = "saved_model_half_plus_two_cpu"
 DEFAULT_PATH = "/monitoring/prometheus/metrics"  # TF Serving's PrometheusExporter::kPrometheusPath
@@ -240,9 +239,7 @@ def test_one_structured_log_line_per_model_event(serve, testdata_model, caplog, 
     serve(model_base_path=str(base_path), model_name="two",
               file_system_poll_wait_seconds=1)
     (source / "00000124").rename(base_path / "00000124")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(_events(caplog)) < 4:
-        time.sleep(0.1)
+    wait_until(lambda: len(_events(caplog)) >= 4, "four model events", 30, interval=0.1)
     events = _events(caplog)
     assert [(e["event"], e["model"], e["version"]) for e in events] == [
         ("load", "two", 123), ("load", "two", 124), ("swap", "two", 124), ("unload", "two", 123)]

@@ -135,15 +135,16 @@ def test_cancelled_caller_frees_its_slot(slow_server, channel_to):
     cancelled_at = time.monotonic()
     running.cancel()
     # The next request takes the abandoned slot although its TensorFlow run has not ended.
-    deadline = cancelled_at + 2.0
-    while True:
+
+    def admitted() -> bool:
         try:
             stub.Predict(sleep_request(10), TIMEOUT)
-            break
         except grpc.RpcError as error:
             assert error.code() == grpc.StatusCode.UNAVAILABLE
-            assert time.monotonic() < deadline, "the cancelled request kept its slot"
-            time.sleep(0.05)
+            return False
+        return True
+
+    wait_until(admitted, "the cancelled request's slot", timeout=2.0, interval=0.05)
     assert time.monotonic() - cancelled_at < 2.0
 
 
@@ -168,11 +169,15 @@ def test_flood_leaves_threads_bounded_and_returns_to_baseline(slow_server, chann
     stub = stub_for(server, channel_to)
     stub.Predict(sleep_request(1), TIMEOUT)
     baseline = threading.active_count()
-    peak = baseline
+    peaks = [baseline]
     futures = [stub.Predict.future(sleep_request(200), TIMEOUT) for _ in range(400)]
-    while not all(future.done() for future in futures):
-        peak = max(peak, threading.active_count())
-        time.sleep(0.01)
+
+    def done_sampling_threads() -> bool:
+        peaks.append(threading.active_count())
+        return all(future.done() for future in futures)
+
+    wait_until(done_sampling_threads, "the flood to be answered", interval=0.01)
+    peak = max(peaks)
     codes = [future.code() for future in futures]
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
     assert codes.count(grpc.StatusCode.OK) >= 8
@@ -219,7 +224,8 @@ def test_request_cancelled_while_queued_is_not_run(slow_server, channel_to):
     busy = stub.Predict.future(sleep_request(800), TIMEOUT)
     wait_until(lambda: requests_in_flight(server, MODEL) == 1, "the busy request to run")
     gone = stub.Predict.future(sleep_request(10), TIMEOUT)
-    time.sleep(0.1)  # no thread is free to take it: nothing to observe, a window to arrive in
+    # It reached the server: gRPC queued its handler on the (busy) one-thread pool.
+    wait_until(lambda: server._executor._work_queue.qsize() == 1, "the request to be queued")
     gone.cancel()
     assert busy.code() == grpc.StatusCode.OK
     assert gone.cancelled()

@@ -8,12 +8,12 @@ half_plus_three (y = 0.5x + 3), labelled stable (1), canary (2) and twin (3).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -25,7 +25,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 
 from pyserving.server import ModelServer, ServerOptions
 from pyserving.server.errors import ServingError
-from support import TESTDATA, free_port, metrics_page_samples, post_json
+from support import TESTDATA, free_port, metrics_page_samples, post_json, wait_until
 
 TIMEOUT = 10.0
 LABELS = 'version_labels { key: "stable" value: 1 } version_labels { key: "canary" value: 2 } ' \
@@ -88,12 +88,12 @@ def rollout_status(server: ModelServer) -> dict:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
+    """The first true value of ``condition`` (its last value if none came in time)."""
+    values: list[Any] = []
+    with contextlib.suppress(AssertionError):  # the caller's assertion says what is wrong
+        wait_until(lambda: values.append(condition()) or values[-1], "a condition", timeout,
+                   interval=0.02)
+    return values[-1]
 
 
 def test_the_split_follows_the_weights_and_answers_name_their_version(start):

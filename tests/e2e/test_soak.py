@@ -13,6 +13,7 @@ PYSERVING_SOAK_SECONDS sets the load's duration (default 45).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,7 +33,7 @@ import numpy as np
 import pytest
 
 from pyserving.client import PredictionClient, PredictionError
-from support import TESTDATA, free_port, stop_process
+from support import TESTDATA, free_port, stop_process, wait_for_log, wait_until
 
 pytestmark = pytest.mark.slow  # ~1.5 min: deselect with -m "not slow"
 SECONDS = float(os.environ.get("PYSERVING_SOAK_SECONDS", "45"))
@@ -122,11 +123,7 @@ def soak_server(tmp_path: Path):
              "--allow_version_labels_for_unavailable_models"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 120
-        while not (match := RUNNING.search(log.read_text(errors="replace"))):
-            assert process.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        match = wait_for_log(lambda: log.read_text(errors="replace"), RUNNING, process, 120)
         yield process, f"127.0.0.1:{match.group(1)}", rest_port, half, three, log
     finally:
         stop_process(process)
@@ -153,13 +150,8 @@ class Swapper(threading.Thread):
             self.client.close()
 
     def _wait_for(self, version: int, state: str) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            states = {s.version: s.state for s in self.client.status("half")}
-            if states.get(version) == state:
-                return
-            assert time.monotonic() < deadline, f"version {version} never {state}: {states}"
-            time.sleep(0.05)
+        wait_until(lambda: {s.version: s.state for s in self.client.status("half")}.get(version)
+                   == state, f"version {version} to be {state}", 60, interval=0.05)
 
     def swap(self) -> None:
         oldest, newest = self.versions
@@ -217,16 +209,23 @@ def test_soak_mixed_load_with_hot_swaps(soak_server) -> None:
     started = time.monotonic()
     for thread in [*clients, swapper]:
         thread.start()
-    time.sleep(WARMUP_SECONDS)
+    # Warm once a swap went through (every code path ran, every pool started) and at least
+    # WARMUP_SECONDS of load passed; then the soak runs its length.
+    wait_until(lambda: swapper.swaps >= 1 or swapper.error is not None, "a first swap", 120)
+    stop.wait(max(WARMUP_SECONDS - (time.monotonic() - started), 0))
     warm = Usage.of(process.pid)
     warm_requests, warm_swaps = sum(tally.requests.values()), swapper.swaps
-    time.sleep(max(SECONDS - WARMUP_SECONDS, 0))
+    stop.wait(max(SECONDS - (time.monotonic() - started), 0))
     loaded = Usage.of(process.pid)
     stop.set()
     for thread in [*clients, swapper]:
         thread.join(90)
     elapsed = time.monotonic() - started
-    time.sleep(2.0)  # let the last unload and idle pool threads settle
+    # The last unload and idle pool threads end (the bounds are asserted below).
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: Usage.of(process.pid).threads <= warm.threads + THREAD_SLACK
+                   and Usage.of(process.pid).fds <= warm.fds + FD_SLACK, "idle", 10,
+                   interval=0.05)
     final = Usage.of(process.pid)
     total = sum(tally.requests.values())
     print(f"\nsoak: {elapsed:.0f} s, {total} requests ({total / elapsed:.0f}/s), "

@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -31,7 +30,7 @@ from tensorflow_serving.apis import (
 
 from pyserving.server import ModelServer, ServerOptions
 from pyserving.server.errors import ServingError
-from support import metrics_page_samples
+from support import metrics_page_samples, wait_until
 
 TIMEOUT = 10.0
 VERSION = 1
@@ -375,14 +374,12 @@ def test_a_corrupt_new_version_ends_with_data_loss_and_the_old_one_keeps_serving
 
     request = get_model_status_pb2.GetModelStatusRequest(
         model_spec=model_pb2.ModelSpec(name="counter"))
-    deadline = time.monotonic() + 30
-    while True:
-        response = models.GetModelStatus(request, TIMEOUT)
-        new = response.model_version_status[0]
-        if new.version == 2 and new.state == END or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert (new.version, new.state) == (2, END)
+    def newest() -> get_model_status_pb2.ModelVersionStatus:
+        return models.GetModelStatus(request, TIMEOUT).model_version_status[0]
+
+    wait_until(lambda: (newest().version, newest().state) == (2, END), "version 2 to end", 30,
+               interval=0.1)
+    new = newest()
     assert new.status.error_code == DATA_LOSS_NUMBER
     assert new.status.error_message == NOT_TFRECORD
     assert statuses(models)[1] == (VERSION, AVAILABLE)

@@ -38,7 +38,7 @@ from tensorflow_serving.apis import (
 
 from pyserving.server.options import ServerOptions
 from pyserving.server.workers.supervisor import worker_count
-from support import TESTDATA, free_port, metrics_page_samples
+from support import TESTDATA, free_port, metrics_page_samples, wait_for_log, wait_until
 
 pytestmark = pytest.mark.slow  # supervisors of worker processes, each importing TF
 SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
@@ -49,6 +49,7 @@ ALL_SERVING = re.compile(r"all 2 workers are serving; Running gRPC ModelServer a
                          r"0\.0\.0\.0:(\d+) \.\.\.")
 WORKER_STARTED = re.compile(r"worker (\d) started: pid (\d+)")
 STARTUP_FAILED = "Failed to start server. Error: "
+SHARED = "shared with the other workers"  # a worker's log line for each reload it shares
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 MAX_CHANNELS = 40  # new connections tried before giving up on reaching a given worker
@@ -78,16 +79,7 @@ class Supervisor:
 
     def wait_for_log(self, pattern: str | re.Pattern[str], after: int = 0) -> re.Match[str]:
         """The first match of ``pattern`` in stderr at or after character ``after``."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            match = re.compile(pattern).search(self.stderr(), after)
-            if match:
-                return match
-            if self.popen.poll() is not None:
-                pytest.fail(f"server exited with {self.popen.returncode}; stderr:\n"
-                            f"{self.stderr()}")
-            time.sleep(0.05)
-        pytest.fail(f"no {pattern!r} within {START_TIMEOUT} s; stderr:\n{self.stderr()}")
+        return wait_for_log(self.stderr, pattern, self.popen, START_TIMEOUT, after)
 
     def worker_pids(self) -> dict[int, int]:
         """The current pid of each worker index, as the supervisor logged them."""
@@ -374,12 +366,10 @@ def labelled_version(channel: grpc.Channel, label: str) -> int | str:
 def on_every_channel(by_pid: dict[int, list[grpc.Channel]],
                      check: Callable[[grpc.Channel], object], expected: object) -> None:
     """Wait until ``check`` gives ``expected`` on every channel of every worker."""
-    deadline = time.monotonic() + FOLLOW_TIMEOUT
     for channels in by_pid.values():
         for channel in channels:
-            while (result := check(channel)) != expected and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert result == expected
+            wait_until(lambda: check(channel) == expected,  # noqa: B023 - called at once
+                       f"{expected!r} on every worker", FOLLOW_TIMEOUT, interval=0.1)
 
 
 def test_reload_on_one_worker_is_served_by_every_worker(
@@ -413,6 +403,7 @@ def test_failing_reload_is_not_shared(cluster: tuple[Supervisor, int, int],
     receiver, other = supervisor.worker_pids().values()
     by_pid = channels_on_every_worker(port, [receiver, other])
     try:
+        shared = supervisor.stderr().count(SHARED)
         # Applied elsewhere, this config would unload version 123.
         with pytest.raises(grpc.RpcError) as raised:
             reload(by_pid[receiver][0], supervisor, two_versions,
@@ -420,7 +411,9 @@ def test_failing_reload_is_not_shared(cluster: tuple[Supervisor, int, int],
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert raised.value.details() == ("Request to assign label to version 125 of model hpt, "
                                           "which is not currently available for inference")
-        time.sleep(2.0)  # the other worker would have followed by now
+        # The reload was refused before the config was shared (a worker shares what it applied
+        # before it answers): there is nothing for the other worker to follow.
+        assert supervisor.stderr().count(SHARED) == shared
         for channels in by_pid.values():
             for channel in channels:
                 assert hpt_versions(channel) == {124: AVAILABLE, 123: AVAILABLE}
