@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-TENSORFLOW_FREE = ("core", "manager", "batching.batcher", "source", "servable", "predict",
-                   "example_inference", "warmup", "configurator", "health", "grpc_services",
-                   "grpc_aio", "rest.handler", "rest.server", "rollout.router", "metrics")
+TENSORFLOW_FREE = ("core", "manager", "version_policy", "state_monitor", "batching.batcher",
+                   "source", "servable", "predict", "example_inference", "warmup",
+                   "configurator", "health", "grpc_services", "grpc_aio", "rest.handler",
+                   "rest.server", "rollout.router", "metrics", "gc_policy", "grpc_ports",
+                   "tls", "batching.config")
 
 
 def test_the_core_and_its_transports_import_no_tensorflow():
