@@ -206,6 +206,9 @@ class ModelManager:
         with self._lock:
             self._set_state(name, number, entry, VersionState.END)
             self.monitor.publish(ModelEvent("unload", name, number, entry.path, seconds))
+            # A policy may wait for this (resource preserving loads only now), and the
+            # version may have become aspired again meanwhile.
+            self._reconcile(name)
         self.monitor.deliver()
 
     def _publish(self, name: str, number: int, servable: Servable | None) -> None:

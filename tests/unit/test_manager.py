@@ -14,6 +14,7 @@ from fake_servable import FakeLoader
 from pyserving.server.config import VersionDirectory
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager, VersionState
+from pyserving.server.version_policy import resource_preserving
 from support import wait_until
 
 WAIT = 10.0
@@ -146,3 +147,17 @@ def test_labels_name_available_versions_only(manager):
     manager.set_labels({"model": {"stable": 1}})
     with manager.acquire("model", label="stable") as servable:
         assert servable.version == 1
+
+
+def test_with_the_resource_preserving_policy_the_old_version_unloads_first(loader):
+    events: list[ModelEvent] = []
+    manager = ModelManager(loader, LoadPolicy(max_retries=0), observers=[events.append],
+                           version_policy=resource_preserving)
+    try:
+        aspire(manager, 1)
+        aspire(manager, 2)
+        assert wait_until(lambda: states(manager) == {2: AVAILABLE, 1: END}, timeout=WAIT)
+        assert [(event.kind, event.version) for event in events] == [
+            ("load", 1), ("unload", 1), ("load", 2)]
+    finally:
+        manager.close()
