@@ -11,7 +11,6 @@ import pytest
 from pyserving.server.errors import ServingError
 from pyserving.server.state_monitor import ModelEvent, StateMonitor, VersionStatus
 from pyserving.server.version_policy import VersionState
-from support import wait_until
 
 START, LOADING, AVAILABLE = VersionState.START, VersionState.LOADING, VersionState.AVAILABLE
 END = VersionState.END
@@ -123,5 +122,4 @@ def test_observers_hear_events_in_order_and_waits_wait_for_them():
 def test_a_model_with_no_aspired_versions_is_settled_at_once():
     monitor = StateMonitor()
     monitor.aspire("m", set())
-    wait_until(lambda: monitor.wait_until_settled(["m"], timeout=0) == {"m": []},
-               "an empty model to settle")
+    assert monitor.wait_until_settled(["m"], timeout=0) == {"m": []}
