@@ -10,7 +10,7 @@ import functools
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Sequence
 
 import grpc
@@ -28,8 +28,6 @@ from pyserving.server.gc_policy import keep_models_out_of_gc_scans
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
 from pyserving.server.grpc_ports import bind, server_options
 from pyserving.server.grpc_services import (
-    PredictionService,
-    PredictionServiceBase,
     add_services,
 )
 from pyserving.server.health import ServingHealth
@@ -45,7 +43,13 @@ from pyserving.server.rollout.plan import RolloutFileWatcher
 from pyserving.server.rollout.router import Router
 from pyserving.server.rollout.state import Rollouts
 from pyserving.server.saved_model import tfrecords
-from pyserving.server.servable import Servable, SignatureDef, run_unbatched
+from pyserving.server.servable import (
+    AsyncRunner,
+    Servable,
+    SignatureDef,
+    run_unbatched,
+    unbatched_async,
+)
 from pyserving.server.source import FileSystemSource
 from pyserving.server.tls import server_credentials
 from pyserving.server.warmup import Warmup
@@ -113,6 +117,13 @@ class ModelServer:
         assert self.batcher is not None, "start() makes the batcher before serving"
         return self.batcher.run(servable, signature, feeds, fetches)
 
+    def _async_runner(self, executor: Executor) -> AsyncRunner:
+        """How an event-loop transport awaits a TensorFlow call: in a batch, or unbatched
+        (``executor`` runs what does not run inline)."""
+        if self.batcher is not None:
+            return functools.partial(self.batcher.run_async, executor=executor)
+        return unbatched_async(executor)
+
     def _on_model_event(self, event: ModelEvent) -> None:
         keep_models_out_of_gc_scans(event)
         self.metrics.observe_model_event(event)
@@ -176,17 +187,11 @@ class ModelServer:
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
         max_rpcs = options.grpc_max_concurrent_rpcs or None
-        server: grpc.Server
-        prediction: PredictionServiceBase
-        if self.batcher is not None:
-            # Batching: requests wait for their batch as futures on grpc.aio, not as threads.
-            server = LoopServer(self._executor, channel_options, max_rpcs)
-            run = functools.partial(self.batcher.run_async, executor=self._executor)
-            prediction = AsyncPredictionService(self.core, run, self.metrics)
-        else:
-            server = grpc.server(self._executor, options=channel_options,
-                                 maximum_concurrent_rpcs=max_rpcs)
-            prediction = PredictionService(self.core, self.metrics)
+        # Every mode on grpc.aio: a request is a coroutine on the loop, its TensorFlow call
+        # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
+        server = LoopServer(self._executor, channel_options, max_rpcs)
+        prediction = AsyncPredictionService(self.core, self._async_runner(self._executor),
+                                            self.metrics)
         add_services(server, self.core, prediction)
         self.health.serve_on(server)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
@@ -220,7 +225,8 @@ class ModelServer:
                 enable_cors=options.rest_api_enable_cors_support,
                 max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
-                              if self.monitoring.enable else None)).start()
+                              if self.monitoring.enable else None),
+                runner_for=self._async_runner).start()
         except ServingError as error:
             log.error("%s", error.message)
             return

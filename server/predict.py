@@ -7,7 +7,7 @@ saved_model::GetInputValues, in the same order.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -35,6 +35,7 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+OutputArray = tuple[str, np.ndarray, int]  # (alias, value, tensorflow.DataType)
 # TensorFlow's numpy bridge (TF_SessionRun from Python) segfaults on string arrays of more
 # dimensions than numpy 1's NPY_MAXDIMS; TF Serving, without numpy, has no such limit.
 _MAX_STRING_RANK = 32
@@ -183,12 +184,14 @@ class Predictor:
         fetches = [signature.outputs[alias].name for alias in aliases]
         return PredictPlan(name, signature, feeds, aliases, fetches)
 
-    def predict_arrays(self, servable: Servable, model: str, signature_name: str,
-                       inputs: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, int]]:
-        """Predict for a transport that decodes its own tensors (REST): the inputs as arrays
-        by alias; every output as (alias, array, tensorflow.DataType), no protos between."""
-        plan = self._plan(servable, signature_name, inputs, ())
-        values = run_steps(self._execute(servable, model, plan), self.runner)
+    def array_steps(self, servable: Servable, model: str, signature_name: str,
+                    inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+                    ) -> Steps[list[OutputArray]]:
+        """Predict for a transport that decodes its own tensors (REST, V2): the inputs as
+        arrays by alias; the outputs as (alias, array, tensorflow.DataType), no protos
+        between."""
+        plan = self._plan(servable, signature_name, inputs, output_filter)
+        values = yield from self._execute(servable, model, plan)
         outputs = plan.signature.outputs
         return [(alias, value, outputs[alias].dtype)
                 for alias, value in zip(plan.aliases, values)]
