@@ -292,8 +292,11 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
         return None
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
-    return Batcher(batching, [metrics.observe_batch],
-                   per_model_parameters=options.enable_per_model_batching_parameters)
+    batcher = Batcher(batching, [metrics.observe_batch],
+                      per_model_parameters=options.enable_per_model_batching_parameters,
+                      wait_for_full_batch=options.batching_wait_for_full_batch)
+    metrics.batch_traffic = batcher.traffic  # the transports' in-flight count feeds it
+    return batcher
 
 
 def _load_policy(options: ServerOptions) -> LoadPolicy:

@@ -50,7 +50,7 @@ def test_batched_rest_requests_wait_without_holding_rest_threads(serve, testdata
     rest_port = free_port()
     server = serve(model_base_path=testdata_model(TF1_MODEL), enable_batching=True,
                    batching_parameters_file=str(parameters), rest_api_port=rest_port,
-                   rest_api_num_threads=1)
+                   rest_api_num_threads=1, batching_wait_for_full_batch=True)
     url = f"http://127.0.0.1:{rest_port}/v1/models/default:predict"
     with ThreadPoolExecutor(4) as callers:
         answers = [callers.submit(post_json, url, {"instances": [float(n)]}, 20.0)
