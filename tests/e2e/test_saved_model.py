@@ -9,7 +9,7 @@ TENSORFLOW_FREE = ("core", "manager", "version_policy", "state_monitor", "batchi
                    "source", "servable", "predict", "example_inference", "warmup",
                    "configurator", "health", "grpc_services", "grpc_aio", "rest.handler",
                    "rest.server", "rollout.router", "metrics", "gc_policy", "grpc_ports",
-                   "tls", "batching.config")
+                   "tls", "batching.config", "request_log.writer")
 
 
 def test_the_core_and_its_transports_import_no_tensorflow():
