@@ -46,6 +46,9 @@ from pyserving.server.saved_model import load_servable, tfrecords
 from pyserving.server.servable import Servable, SignatureDef, run_unbatched
 from pyserving.server.source import FileSystemSource
 from pyserving.server.tls import server_credentials
+from pyserving.server.v2.grpc_service import GRPCInferenceService, add_service
+from pyserving.server.v2.inference import V2Inference, server_metadata
+from pyserving.server.v2.rest import V2RestHandler
 from pyserving.server.warmup import Warmup
 
 log = logging.getLogger(__name__)
@@ -141,6 +144,7 @@ class ModelServer:
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
                                 metric_value=self.metrics.int64_value, router=self.router)
+        self.v2 = V2Inference(self.core) if options.enable_v2_protocol else None
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
@@ -250,7 +254,9 @@ class ModelServer:
                                  maximum_concurrent_rpcs=max_rpcs)
             prediction = PredictionService(self.core, self.metrics)
         add_services(server, self.core, prediction)
-        self.health.serve_on(server)
+        if self.v2 is not None:
+            add_service(server, GRPCInferenceService(self.v2, server_metadata(), self.metrics))
+        self.health.serve_on(server, v2=self.v2 is not None)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
         self._server = server
@@ -282,7 +288,9 @@ class ModelServer:
                 enable_cors=options.rest_api_enable_cors_support,
                 max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
-                              if self.monitoring.enable else None)).start()
+                              if self.monitoring.enable else None),
+                v2=V2RestHandler(self.v2, server_metadata(), self.metrics)
+                if self.v2 is not None else None).start()
         except ServingError as error:
             log.error("%s", error.message)
             return

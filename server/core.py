@@ -12,7 +12,7 @@ each call through its own runner.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -102,16 +102,18 @@ class ServingCore:
         self.router.mirror(route, lambda: response_outputs(response), shadow)
 
     def predict_arrays(self, spec: model_pb2.ModelSpec,
-                       read: Callable[[Servable], tuple[str, Mapping[str, np.ndarray]]]
+                       read: Callable[[Servable], tuple[str, Mapping[str, np.ndarray]]],
+                       output_filter: Sequence[str] = ()
                        ) -> list[tuple[str, np.ndarray, int]]:
         """Predict for a transport that decodes its own tensors against the signature: the
         spec is resolved once, ``read(servable)`` gives (signature name, input arrays) for
-        that very version, and the outputs come back as (alias, array, DataType)."""
+        that very version, and the outputs (all, or ``output_filter``'s in its order) come
+        back as (alias, array, DataType)."""
         admitted = _Admitted(*self.router.resolve(spec), self.in_flight, self.router)
         with admitted as servable:
             signature_name, inputs = read(servable)
             outputs = self._predictor.predict_arrays(servable, spec.name, signature_name,
-                                                     inputs)
+                                                     inputs, output_filter)
         if admitted.route is None:
             return outputs
 
@@ -119,7 +121,7 @@ class ServingCore:
             with self.servable_for(shadow_spec) as servable:
                 name, arrays = read(servable)
                 return {alias: array for alias, array, _ in self._predictor.predict_arrays(
-                    servable, spec.name, name, arrays)}
+                    servable, spec.name, name, arrays, output_filter)}
 
         self.router.mirror(admitted.route,
                            lambda: {alias: array for alias, array, _ in outputs}, shadow)

@@ -7,7 +7,7 @@ saved_model::GetInputValues, in the same order.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -184,10 +184,12 @@ class Predictor:
         return PredictPlan(name, signature, feeds, aliases, fetches)
 
     def predict_arrays(self, servable: Servable, model: str, signature_name: str,
-                       inputs: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray, int]]:
-        """Predict for a transport that decodes its own tensors (REST): the inputs as arrays
-        by alias; every output as (alias, array, tensorflow.DataType), no protos between."""
-        plan = self._plan(servable, signature_name, inputs, ())
+                       inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+                       ) -> list[tuple[str, np.ndarray, int]]:
+        """Predict for a transport that decodes its own tensors (REST, V2): the inputs as
+        arrays by alias; the outputs (all, or the filter's) as (alias, array,
+        tensorflow.DataType), no protos between."""
+        plan = self._plan(servable, signature_name, inputs, output_filter)
         values = run_steps(self._execute(servable, model, plan), self.runner)
         outputs = plan.signature.outputs
         return [(alias, value, outputs[alias].dtype)

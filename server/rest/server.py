@@ -23,6 +23,8 @@ from pyserving.server.metrics import ServerMetrics
 from pyserving.server.request_context import RequestContext
 from pyserving.server.rest import response_json
 from pyserving.server.rest.handler import HTTP_STATUS, RestHandler
+from pyserving.server.v2.rest import V2_PATH, V2RestHandler
+from pyserving.server.v2.rest import error_response as v2_error
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +61,10 @@ class RestServer:
 
     def __init__(self, core: ServingCore, options: RestOptions, host: str = "0.0.0.0", *,
                  metrics: ServerMetrics | None = None,
-                 metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None
-                 ) -> None:
+                 metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None,
+                 v2: V2RestHandler | None = None) -> None:
         self._handler = RestHandler(core, metrics)
+        self._v2 = v2  # the Open Inference Protocol's /v2 routes, when served
         self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
         self._options = options
         self._host = host
@@ -121,7 +124,8 @@ class RestServer:
         page = self._metrics_page
         if page is not None and path == page[0]:
             return await self._serve_metrics(target, *page)
-        if not _HANDLED_PATH.fullmatch(target):
+        v2 = self._v2 is not None and V2_PATH.fullmatch(target) is not None
+        if not v2 and not _HANDLED_PATH.fullmatch(target):
             return web.Response(status=404, text="404: Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
             return self._too_large(request.content_length)
@@ -131,8 +135,33 @@ class RestServer:
             return self._too_large(None)
         if request.method == "OPTIONS":
             return self._preflight(request)
+        if v2:
+            return await self._serve_v2(request.method, target, body, request.headers)
         status, payload = await self._run(request.method, target, body, request.headers)
         return self._response(status, payload)
+
+    async def _serve_v2(self, method: str, target: str, body: bytes,
+                        headers: Mapping[str, str]) -> web.Response:
+        assert self._v2 is not None
+        timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
+        waiting = threading.Event()
+        waiting.set()
+        context = RequestContext(None if timeout is None else time.monotonic() + timeout,
+                                 waiting.is_set, headers.get)
+        future = self._loop.run_in_executor(self._executor, _in_context, context,
+                                            self._v2.process, method, target, body, headers.get)
+        try:
+            status, payload, extra = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            waiting.clear()
+            status, payload, extra = v2_error(504, "Deadline Exceeded")
+        except asyncio.CancelledError:
+            waiting.clear()
+            raise
+        response_headers = dict(extra)
+        if self._options.enable_cors:
+            response_headers.update(_CORS_HEADERS)
+        return web.Response(status=status, body=payload, headers=response_headers)
 
     async def _serve_metrics(self, target: str, path: str,
                              render: Callable[[], tuple[bytes, str]]) -> web.Response:
