@@ -106,3 +106,33 @@ def infer_binary(port: int, model: str, document: dict[str, Any], chunks: list[b
         header + b"".join(chunks), {"Inference-Header-Content-Length": str(len(header))})
     length = int(headers.get("Inference-Header-Content-Length", len(payload)))
     return status, json.loads(payload[:length]), payload[length:]
+
+
+def export_rows_model(base: Path) -> str:
+    """Version 1 of a model whose serving_default maps x [n, 2] (FP32) to y = 10x and, per row,
+    the rows of the TensorFlow call that ran it ("batch") and that call's number ("call");
+    ``nap`` answers y = 2x after sleeping max(x) seconds."""
+    import tensorflow as tf
+    from tensorflow.python.data.experimental.ops import testing as tf_data_testing
+
+    class Rows(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls = tf.Variable(0, dtype=tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32)])
+        def rows(self, x: Any) -> dict[str, Any]:
+            rows = tf.shape(x)[0]
+            return {"y": x * 10.0, "batch": tf.fill([rows], rows),
+                    "call": tf.fill([rows], self.calls.assign_add(1))}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def nap(self, x: Any) -> dict[str, Any]:
+            micros = tf.cast(tf.reduce_max(x) * 5e5, tf.int64)
+            slept = tf.data.Dataset.from_tensors(x).apply(tf_data_testing.sleep(micros))
+            return {"y": slept.get_single_element() * 2.0}
+
+    module = Rows()
+    tf.saved_model.save(module, str(base / "1"),
+                        signatures={"serving_default": module.rows, "nap": module.nap})
+    return str(base)
