@@ -214,3 +214,17 @@ def test_tritonclient_http_infers_with_binary_and_json_tensors(triton_server):
         assert "Servable not found" in str(caught.value)
     finally:
         client.close()
+
+
+def test_enable_v2_protocol_false_serves_neither_v2_api(serve, rows_model):
+    server = serve(model_base_path=rows_model, rest_api_port=free_port(),
+                   enable_v2_protocol=False)
+    status, payload, _ = http("GET", f"http://127.0.0.1:{server.rest_port}/v2/health/live")
+    assert (status, payload) == (404, b"404: Not Found")
+    channel = grpc.insecure_channel(server.grpc_target)
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            v2_grpc(channel, rows_of(0, 1))
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        channel.close()
