@@ -104,8 +104,16 @@ def test_the_runtime_arguments_serve_v1_and_v2_on_a_storage_initializer_layout(t
 
 KSERVE_CHECK = textwrap.dedent("""
     import json, sys
+    import kubernetes.client.models
     import yaml
+    import kserve.models
     from kserve import ApiClient
+
+    # The SDK's models name Kubernetes' (V1ObjectMeta, V1Container...) but its ApiClient looks
+    # names up in kserve.models only: give it the kubernetes client's models too.
+    for name in dir(kubernetes.client.models):
+        if name.startswith("V") and not hasattr(kserve.models, name):
+            setattr(kserve.models, name, getattr(kubernetes.client.models, name))
 
     class Response:
         def __init__(self, document):
@@ -139,6 +147,13 @@ def test_the_kserve_sdk_reads_both_manifests_without_losing_a_field(tmp_path):
     assert install.returncode == 0, install.stdout + install.stderr
     script = tmp_path / "check.py"
     script.write_text(KSERVE_CHECK)
-    result = subprocess.run([python, str(script), str(RUNTIME), str(INFERENCE_SERVICE)],
-                            capture_output=True, text=True, timeout=300, env=env)
+
+    def check(runtime: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([python, str(script), str(runtime), str(INFERENCE_SERVICE)],
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    result = check(RUNTIME)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-4000:]
+    misspelt = tmp_path / "misspelt.yaml"
+    misspelt.write_text(RUNTIME.read_text().replace("protocolVersions", "protocolVersion"))
+    assert check(misspelt).returncode != 0  # the check catches a field the SDK does not know
