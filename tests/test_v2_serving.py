@@ -228,3 +228,28 @@ def test_enable_v2_protocol_false_serves_neither_v2_api(serve, rows_model):
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         channel.close()
+
+
+def test_bad_v2_requests_next_to_good_ones_disturb_nothing(serve, rows_model):
+    server = serve(model_base_path=rows_model, rest_api_port=free_port(),
+                   rest_api_num_threads=8)
+    url = f"http://127.0.0.1:{server.rest_port}/v2/models/default/infer"
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2],
+                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    bad = [(b"{", {}), (header + b"\0" * 3, {"Inference-Header-Content-Length": str(len(header))}),
+           (header, {"Inference-Header-Content-Length": "-1"}),
+           (json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1, 2],
+                                    "data": ["a", "b"]}]}).encode(), {})]
+
+    def good(caller: int) -> bool:
+        return bool((v2_rest_json(server, rows_of(caller, 1))["y"] == rows_of(caller, 1) * 10)
+                    .all())
+
+    def misbehave(index: int) -> int:
+        body, headers = bad[index % len(bad)]
+        return http("POST", url, body, headers)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = pool.map(misbehave, range(16))
+        answers = pool.map(good, range(16))
+        assert set(statuses) == {400} and all(answers)

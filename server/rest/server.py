@@ -124,7 +124,8 @@ class RestServer:
         page = self._metrics_page
         if page is not None and path == page[0]:
             return await self._serve_metrics(target, *page)
-        v2 = self._v2 is not None and V2_PATH.fullmatch(target) is not None
+        v2 = self._v2 is not None and target.startswith("/v2") and \
+            V2_PATH.fullmatch(target) is not None
         if not v2 and not _HANDLED_PATH.fullmatch(target):
             return web.Response(status=404, text="404: Not Found")  # no handler for the path
         if request.content_length and request.content_length > self._options.max_request_bytes:
