@@ -103,7 +103,7 @@ def test_the_runtime_arguments_serve_v1_and_v2_on_a_storage_initializer_layout(t
 
 
 KSERVE_CHECK = textwrap.dedent("""
-    import json, sys
+    import json, re, sys
     import kubernetes.client.models
     import yaml
     import kserve.models
@@ -115,11 +115,21 @@ KSERVE_CHECK = textwrap.dedent("""
         if name.startswith("V") and not hasattr(kserve.models, name):
             setattr(kserve.models, name, getattr(kubernetes.client.models, name))
 
+    # kubernetes' newer models name containers List[...] / Dict[...], where the SDK's
+    # older generator wrote list[...] / dict(...).
+    class Client(ApiClient):
+
+        def _ApiClient__deserialize(self, data, klass):
+            if isinstance(klass, str):
+                klass = re.sub(r"^List\\[(.*)\\]$", r"list[\\1]", klass)
+                klass = re.sub(r"^Dict\\[([^,]*), (.*)\\]$", r"dict(\\1, \\2)", klass)
+            return super()._ApiClient__deserialize(data, klass)
+
     class Response:
         def __init__(self, document):
             self.data = json.dumps(document)
 
-    client = ApiClient()
+    client = Client()
     for path, model in ((sys.argv[1], "V1alpha1ClusterServingRuntime"),
                         (sys.argv[2], "V1beta1InferenceService")):
         document = yaml.safe_load(open(path))
