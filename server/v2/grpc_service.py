@@ -16,7 +16,6 @@ from pyserving.server.apis import grpc_service_pb2_grpc
 from pyserving.server.errors import invalid_argument
 from pyserving.server.grpc_services import Rpc
 from pyserving.server.metrics import ServerMetrics
-from pyserving.server.request_context import current, narrow_deadline
 from pyserving.server.v2 import codec
 from pyserving.server.v2.inference import (
     SIGNATURE_PARAMETER,
@@ -24,7 +23,7 @@ from pyserving.server.v2.inference import (
     InferRequest,
     V2Inference,
 )
-from pyserving.server.v2.rest import INFER_API
+from pyserving.server.v2.rest import INFER_API, within
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = SERVICE.full_name
@@ -71,13 +70,8 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             infer = InferRequest(request.model_name, request.model_version,
                                  _signature_name(request.parameters), _inputs(request),
                                  [output.name for output in request.outputs])
-            timeout = _timeout_seconds(request.parameters)
-            token = narrow_deadline(timeout) if timeout is not None else None
-            try:
+            with within(_timeout_seconds(request.parameters)):
                 version, outputs = self._inference.infer(infer)
-            finally:
-                if token is not None:
-                    current.reset(token)
             response = pb.ModelInferResponse(model_name=request.model_name,
                                              model_version=str(version), id=request.id)
             for output in outputs:

@@ -4,10 +4,11 @@ Triton's src/http_server.cc."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import parse_qs, unquote
 
 import grpc
@@ -145,7 +146,7 @@ class V2RestHandler:
                 binary[output_name] = _bool(output_parameters.get("binary_data",
                                                                   default_binary), "binary_data")
         request.outputs = list(binary)
-        with _timeout(parameters.get("timeout")):
+        with within(_timeout_seconds(parameters.get("timeout"))):
             served, outputs = self._inference.infer(request)
         return _response(document, name, served, outputs, binary, default_binary)
 
@@ -236,26 +237,28 @@ def _input(tensor: Mapping[str, Any], body: memoryview, offset: int) -> InferInp
     return InferInput(name, datatype, list(shape), array)
 
 
-class _timeout:
-    """``with``: the request's ``timeout`` parameter (microseconds, as Triton reads it)
-    narrows its deadline for the batcher and TensorFlow's RunOptions."""
+def _timeout_seconds(micros: Any) -> float | None:
+    """The ``timeout`` request parameter, in microseconds as Triton reads it."""
+    if micros is None:
+        return None
+    if not isinstance(micros, int) or isinstance(micros, bool) or \
+            not 0 <= micros <= _MAX_TIMEOUT_MICROS:
+        raise invalid_argument("Unable to parse 'timeout'")
+    return micros / 1e6
 
-    def __init__(self, micros: Any) -> None:
-        self._token: Any = None
-        if micros is None:
-            return
-        if not isinstance(micros, int) or isinstance(micros, bool) or \
-                not 0 <= micros <= _MAX_TIMEOUT_MICROS:
-            raise invalid_argument("Unable to parse 'timeout'")
-        self._micros = micros
 
-    def __enter__(self) -> None:
-        if hasattr(self, "_micros"):
-            self._token = request_context.narrow_deadline(self._micros / 1e6)
-
-    def __exit__(self, *_: object) -> None:
-        if self._token is not None:
-            request_context.current.reset(self._token)
+@contextlib.contextmanager
+def within(seconds: float | None) -> Iterator[None]:
+    """Narrow the request's deadline to ``seconds`` from now (for the batcher and TensorFlow's
+    RunOptions) while the block runs; no change without a timeout."""
+    if seconds is None:
+        yield
+        return
+    token = request_context.narrow_deadline(seconds)
+    try:
+        yield
+    finally:
+        request_context.current.reset(token)
 
 
 def _response(document: Mapping[str, Any], model: str, version: int,
