@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PORT ?= 8500
 DEMO_DIR ?= demo_models
 
-.PHONY: serve test check install install-test install-dev bench protos clean
+.PHONY: serve test check install install-test install-dev bench profile protos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: install-test
 	$(BIN)/python bench/workers_throughput.py
 	$(BIN)/python bench/rest_vs_grpc.py
 	$(BIN)/python bench/rollout_shadow.py
+
+# py-spy on a loaded server of this tree: flamegraph SVG + top frames (PROFILE=tiny|mlp|...).
+PROFILE ?= tiny
+profile: install-test
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	cd bench && ../$(BIN)/python compare_ref.py --profile $(PROFILE) --profile-out ../profile-$(PROFILE).svg
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info .mypy_cache .ruff_cache

@@ -91,7 +91,8 @@ def main() -> None:
             counts[0] += 1
             counts[1] += size
 
-        batchers[text] = Batcher(options, [observe])
+        # No transport counts these callers in, so only TF Serving's wait batches them.
+        batchers[text] = Batcher(options, [observe], wait_for_full_batch=True)
     try:
         with model.servable() as servable:
             signature = servable.signatures["serving_default"]

@@ -11,7 +11,7 @@ import gc
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -27,8 +27,6 @@ from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
 from pyserving.server.grpc_services import (
-    PredictionService,
-    PredictionServiceBase,
     add_services,
 )
 from pyserving.server.health import ServingHealth
@@ -43,7 +41,13 @@ from pyserving.server.rollout.plan import RolloutFileWatcher
 from pyserving.server.rollout.router import Router
 from pyserving.server.rollout.state import Rollouts
 from pyserving.server.saved_model import load_servable, tfrecords
-from pyserving.server.servable import Servable, SignatureDef, run_unbatched
+from pyserving.server.servable import (
+    AsyncRunner,
+    Servable,
+    SignatureDef,
+    run_unbatched,
+    unbatched_async,
+)
 from pyserving.server.source import FileSystemSource
 from pyserving.server.tls import server_credentials
 from pyserving.server.v2.grpc_service import GRPCInferenceService, add_service
@@ -151,6 +155,13 @@ class ModelServer:
         assert self.batcher is not None, "start() makes the batcher before serving"
         return self.batcher.run(servable, signature, feeds, fetches)
 
+    def _async_runner(self, executor: Executor) -> AsyncRunner:
+        """How an event-loop transport awaits a TensorFlow call: in a batch, or unbatched
+        (``executor`` runs what does not run inline)."""
+        if self.batcher is not None:
+            return functools.partial(self.batcher.run_async, executor=executor)
+        return unbatched_async(executor)
+
     def _on_model_event(self, event: ModelEvent) -> None:
         _keep_models_out_of_gc_scans(event)
         self.metrics.observe_model_event(event)
@@ -242,17 +253,11 @@ class ModelServer:
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
         max_rpcs = options.grpc_max_concurrent_rpcs or None
-        server: grpc.Server
-        prediction: PredictionServiceBase
-        if self.batcher is not None:
-            # Batching: requests wait for their batch as futures on grpc.aio, not as threads.
-            server = LoopServer(self._executor, channel_options, max_rpcs)
-            run = functools.partial(self.batcher.run_async, executor=self._executor)
-            prediction = AsyncPredictionService(self.core, run, self.metrics)
-        else:
-            server = grpc.server(self._executor, options=channel_options,
-                                 maximum_concurrent_rpcs=max_rpcs)
-            prediction = PredictionService(self.core, self.metrics)
+        # Every mode on grpc.aio: a request is a coroutine on the loop, its TensorFlow call
+        # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
+        server = LoopServer(self._executor, channel_options, max_rpcs)
+        prediction = AsyncPredictionService(self.core, self._async_runner(self._executor),
+                                            self.metrics)
         add_services(server, self.core, prediction)
         if self.v2 is not None:
             add_service(server, GRPCInferenceService(self.v2, server_metadata(), self.metrics))
@@ -289,6 +294,7 @@ class ModelServer:
                 max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
                               if self.monitoring.enable else None),
+                runner_for=self._async_runner,
                 v2=V2RestHandler(self.v2, server_metadata(), self.metrics)
                 if self.v2 is not None else None).start()
         except ServingError as error:
@@ -356,8 +362,11 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
         return None
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
-    return Batcher(batching, [metrics.observe_batch],
-                   per_model_parameters=options.enable_per_model_batching_parameters)
+    batcher = Batcher(batching, [metrics.observe_batch],
+                      per_model_parameters=options.enable_per_model_batching_parameters,
+                      wait_for_full_batch=options.batching_wait_for_full_batch)
+    metrics.batch_traffic = batcher.traffic  # the transports' in-flight count feeds it
+    return batcher
 
 
 def _keep_models_out_of_gc_scans(event: ModelEvent) -> None:

@@ -12,6 +12,8 @@ each call through its own runner.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
@@ -32,17 +34,37 @@ from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.errors import ServingError, invalid_argument, not_found
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.manager import ModelManager
-from pyserving.server.predict import Predictor
+from pyserving.server.predict import OutputArray, Predictor
 from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.router import Outputs, Route, Router, target_spec
 from pyserving.server.rollout.shadow import response_outputs
-from pyserving.server.servable import Runner, Servable, Steps, run_steps
+from pyserving.server.servable import Runner, Servable, Steps, acquire, run_steps
+
+log = logging.getLogger(__name__)
 
 SIGNATURE_DEF_FIELD = "signature_def"
+# read(servable) -> (signature name, input arrays by alias), for that very version
+ReadInputs = Callable[[Servable], tuple[str, Mapping[str, np.ndarray]]]
 Request = TypeVar("Request", classification_pb2.ClassificationRequest,
                   regression_pb2.RegressionRequest)
 Response = TypeVar("Response", classification_pb2.ClassificationResponse,
                    regression_pb2.RegressionResponse)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What an answer observer hears: the API, the version that answered, the request (a
+    proto; for the array entry, its ModelSpec) and the response (a proto; for the array
+    entry, the (alias, array, DataType) outputs)."""
+
+    api: str
+    model: str
+    version: int
+    request: Any
+    response: Any
+
+
+AnswerObserver = Callable[[Answer], None]
 
 
 class ServingCore:
@@ -64,67 +86,69 @@ class ServingCore:
         self._on_reload = on_reload
         self._predictor = predictor
         self._inference = inference
+        self._rollouts = self.router.rollouts
+        self._observers: list[AnswerObserver] = []
 
     def servable_for(self, spec: model_pb2.ModelSpec) -> Servable:
         """The servable the spec names, counted in: use it as ``with ... as servable``."""
-        return self.router.servable_for(spec)
+        return acquire(self.manager, spec)
+
+    def add_answer_observer(self, observer: AnswerObserver) -> None:
+        """Call ``observer`` after each answered Predict/Classify/Regress (request logging,
+        tracing); with none added, a request visits no observer code."""
+        self._observers.append(observer)
+
+    def _admit(self, spec: model_pb2.ModelSpec) -> "_Admitted":
+        """The servable a prediction request's spec names, counted in and admitted. Only a
+        request naming no version of a model that has a rollout enters the rollout package,
+        which decides its arm and whether to mirror it, once."""
+        routed = self._rollouts.models
+        if routed and spec.WhichOneof("version_choice") is None:
+            rollout = routed.get(spec.name)
+            if rollout is not None:
+                return _Admitted(*self.router.route(spec, rollout), self.in_flight,
+                                 self.router)
+        return _Admitted(acquire(self.manager, spec), None, self.in_flight)
 
     def _serving(self, request: Any) -> "_Admitted":
-        """The servable a Predict/Classify/Regress request names (or its model's rollout
-        picks), counted in and admitted."""
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
-        return _Admitted(*self.router.resolve(request.model_spec), self.in_flight, self.router)
+        return self._admit(request.model_spec)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         return run_steps(self.predict_steps(request), self._predictor.runner)
 
     def predict_steps(self, request: predict_pb2.PredictRequest
                       ) -> Steps[predict_pb2.PredictResponse]:
+        """Predict as Steps: resolve, admit, decode, (TensorFlow call), encode, answered."""
         admitted = self._serving(request)
         with admitted as servable:
             response = yield from self._predictor.predict_steps(servable, request)
-        if admitted.route is not None:
-            self._mirror(admitted.route, request, response, self._predictor.predict_steps,
-                         self._predictor.runner)
+        if admitted.route is not None or self._observers:
+            self._answered("Predict", admitted, request, response,
+                           self._predictor.predict_steps, self._predictor.runner)
         return response
 
-    def _mirror(self, route: Route, request: Any, response: Any,
-                steps: Callable[[Servable, Any], Steps[Any]], runner: Runner) -> None:
-        """Offer a routed request's copy to its model's shadow, run by the same steps."""
-        def shadow(spec: model_pb2.ModelSpec) -> Outputs:
-            copy = type(request)()
-            copy.CopyFrom(request)
-            _retarget(copy.model_spec, spec)
-            with self.servable_for(spec) as servable:
-                return response_outputs(run_steps(steps(servable, copy), runner))
+    def predict_arrays(self, spec: model_pb2.ModelSpec, read: ReadInputs,
+                       output_filter: Sequence[str] = ()) -> list[OutputArray]:
+        """``predict_arrays_steps`` driven in this thread."""
+        return run_steps(self.predict_arrays_steps(spec, read, output_filter),
+                         self._predictor.runner)
 
-        self.router.mirror(route, lambda: response_outputs(response), shadow)
-
-    def predict_arrays(self, spec: model_pb2.ModelSpec,
-                       read: Callable[[Servable], tuple[str, Mapping[str, np.ndarray]]],
-                       output_filter: Sequence[str] = ()
-                       ) -> list[tuple[str, np.ndarray, int]]:
-        """Predict for a transport that decodes its own tensors against the signature: the
-        spec is resolved once, ``read(servable)`` gives (signature name, input arrays) for
-        that very version, and the outputs (all, or ``output_filter``'s in its order) come
-        back as (alias, array, DataType)."""
-        admitted = _Admitted(*self.router.resolve(spec), self.in_flight, self.router)
+    def predict_arrays_steps(self, spec: model_pb2.ModelSpec, read: ReadInputs,
+                             output_filter: Sequence[str] = ()) -> Steps[list[OutputArray]]:
+        """Predict for a transport that decodes its own wire format (REST JSON, V2): the spec
+        is resolved once, ``read(servable)`` gives (signature name, input arrays by alias) for
+        that very version, and the outputs (those of ``output_filter``, default all) come back
+        as (alias, array, tensorflow DataType), no protos between. The same steps as
+        ``predict_steps``, driven by the caller: ``run_steps`` or ``run_steps_async``."""
+        admitted = self._admit(spec)
         with admitted as servable:
             signature_name, inputs = read(servable)
-            outputs = self._predictor.predict_arrays(servable, spec.name, signature_name,
-                                                     inputs, output_filter)
-        if admitted.route is None:
-            return outputs
-
-        def shadow(shadow_spec: model_pb2.ModelSpec) -> Outputs:
-            with self.servable_for(shadow_spec) as servable:
-                name, arrays = read(servable)
-                return {alias: array for alias, array, _ in self._predictor.predict_arrays(
-                    servable, spec.name, name, arrays, output_filter)}
-
-        self.router.mirror(admitted.route,
-                           lambda: {alias: array for alias, array, _ in outputs}, shadow)
+            outputs = yield from self._predictor.array_steps(
+                servable, spec.name, signature_name, inputs, output_filter)
+        if admitted.route is not None or self._observers:
+            self._arrays_answered(admitted, spec, read, output_filter, outputs)
         return outputs
 
     def classify(self, request: classification_pb2.ClassificationRequest
@@ -137,21 +161,65 @@ class ServingCore:
 
     def classify_steps(self, request: classification_pb2.ClassificationRequest
                        ) -> Steps[classification_pb2.ClassificationResponse]:
-        return self._inference_steps(request, self._inference.classify_steps)
+        return self._inference_steps("Classify", request, self._inference.classify_steps)
 
     def regress_steps(self, request: regression_pb2.RegressionRequest
                       ) -> Steps[regression_pb2.RegressionResponse]:
-        return self._inference_steps(request, self._inference.regress_steps)
+        return self._inference_steps("Regress", request, self._inference.regress_steps)
 
-    def _inference_steps(self, request: Request,
+    def _inference_steps(self, api: str, request: Request,
                          steps: Callable[[Servable, Request], Steps[Response]]
                          ) -> Steps[Response]:
         admitted = self._serving(request)
         with admitted as servable:
             response = yield from steps(servable, request)
-        if admitted.route is not None:
-            self._mirror(admitted.route, request, response, steps, self._inference.runner)
+        if admitted.route is not None or self._observers:
+            self._answered(api, admitted, request, response, steps, self._inference.runner)
         return response
+
+    # -- after the answer: the one place a rollout's mirror and answer observers run --------
+
+    def _answered(self, api: str, admitted: "_Admitted", request: Any, response: Any,
+                  steps: Callable[[Servable, Any], Steps[Any]], runner: Runner) -> None:
+        if admitted.route is not None and admitted.route.mirror:
+            def shadow(spec: model_pb2.ModelSpec) -> Outputs:
+                copy = type(request)()
+                copy.CopyFrom(request)
+                _retarget(copy.model_spec, spec)
+                with self.servable_for(spec) as servable:
+                    return response_outputs(run_steps(steps(servable, copy), runner))
+
+            self._mirror(admitted.route, lambda: response_outputs(response), shadow)
+        if self._observers:
+            self._observe(Answer(api, admitted.model, admitted.version, request, response))
+
+    def _arrays_answered(self, admitted: "_Admitted", spec: model_pb2.ModelSpec,
+                         read: ReadInputs, output_filter: Sequence[str],
+                         outputs: list[OutputArray]) -> None:
+        if admitted.route is not None and admitted.route.mirror:
+            def shadow(shadow_spec: model_pb2.ModelSpec) -> Outputs:
+                with self.servable_for(shadow_spec) as servable:
+                    name, arrays = read(servable)
+                    return _by_alias(run_steps(self._predictor.array_steps(
+                        servable, spec.name, name, arrays, output_filter),
+                        self._predictor.runner))
+
+            self._mirror(admitted.route, lambda: _by_alias(outputs), shadow)
+        if self._observers:
+            self._observe(Answer("Predict", admitted.model, admitted.version, spec, outputs))
+
+    def _mirror(self, route: Route, primary: Callable[[], Outputs],
+                shadow: Callable[[model_pb2.ModelSpec], Outputs]) -> None:
+        """Offer a routed request's copy to its model's shadow (``shadow(spec)`` reruns it
+        there, by the same steps); its outputs are compared with ``primary()``'s."""
+        self.router.mirror(route, primary, shadow)
+
+    def _observe(self, answer: Answer) -> None:
+        for observer in self._observers:
+            try:
+                observer(answer)
+            except Exception:  # an observer's bug must not fail the answered request
+                log.exception("answer observer %r failed", observer)
 
     def multi_inference(self, request: inference_pb2.MultiInferenceRequest
                         ) -> inference_pb2.MultiInferenceResponse:
@@ -162,7 +230,7 @@ class ServingCore:
     def rollout_status(self, model_name: str) -> dict[str, Any]:
         """The rollout of a model as ``GET /v1/models/{m}/rollout`` shows it; NOT_FOUND when
         the model has none."""
-        rollout = self.router.rollouts.get(model_name)
+        rollout = self._rollouts.models.get(model_name)
         if rollout is None:
             raise not_found(f"Model {model_name} has no rollout (--rollout_config_file)")
         return rollout.status(lambda target: self._version_of(model_name, target))
@@ -254,6 +322,14 @@ class _Admitted:
                 router.finish(route, ok=False)
             raise
 
+    @property
+    def model(self) -> str:
+        return self._servable.name
+
+    @property
+    def version(self) -> int:
+        return self._servable.version
+
     def __enter__(self) -> Servable:
         return self._servable
 
@@ -262,3 +338,7 @@ class _Admitted:
         self._servable.release()
         if self.route is not None and self._router is not None:
             self._router.finish(self.route, ok=kind is None)
+
+
+def _by_alias(outputs: list[OutputArray]) -> Outputs:
+    return {alias: array for alias, array, _ in outputs}

@@ -10,6 +10,7 @@ server's thread pool, so slow calls (metadata, config reloads) never block the l
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from concurrent.futures import Executor
 from typing import Any, Callable, Coroutine, Iterable, Mapping, Sequence, TypeVar
@@ -48,11 +49,13 @@ class LoopServer(grpc.Server):
         return self._run(call())
 
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        self._call(self._server.add_generic_rpc_handlers, handlers)
+        self._call(self._server.add_generic_rpc_handlers,
+                   [_CheckedDecoding(handler) for handler in handlers])
 
     def add_registered_method_handlers(
             self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
-        self._call(self._server.add_registered_method_handlers, service, handlers)
+        self._call(self._server.add_registered_method_handlers, service,
+                   {name: checked_decoding(handler) for name, handler in handlers.items()})
 
     def add_insecure_port(self, address: str) -> int:
         return self._call(self._server.add_insecure_port, address)
@@ -93,6 +96,53 @@ class LoopServer(grpc.Server):
         """Wait until the loop ended (after ``stop``); True when ``timeout`` passed first."""
         self._thread.join(timeout)
         return self._thread.is_alive()
+
+
+# What the sync grpc.Server answers to a request its deserializer refuses (as gRPC C++ does:
+# INTERNAL); grpc.aio would answer UNKNOWN and log a traceback.
+UNDECODABLE = "Exception deserializing request!"
+_UNDECODABLE = object()
+
+
+def checked_decoding(handler: Any) -> Any:
+    """A unary-unary handler whose undecodable requests end with INTERNAL, as on the sync
+    server; other handlers unchanged."""
+    parse = getattr(handler, "request_deserializer", None)
+    behavior = getattr(handler, "unary_unary", None)
+    if parse is None or behavior is None:
+        return handler
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # whatever the message class raises: the sync server's answer
+            return _UNDECODABLE
+
+    if inspect.iscoroutinefunction(behavior):
+        async def checked_async(request: Any, context: Any) -> Any:
+            if request is _UNDECODABLE:
+                await context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE)
+            return await behavior(request, context)
+        checked: Callable[[Any, Any], Any] = checked_async
+    else:
+        def checked(request: Any, context: Any) -> Any:
+            if request is _UNDECODABLE:
+                context.abort(grpc.StatusCode.INTERNAL, UNDECODABLE)
+            return behavior(request, context)
+    return grpc.unary_unary_rpc_method_handler(
+        checked, request_deserializer=deserialize,
+        response_serializer=handler.response_serializer)
+
+
+class _CheckedDecoding(grpc.GenericRpcHandler):
+    """A generic handler whose methods are ``checked_decoding``."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        return None if handler is None else checked_decoding(handler)
 
 
 class AsyncPredictionService(PredictionServiceBase):

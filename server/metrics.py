@@ -38,6 +38,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from pyserving.server.batching.arrivals import Traffic
 from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelEvent, ModelManager
@@ -185,6 +186,8 @@ class ServerMetrics:
         # No collect() at registration: with --workers it would read the other workers'
         # files, one of which may be half-created at start-up (struct.error, worker exits).
         self.registry = CollectorRegistry(auto_describe=False)
+        # Set with batching on: in_flight also counts each request for the batcher.
+        self.batch_traffic: Traffic | None = None
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._store: CollectorRegistry | None = self.registry
         if _multiprocess_dir is not None:
@@ -315,10 +318,15 @@ class ServerMetrics:
     def in_flight(self, model: str, api: str, entrypoint: str) -> Iterator[None]:
         gauge = self._child(self._in_flight, model, api, entrypoint)
         gauge.inc()
+        traffic = self.batch_traffic.of(model) if self.batch_traffic is not None else None
+        if traffic is not None:
+            traffic.arrive()
         try:
             yield
         finally:
             gauge.dec()
+            if traffic is not None:
+                traffic.leave()
 
     def observe_warmup(self, model_path: str, status: str, seconds: float,
                        records: int) -> None:

@@ -48,6 +48,10 @@ class ServerOptions:
         False, "Allow assigning version labels to versions that are not available yet.")
     batching_parameters_file: str = _flag("", "Text-format BatchingParameters file "
                                               "(requires --enable_batching).")
+    batching_wait_for_full_batch: bool = _flag(
+        False, "pyserving: with --enable_batching, an open batch waits until it is full or "
+               "batch_timeout_micros passed, as in TF Serving, even when no request that could "
+               "join it is in flight. By default it closes as soon as none is.")
     enable_per_model_batching_parameters: bool = _flag(
         False, "Read batching_params.pbtxt from each SavedModel directory.")
     model_config_file: str = _flag("", "Text-format ModelServerConfig file listing the models "

@@ -35,6 +35,7 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
+OutputArray = tuple[str, np.ndarray, int]  # (alias, value, tensorflow.DataType)
 # TensorFlow's numpy bridge (TF_SessionRun from Python) segfaults on string arrays of more
 # dimensions than numpy 1's NPY_MAXDIMS; TF Serving, without numpy, has no such limit.
 _MAX_STRING_RANK = 32
@@ -183,14 +184,14 @@ class Predictor:
         fetches = [signature.outputs[alias].name for alias in aliases]
         return PredictPlan(name, signature, feeds, aliases, fetches)
 
-    def predict_arrays(self, servable: Servable, model: str, signature_name: str,
-                       inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
-                       ) -> list[tuple[str, np.ndarray, int]]:
+    def array_steps(self, servable: Servable, model: str, signature_name: str,
+                    inputs: Mapping[str, np.ndarray], output_filter: Sequence[str] = ()
+                    ) -> Steps[list[OutputArray]]:
         """Predict for a transport that decodes its own tensors (REST, V2): the inputs as
-        arrays by alias; the outputs (all, or the filter's) as (alias, array,
-        tensorflow.DataType), no protos between."""
+        arrays by alias; the outputs as (alias, array, tensorflow.DataType), no protos
+        between."""
         plan = self._plan(servable, signature_name, inputs, output_filter)
-        values = run_steps(self._execute(servable, model, plan), self.runner)
+        values = yield from self._execute(servable, model, plan)
         outputs = plan.signature.outputs
         return [(alias, value, outputs[alias].dtype)
                 for alias, value in zip(plan.aliases, values)]

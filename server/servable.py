@@ -7,12 +7,16 @@ server, a plain-Python fake in the core's unit tests (as TF Serving's test_util/
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
+import time
+from concurrent.futures import Executor
 from typing import Awaitable, Callable, Generator, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
-from pyserving.server.apis import meta_graph_pb2
+from pyserving.server.apis import meta_graph_pb2, model_pb2
 
 SignatureDef = meta_graph_pb2.SignatureDef
 T = TypeVar("T")
@@ -43,6 +47,10 @@ class Servable:
         self._in_flight = 0
         self._retired = False
         self._after_close: list[Callable[[], None]] = []
+        # unbatched_async: id(signature) -> seconds of its last calls on the pool, and the
+        # signatures measured fast enough to run on the event loop
+        self.call_seconds: dict[int, list[float]] = {}
+        self.inline: set[int] = set()
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]:
@@ -94,6 +102,24 @@ class Servable:
     def after_close(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once retire() has closed the model (e.g. delete its files)."""
         self._after_close.append(callback)
+
+
+class Acquirer(Protocol):
+    """What hands out counted-in servables (the ModelManager)."""
+
+    def acquire(self, name: str, version: int | None = None,
+                label: str | None = None) -> "Servable": ...
+
+
+def acquire(manager: Acquirer, spec: model_pb2.ModelSpec) -> Servable:
+    """The servable a ModelSpec names (a version, a label, or the latest), counted in: use it
+    as ``with ... as servable``."""
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return manager.acquire(spec.name, version=spec.version.value)
+    if choice == "version_label":
+        return manager.acquire(spec.name, label=spec.version_label)
+    return manager.acquire(spec.name)
 
 
 # How a request's signature is run: (servable, signature, feeds, fetches) -> outputs; the async
@@ -152,3 +178,45 @@ def run_unbatched(servable: Servable, signature: SignatureDef,
                   fetches: Sequence[str]) -> list[np.ndarray]:
     """The Runner used without --enable_batching: one TensorFlow call per request."""
     return servable.run(feeds, fetches)
+
+
+# A signature whose calls on the pool took less than INLINE_MAX_SECONDS (the median of
+# INLINE_AFTER calls: a pool thread's clock also counts its waits for the GIL) runs on the event
+# loop itself, as a hop to a pool thread and back costs more than such a call
+# (docs/performance.md); one slower call there sends it back to the pool.
+INLINE_MAX_SECONDS = 0.0005
+INLINE_AFTER = 16
+
+
+def unbatched_async(executor: Executor) -> AsyncRunner:
+    """The AsyncRunner used without --enable_batching: a signature measured fast runs inline,
+    any other on ``executor`` (TensorFlow releases the GIL while it runs; the request's context
+    goes with it for its deadline). A cancelled request whose call has not started is not run."""
+    async def run(servable: Servable, signature: SignatureDef,
+                  feeds: Sequence[tuple[str, np.ndarray]],
+                  fetches: Sequence[str]) -> list[np.ndarray]:
+        key = id(signature)
+        if key in servable.inline:
+            started = time.perf_counter()
+            outputs = servable.run(feeds, fetches)
+            if time.perf_counter() - started >= INLINE_MAX_SECONDS:
+                servable.inline.discard(key)
+            return outputs
+        outputs, seconds = await asyncio.get_running_loop().run_in_executor(
+            executor, contextvars.copy_context().run, _timed, servable, feeds, fetches)
+        samples = servable.call_seconds.setdefault(key, [])
+        samples.append(seconds)
+        if len(samples) >= INLINE_AFTER:
+            if sorted(samples)[len(samples) // 2] < INLINE_MAX_SECONDS:
+                servable.inline.add(key)
+            samples.clear()
+        return outputs
+    return run
+
+
+def _timed(servable: Servable, feeds: Sequence[tuple[str, np.ndarray]],
+           fetches: Sequence[str]) -> tuple[list[np.ndarray], float]:
+    """The call's outputs and its seconds (the pool's queueing left out)."""
+    started = time.perf_counter()
+    outputs = servable.run(feeds, fetches)
+    return outputs, time.perf_counter() - started

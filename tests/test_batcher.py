@@ -11,6 +11,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
+from fake_clock import FakeClock
 from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
 
 from pyserving.server import request_context
@@ -25,9 +26,11 @@ WAIT = 10.0  # seconds a test waits for what must happen at once
 
 @pytest.fixture
 def batcher() -> Iterator[Batcher]:
-    """Batches of at most 4 rows, cut after 10 s (so only a full batch runs by itself)."""
+    """Batches of at most 4 rows, always waiting for a full batch: the batch timeout is on a
+    clock nobody moves, so only a full batch (or stopping) runs one."""
     made = Batcher(BatchingOptions(max_batch_size=4, batch_timeout_micros=10_000_000,
-                                   num_batch_threads=1))
+                                   num_batch_threads=1),
+                   wait_for_full_batch=True, clock=FakeClock())
     yield made
     made.stop()
 

@@ -121,9 +121,14 @@ def parameters(tmp_path: Path, text: str, name: str = "batching.txt") -> str:
 @pytest.fixture
 def batching_server(serve: Callable[..., object], rows_base: Path, tmp_path: Path
                     ) -> Callable[[str], object]:
-    """A server of the test model with --enable_batching and these BatchingParameters."""
+    """A server of the test model with --enable_batching and these BatchingParameters,
+    waiting for full batches as TF Serving does: requests sent together reach the server one
+    by one, and these tests check how batches form once they share one (the early close of a
+    batch nothing can join is tested in test_batcher_early_close.py and
+    test_batching_low_load.py)."""
 
     def start(text: str, **options: object) -> object:
+        options.setdefault("batching_wait_for_full_batch", True)
         return serve(model_base_path=str(rows_base), enable_batching=True,
                      batching_parameters_file=parameters(tmp_path, text), grpc_max_threads=32,
                      **options)
@@ -234,6 +239,7 @@ def test_requests_filtering_the_same_outputs_share_calls(batching_server, channe
 def test_waiting_requests_hold_no_thread_so_batches_outgrow_grpc_max_threads(
         serve, rows_base, tmp_path, channel_to):
     server = serve(model_base_path=str(rows_base), enable_batching=True, grpc_max_threads=2,
+                   batching_wait_for_full_batch=True,
                    batching_parameters_file=parameters(
                        tmp_path, "max_batch_size { value: 16 }\n"
                                  "batch_timeout_micros { value: 300000 }\n"))
@@ -273,6 +279,7 @@ def test_rest_requests_are_batched_too(serve, rows_base, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     server = serve(model_base_path=str(rows_base), enable_batching=True, grpc_max_threads=8,
+                   batching_wait_for_full_batch=True,
                    rest_api_port=free_port(), batching_parameters_file=parameters(
                        tmp_path, "max_batch_size { value: 8 }\n"
                                  "batch_timeout_micros { value: 200000 }\n"))
@@ -564,7 +571,7 @@ def examples_of(values: Sequence[float]) -> list[example_pb2.Example]:
 def test_classify_and_regress_are_batched_per_caller(testdata_model, serve, tmp_path,
                                                       channel_to):
     server = serve(model_base_path=testdata_model("saved_model_half_plus_two_cpu"),
-                   enable_batching=True, grpc_max_threads=32,
+                   enable_batching=True, grpc_max_threads=32, batching_wait_for_full_batch=True,
                    batching_parameters_file=parameters(
                        tmp_path, "batch_timeout_micros { value: 100000 }\n"))
     batches: list[tuple[str, int, int, list[float]]] = []
@@ -866,6 +873,7 @@ def test_rest_and_grpc_callers_share_batches(serve, rows_base, tmp_path, channel
     from concurrent.futures import ThreadPoolExecutor
 
     server = serve(model_base_path=str(rows_base), enable_batching=True,
+                   batching_wait_for_full_batch=True,
                    rest_api_port=free_port(), batching_parameters_file=parameters(
                        tmp_path, "max_batch_size { value: 8 }\n"
                                  "batch_timeout_micros { value: 300000 }\n"))

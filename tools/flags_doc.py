@@ -34,7 +34,7 @@ GROUPS = {
         "shutdown_grace_period_seconds"],
     "Batching": [
         "enable_batching", "batching_parameters_file",
-        "enable_per_model_batching_parameters"],
+        "enable_per_model_batching_parameters", "batching_wait_for_full_batch"],
     "Rollouts": ["rollout_config_file", "rollout_config_poll_wait_seconds"],
     "TensorFlow and devices": [
         "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",

@@ -11,6 +11,11 @@ Callers wait either in their thread (``run``) or as an asyncio future (``run_asy
 grpc.aio path): a finished batch wakes each event loop once for all of its requests. Batches
 always run on the batch threads: running fast ones on the event loop instead measured 0.84-0.93x
 the requests/s on a model whose batches take over 1 ms (bench/README.md).
+
+Unlike TF Serving, a batch opened by a lone request (no other request to its model in flight)
+closes as soon as every request in flight to the model has joined it (``arrivals.py``): it
+does not wait out ``batch_timeout_micros`` for companions that cannot come. Under load the
+semantics are TF Serving's. ``wait_for_full_batch`` restores TF Serving's wait everywhere.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import grpc
 import numpy as np
 
 from pyserving.server import request_context
+from pyserving.server.batching import arrivals
+from pyserving.server.batching.clock import MONOTONIC, Clock
 from pyserving.server.batching.config import (
     BatchingOptions,
     check_thread_count,
@@ -69,7 +76,7 @@ class _Task:
         self.feeds = feeds
         self.size = size
         self.context = context
-        self.enqueued = time.monotonic()
+        self.enqueued = 0.0  # on the batcher's clock, set by its queue
         self.outputs: list[np.ndarray] | None = None  # set, or ``error``, before the wake-up
         self.error: ServingError | None = None
         # A thread waits on ``_done``; a coroutine awaits ``future`` on ``loop``.
@@ -182,16 +189,19 @@ class _Queue:
     """Tasks for one signature of one servable, grouped into batches of at most max size."""
 
     def __init__(self, servable: Servable, feed_names: tuple[str, ...],
-                 fetches: tuple[str, ...], options: BatchingOptions) -> None:
+                 fetches: tuple[str, ...], options: BatchingOptions,
+                 traffic: arrivals.ModelTraffic | None) -> None:
         self.servable = servable
         self.feed_names = feed_names
         self.fetches = fetches
         self.options = options
+        self.traffic = traffic  # None: always wait, as TF Serving
         self.batches: deque[list[_Task]] = deque([[]])
         self.open_size = 0
         self.open_since = 0.0
+        self.alone = False  # the first batch opened with nothing else in flight to the model
 
-    def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker
+    def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker, now: float
                     ) -> tuple[list[_Task], bool]:
         """Enqueue one request, split as TF's SharedBatchScheduler splits it, all or none (the
         scheduler lock is held): its tasks, and True when that moved the queue's ready time,
@@ -202,6 +212,7 @@ class _Queue:
         for part in sizes:
             task = make([array[start:start + part] for array in arrays] if len(sizes) > 1
                         else arrays, part)
+            task.enqueued = now
             self._add(task)
             tasks.append(task)
             start += part
@@ -236,23 +247,40 @@ class _Queue:
         if self.open_size + task.size > self.options.execution_batch_size:
             self.batches.append([])
             self.open_size = 0
+            self._set_alone(False)
         if not self.batches[-1]:
             self.open_since = task.enqueued
+            if self.traffic is not None and len(self.batches) == 1:
+                self._set_alone(self.traffic.alone())
         self.batches[-1].append(task)
         self.open_size += task.size
+        if self.traffic is not None:
+            self.traffic.queued += 1
+
+    def _set_alone(self, alone: bool) -> None:
+        if alone != self.alone and self.traffic is not None:
+            self.alone = alone
+            self.traffic.lone += 1 if alone else -1
 
     def ready_at(self) -> float | None:
-        """When the first batch may run: now if it is closed or full, else at its timeout."""
+        """When the first batch may run: now if it is closed or full, else at its timeout;
+        or, when a lone request opened it and every request in flight to its model has
+        joined, since it opened (waiting cannot fill it)."""
         if len(self.batches) > 1:
             return 0.0
         if not self.batches[0]:
             return None
         if self.open_size >= self.options.execution_batch_size:
             return 0.0
+        if self.alone and self.traffic is not None and self.traffic.all_queued():
+            return self.open_since
         return self.open_since + self.options.batch_timeout_micros / 1e6
 
-    def take(self) -> list[_Task]:
+    def take(self, now: float) -> list[_Task]:
         batch = self.batches.popleft()
+        self._set_alone(False)
+        if self.traffic is not None:
+            self.traffic.taken(len(batch), now)
         if not self.batches:
             self.batches.append([])
             self.open_size = 0
@@ -269,9 +297,16 @@ class Batcher:
     """Runs signature calls through per-signature batch queues on a shared thread pool."""
 
     def __init__(self, options: BatchingOptions, observers: Sequence[BatchObserver] = (), *,
-                 per_model_parameters: bool = False) -> None:
+                 per_model_parameters: bool = False, wait_for_full_batch: bool = False,
+                 clock: Clock = MONOTONIC) -> None:
+        """``wait_for_full_batch``: TF Serving's behaviour, a batch waits until full or timed
+        out even when nothing can join it. Otherwise the transports count each request to a
+        model of ``traffic`` in and out (``traffic`` is None when waiting for full batches)."""
         check_thread_count(options)
         self.options = options
+        self._clock = clock
+        self._now = clock.now
+        self.traffic = None if wait_for_full_batch else arrivals.Traffic(self._look_again)
         self._observers = list(observers)
         self._per_model = per_model_parameters
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
@@ -336,10 +371,16 @@ class Batcher:
         forgotten in between would hold its tasks where no batch thread looks."""
         with self._lock:
             queue = self._queue(plan)
-            tasks, moved = queue.add_request(plan.arrays, plan.size, make)
+            tasks, moved = queue.add_request(plan.arrays, plan.size, make, self._now())
             if moved:  # else the batch threads' current wait still holds
                 self._lock.notify(len(tasks))
             return tasks
+
+    def _look_again(self) -> None:
+        """A request to a model with a born-alone batch left without joining it, and every
+        other one in flight is queued: that batch may close now."""
+        with self._lock:
+            self._lock.notify()
 
     def prepare(self, servable: Servable) -> None:
         """Check a loading version's queue options, so bad ones fail its load as in TF
@@ -352,6 +393,8 @@ class Batcher:
             options = read_batching_parameters(path) if os.path.exists(path) else None
         if options is not None:
             options = queue_options(options)
+            if self.traffic is not None:
+                self.traffic.track(servable.name)  # the edges count its requests from now
         with self._lock:
             self._model_options[servable] = options
 
@@ -368,7 +411,9 @@ class Batcher:
         queue = self._queues.get(plan.key)
         if queue is None:
             servable, names, fetches, _ = plan.key
-            queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options)
+            traffic = None if self.traffic is None else self.traffic.track(servable.name)
+            queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options,
+                                                    traffic)
             self._queue_list.append(queue)
         return queue
 
@@ -379,14 +424,14 @@ class Batcher:
                 while queue is None:
                     if self._stopped:
                         return
-                    self._lock.wait(self._wait_time())
+                    self._clock.wait(self._lock, self._wait_time())
                     queue = self._next_ready()
-                batch = queue.take()
+                batch = queue.take(self._now())
             self._execute(queue, batch)
 
     def _next_ready(self) -> _Queue | None:
         """The queue whose first batch has been ready longest (the lock is held)."""
-        now = time.monotonic()
+        now = self._now()
         best, best_at = None, None
         retired = False
         for queue in self._queue_list:
@@ -413,7 +458,7 @@ class Batcher:
     def _wait_time(self) -> float | None:
         pending = [at for at in (queue.ready_at() for queue in self._queue_list)
                    if at is not None]
-        return max(min(pending) - time.monotonic(), 0.0) if pending else None
+        return max(min(pending) - self._now(), 0.0) if pending else None
 
     def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
         live: list[_Task] = []
@@ -424,7 +469,7 @@ class Batcher:
         _wake(dropped)
         if not live:
             return
-        started = time.monotonic()
+        started = self._now()
         try:
             outputs, padded = self._run_batch(queue, live)
         except ServingError as error:

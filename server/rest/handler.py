@@ -3,9 +3,11 @@ core, one request in, (HTTP status, JSON body) out, whatever server carries it."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from concurrent.futures import Executor
 from typing import Any, Mapping
 from urllib.parse import unquote
 
@@ -24,7 +26,7 @@ from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.metrics import REST, ServerMetrics
 from pyserving.server.predict import DEFAULT_SIGNATURE
 from pyserving.server.rest import json_parse, request_json, response_json
-from pyserving.server.servable import Servable
+from pyserving.server.servable import AsyncRunner, Servable, run_steps_async
 
 log = logging.getLogger(__name__)
 
@@ -79,44 +81,54 @@ def _model_spec(name: str, version: str, label: str) -> model_pb2.ModelSpec:
 
 
 class RestHandler:
-    """HttpRestApiHandler::ProcessRequest: one request in, (HTTP status, JSON body) out."""
+    """HttpRestApiHandler::ProcessRequest: one request in, (HTTP status, JSON body) out.
+    Predict, Classify and Regress run on the event loop by the core's steps, their TensorFlow
+    call awaited through ``run`` (the batcher, or a pool thread); the other routes run on
+    ``executor``."""
 
-    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, core: ServingCore, run: AsyncRunner, executor: Executor,
+                 metrics: ServerMetrics | None = None) -> None:
         self._core = core
+        self._run = run
+        self._executor = executor
         self._metrics = metrics
 
-    def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
+    async def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         prediction = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
-        if prediction is None or self._metrics is None:
-            return self._process(method, path, body, prediction)[1:]
+        if prediction is None:
+            return (await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._process, method, path, body))[1:]
+        if self._metrics is None:
+            return (await self._predict_route(method, path, body, prediction))[1:]
         model, api = unquote(prediction.group(1)), prediction.group(4)
         started = time.monotonic()
         with self._metrics.in_flight(model, api, REST):
-            code, status, payload = self._process(method, path, body, prediction)
+            code, status, payload = await self._predict_route(method, path, body, prediction)
         self._metrics.observe_request(model, api, REST, code, time.monotonic() - started)
         return status, payload
 
-    def _process(self, method: str, path: str, body: bytes, prediction: re.Match | None
-                 ) -> tuple[grpc.StatusCode, int, bytes]:
+    async def _predict_route(self, method: str, path: str, body: bytes, prediction: re.Match
+                             ) -> tuple[grpc.StatusCode, int, bytes]:
+        name, version, label, verb = prediction.groups()
         try:
-            return grpc.StatusCode.OK, 200, self._dispatch(method, path, body, prediction)
-        except ServingError as error:
-            body = b"" if isinstance(error, _UnparsedModelInfo) else \
-                response_json.error_json(error.message)
-            return error.code, HTTP_STATUS.get(error.code, 500), body
-        except Exception as error:  # a bug: logged, and answered as TF Serving's INTERNAL
-            log.exception("REST %s %s failed", method, path)
-            return grpc.StatusCode.INTERNAL, 500, response_json.error_json(repr(error))
-
-    def _dispatch(self, method: str, path: str, body: bytes, prediction: re.Match | None
-                  ) -> bytes:
-        if prediction is not None:
-            name, version, label, verb = prediction.groups()
             call = {"predict": self._predict, "classify": self._classify,
                     "regress": self._regress}.get(verb)
-            if call is not None:
-                return call(_model_spec(name, version or "", label or ""), body)
-        elif method == "GET":
+            if call is None:  # the verb matched in another case
+                raise invalid_argument(f"Malformed request: {method} {path}")
+            return grpc.StatusCode.OK, 200, await call(
+                _model_spec(name, version or "", label or ""), body)
+        except Exception as error:
+            return _failure(error, method, path)
+
+    def _process(self, method: str, path: str, body: bytes
+                 ) -> tuple[grpc.StatusCode, int, bytes]:
+        try:
+            return grpc.StatusCode.OK, 200, self._dispatch(method, path)
+        except Exception as error:
+            return _failure(error, method, path)
+
+    def _dispatch(self, method: str, path: str) -> bytes:
+        if method == "GET":
             rollout = _ROLLOUT_PATH.fullmatch(path)
             if rollout:
                 return orjson.dumps(self._core.rollout_status(unquote(rollout.group(1))))
@@ -129,7 +141,7 @@ class RestHandler:
                 return self._status(spec)
         raise invalid_argument(f"Malformed request: {method} {path}")
 
-    def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+    async def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         """The body is parsed before the model is resolved, and read against the signature
         of the one version that then runs it."""
         document = json_parse.parse_json(body)
@@ -143,17 +155,20 @@ class RestHandler:
                 document, lambda name: _signature_inputs(servable, name), may_hold_bools)
             return name, arrays
 
-        return response_json.predict_json(self._core.predict_arrays(spec, read), fmt)
+        outputs = await run_steps_async(self._core.predict_arrays_steps(spec, read), self._run)
+        return response_json.predict_json(outputs, fmt)
 
-    def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+    async def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = classification_pb2.ClassificationRequest(model_spec=spec)
         request_json.fill_examples_request(json_parse.parse_json(body), request)
-        return response_json.classification_json(self._core.classify(request))
+        return response_json.classification_json(
+            await run_steps_async(self._core.classify_steps(request), self._run))
 
-    def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
+    async def _regress(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = regression_pb2.RegressionRequest(model_spec=spec)
         request_json.fill_examples_request(json_parse.parse_json(body), request)
-        return response_json.regression_json(self._core.regress(request))
+        return response_json.regression_json(
+            await run_steps_async(self._core.regress_steps(request), self._run))
 
     def _status(self, spec: model_pb2.ModelSpec) -> bytes:
         if not spec.name:
@@ -165,6 +180,17 @@ class RestHandler:
         request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=spec, metadata_field=[SIGNATURE_DEF_FIELD])
         return response_json.model_metadata_json(self._core.model_metadata(request))
+
+
+def _failure(error: Exception, method: str, path: str) -> tuple[grpc.StatusCode, int, bytes]:
+    """The answer to a request that failed: TF Serving's error JSON and HTTP status."""
+    if isinstance(error, ServingError):
+        body = b"" if isinstance(error, _UnparsedModelInfo) else \
+            response_json.error_json(error.message)
+        return error.code, HTTP_STATUS.get(error.code, 500), body
+    # a bug: logged, and answered as TF Serving's INTERNAL
+    log.exception("REST %s %s failed", method, path, exc_info=error)
+    return grpc.StatusCode.INTERNAL, 500, response_json.error_json(repr(error))
 
 
 def _signature_inputs(servable: Servable, name: str) -> Mapping[str, Any]:

@@ -1,6 +1,8 @@
-"""The HTTP server of the REST API: aiohttp on its own event loop in a background thread; each
-request is parsed, run and encoded on a pool of --rest_api_num_threads threads so TensorFlow
-never blocks the loop."""
+"""The HTTP server of the REST API: aiohttp on its own event loop in a background thread. A
+Predict, Classify or Regress is parsed, run by the core's steps and encoded on the loop; its
+TensorFlow call waits as a batch's future or runs on a pool of --rest_api_num_threads threads
+(inline when its signature measured faster than the hop, servable.unbatched_async). Status,
+metadata and the metrics page run on the pool."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -23,6 +25,7 @@ from pyserving.server.metrics import ServerMetrics
 from pyserving.server.request_context import RequestContext
 from pyserving.server.rest import response_json
 from pyserving.server.rest.handler import HTTP_STATUS, RestHandler
+from pyserving.server.servable import AsyncRunner, unbatched_async
 from pyserving.server.v2.rest import V2_PATH, V2RestHandler
 from pyserving.server.v2.rest import error_response as v2_error
 
@@ -62,14 +65,15 @@ class RestServer:
     def __init__(self, core: ServingCore, options: RestOptions, host: str = "0.0.0.0", *,
                  metrics: ServerMetrics | None = None,
                  metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None,
+                 runner_for: Callable[[Executor], AsyncRunner] = unbatched_async,
                  v2: V2RestHandler | None = None) -> None:
-        self._handler = RestHandler(core, metrics)
         self._v2 = v2  # the Open Inference Protocol's /v2 routes, when served
         self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
         self._options = options
         self._host = host
         self._executor = ThreadPoolExecutor(max_workers=max(options.num_threads, 1),
                                             thread_name_prefix="rest")
+        self._handler = RestHandler(core, runner_for(self._executor), self._executor, metrics)
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -182,22 +186,18 @@ class RestServer:
 
     async def _run(self, method: str, path: str, body: bytes,
                    headers: Mapping[str, str]) -> tuple[int, bytes]:
+        """The handler's answer, on this loop, within --rest_api_timeout_in_ms (its
+        TensorFlow call on the pool or in a batch: the loop never waits for one)."""
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiting = threading.Event()
-        waiting.set()
-        context = RequestContext(deadline, waiting.is_set, headers.get)
-        future = self._loop.run_in_executor(
-            self._executor, _in_context, context, self._handler.process, method, path, body)
+        token = request_context.current.set(RequestContext(deadline, header=headers.get))
         try:
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await asyncio.wait_for(self._handler.process(method, path, body), timeout)
         except asyncio.TimeoutError:
-            waiting.clear()
             return HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
                 response_json.error_json("Deadline Exceeded")
-        except asyncio.CancelledError:
-            waiting.clear()  # the client went away; the batcher may drop the work
-            raise
+        finally:
+            request_context.current.reset(token)
 
     def _too_large(self, size: int | None) -> web.Response:
         limit = self._options.max_request_bytes
@@ -220,7 +220,9 @@ def _path_and_query(request: web.Request) -> str:
     return target if target.startswith("/") else request.rel_url.raw_path_qs
 
 
+
 def _in_context(context: RequestContext, call: Callable[..., Any], *args: Any) -> Any:
+    """Run a V2 request's handler on the pool with its request context set."""
     token = request_context.current.set(context)
     try:
         return call(*args)

@@ -22,7 +22,7 @@ from pyserving.server.manager import ModelManager
 from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.shadow import ShadowRunner, compare_outputs
 from pyserving.server.rollout.state import ArmState, ModelRollout, Rollouts
-from pyserving.server.servable import Servable
+from pyserving.server.servable import Servable, acquire
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class Route:
 
     rollout: ModelRollout
     arm: ArmState
+    mirror: bool = False  # its answer goes to the shadow too
 
 
 class Router:
@@ -49,25 +50,21 @@ class Router:
 
     def servable_for(self, spec: model_pb2.ModelSpec) -> Servable:
         """The servable the spec names, counted in: use it as ``with ... as servable``."""
-        choice = spec.WhichOneof("version_choice")
-        if choice == "version":
-            return self.manager.acquire(spec.name, version=spec.version.value)
-        if choice == "version_label":
-            return self.manager.acquire(spec.name, label=spec.version_label)
-        return self.manager.acquire(spec.name)
+        return acquire(self.manager, spec)
 
-    def resolve(self, spec: model_pb2.ModelSpec) -> tuple[Servable, Route | None]:
-        """The servable for a prediction request, and its route when a rollout chose it."""
-        rollout = (self.rollouts.get(spec.name)
-                   if spec.WhichOneof("version_choice") is None else None)
-        if rollout is None:
-            return self.servable_for(spec), None
+    def route(self, spec: model_pb2.ModelSpec,
+              rollout: ModelRollout) -> tuple[Servable, Route]:
+        """The servable ``rollout`` picks for a request naming no version, and its route:
+        the arm, and whether its answer is mirrored to the shadow (decided here, once)."""
         key = rollout.plan.sticky_metadata_key
         arm = rollout.choose(request_context.current.get().header(key.lower()) if key else None)
+        shadow = rollout.plan.shadow
+        route = Route(rollout, arm, shadow is not None and arm.target != shadow.target
+                      and rollout.wants_shadow())
         try:
-            return self.servable_for(target_spec(spec.name, arm.target)), Route(rollout, arm)
+            return self.servable_for(target_spec(spec.name, arm.target)), route
         except BaseException:
-            self.finish(Route(rollout, arm), ok=False)
+            self.finish(route, ok=False)
             raise
 
     def finish(self, route: Route, ok: bool) -> None:
@@ -76,14 +73,11 @@ class Router:
 
     def mirror(self, route: Route, primary: Callable[[], Outputs],
                shadow: Callable[[model_pb2.ModelSpec], Outputs]) -> None:
-        """Maybe send a routed request's copy to its model's shadow: ``shadow(spec)`` runs it
-        for the shadow's ModelSpec, and its outputs are compared with ``primary()``'s."""
-        if not route.rollout.wants_shadow():
-            return
+        """Send a route's copy to its model's shadow when ``route.mirror``: ``shadow(spec)``
+        runs it for the shadow's ModelSpec, and its outputs are compared with ``primary()``'s."""
         rollout = route.rollout
         plan = rollout.plan.shadow
-        assert plan is not None
-        if route.arm.target == plan.target:  # its answer is the shadow's: nothing to compare
+        if not route.mirror or plan is None:
             return
         spec = target_spec(rollout.plan.model_name, plan.target)
 

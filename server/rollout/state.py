@@ -225,21 +225,22 @@ class Rollouts:
     (counts, tripped guards) of the models whose plan is unchanged."""
 
     observer: RolloutObserver = field(default_factory=_Unobserved)
-    _models: dict[str, ModelRollout] = field(default_factory=dict)
+    # model name -> rollout, swapped whole by apply(); the core reads it per request
+    models: dict[str, ModelRollout] = field(default_factory=dict)
 
     def apply(self, plans: dict[str, RolloutPlan]) -> None:
         models = {}
         for name, plan in plans.items():
-            current = self._models.get(name)
+            current = self.models.get(name)
             models[name] = (current if current is not None and current.plan == plan
                             else ModelRollout(plan, self.observer))
-        self._models = models  # one reference swap: requests see the old or the new set
+        self.models = models  # one reference swap: requests see the old or the new set
 
     def get(self, model_name: str) -> ModelRollout | None:
-        return self._models.get(model_name)
+        return self.models.get(model_name)
 
     def items(self) -> list[tuple[str, ModelRollout]]:
-        return sorted(self._models.items())
+        return sorted(self.models.items())
 
     def __bool__(self) -> bool:
-        return bool(self._models)
+        return bool(self.models)
