@@ -256,11 +256,12 @@ class ModelServer:
         # Every mode on grpc.aio: a request is a coroutine on the loop, its TensorFlow call
         # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
         server = LoopServer(self._executor, channel_options, max_rpcs)
-        prediction = AsyncPredictionService(self.core, self._async_runner(self._executor),
-                                            self.metrics)
+        run = self._async_runner(self._executor)
+        prediction = AsyncPredictionService(self.core, run, self.metrics)
         add_services(server, self.core, prediction)
         if self.v2 is not None:
-            add_service(server, GRPCInferenceService(self.v2, server_metadata(), self.metrics))
+            add_service(server, GRPCInferenceService(
+                self.v2, server_metadata(), run, self.metrics))
         self.health.serve_on(server, v2=self.v2 is not None)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.

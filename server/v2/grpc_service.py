@@ -2,8 +2,8 @@
 grpc_predict_v2.proto): the health, metadata and ModelInfer RPCs over the V2 adapter; every
 other RPC of the service answers UNIMPLEMENTED naming itself.
 
-The handlers are plain functions on either gRPC server: with --enable_batching grpc.aio runs
-them on its thread pool, where ModelInfer waits for its batch like a REST request does."""
+ModelInfer is a coroutine on the grpc.aio server's loop, like Predict; the other handlers are
+plain functions grpc.aio runs on its thread pool."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pyserving.server.apis import grpc_service_pb2_grpc
 from pyserving.server.errors import invalid_argument
 from pyserving.server.grpc_services import Rpc
 from pyserving.server.metrics import ServerMetrics
+from pyserving.server.servable import AsyncRunner, run_steps_async
 from pyserving.server.v2 import codec
 from pyserving.server.v2.inference import (
     SIGNATURE_PARAMETER,
@@ -33,8 +34,9 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol's gRPC service over one ``V2Inference``."""
 
     def __init__(self, inference: V2Inference, server_metadata: dict[str, Any],
-                 metrics: ServerMetrics | None = None) -> None:
+                 run: AsyncRunner, metrics: ServerMetrics | None = None) -> None:
         self._inference = inference
+        self._run = run
         self._server_metadata = pb.ServerMetadataResponse(**server_metadata)
         self._metrics = metrics
 
@@ -65,13 +67,16 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             return response
         context.abort(rpc.status, rpc.details)
 
-    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """A coroutine on the server's loop, as Predict: its TensorFlow call awaited on the
+        pool or as its batch's future (one queue per signature, shared with Predict)."""
         with Rpc(context, request, self._metrics, INFER_API, model=request.model_name) as rpc:
             infer = InferRequest(request.model_name, request.model_version,
                                  _signature_name(request.parameters), _inputs(request),
                                  [output.name for output in request.outputs])
             with within(_timeout_seconds(request.parameters)):
-                version, outputs = self._inference.infer(infer)
+                version, outputs = await run_steps_async(self._inference.infer_steps(infer),
+                                                         self._run)
             response = pb.ModelInferResponse(model_name=request.model_name,
                                              model_version=str(version), id=request.id)
             for output in outputs:
@@ -80,7 +85,7 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 response.raw_output_contents.append(
                     codec.raw_bytes(output.array, output.datatype))
             return response
-        context.abort(rpc.status, rpc.details)
+        await context.abort(rpc.status, rpc.details)
 
 
 def _signature_name(parameters: Any) -> str:

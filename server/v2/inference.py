@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -15,13 +15,14 @@ from pyserving.server.apis import model_pb2
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, not_found
 from pyserving.server.predict import DEFAULT_SIGNATURE, find_predict_signature
-from pyserving.server.servable import Servable
+from pyserving.server.servable import Servable, Steps
 from pyserving.server.v2 import dtypes
 
 PLATFORM = "tensorflow_savedmodel"
 EXTENSIONS = ("binary_tensor_data",)
 SIGNATURE_PARAMETER = "signature_name"
 _INT64_MAX = 2**63 - 1
+ReadInputs = Callable[[Servable], tuple[str, Mapping[str, np.ndarray]]]
 
 
 @dataclass
@@ -108,7 +109,22 @@ class V2Inference:
 
     def infer(self, request: InferRequest) -> tuple[int, list[InferOutput]]:
         """The version that ran the request and its outputs, in the requested order (every
-        output of the signature, by name, when none was requested)."""
+        output of the signature, by name, when none was requested); in this thread (the REST
+        pool)."""
+        spec, read, versions = self._prepare(request)
+        outputs = self._core.predict_arrays(spec, read, request.outputs)
+        return versions[0], _outputs(outputs)
+
+    def infer_steps(self, request: InferRequest) -> Steps[tuple[int, list[InferOutput]]]:
+        """``infer`` as steps an event loop drives (``run_steps_async``: gRPC)."""
+        spec, read, versions = self._prepare(request)
+        outputs = yield from self._core.predict_arrays_steps(spec, read, request.outputs)
+        return versions[0], _outputs(outputs)
+
+    def _prepare(self, request: InferRequest) -> tuple[model_pb2.ModelSpec, ReadInputs,
+                                                      list[int]]:
+        """The spec, the reader that checks the decoded inputs against the signature of the
+        version that runs them, and the list that version's number goes into."""
         spec = model_spec(request.model_name, request.model_version)
         by_name = {tensor.name: tensor for tensor in request.inputs}
         if len(by_name) != len(request.inputs):
@@ -127,9 +143,7 @@ class V2Inference:
                 _check_input(request.model_name, tensor, info)
             return name, {name: tensor.array for name, tensor in by_name.items()}
 
-        outputs = self._core.predict_arrays(spec, read, output_filter=request.outputs)
-        return versions[0], [InferOutput(alias, dtypes.v2_name(dtype), _as_array(array))
-                             for alias, array, dtype in outputs]
+        return spec, read, versions
 
     def model_metadata(self, name: str, version: str, signature_name: str = ""
                        ) -> dict[str, Any]:
@@ -165,6 +179,11 @@ class V2Inference:
         ready)."""
         manager = self._core.manager
         return all(manager.available_versions(name) for name in manager.model_names())
+
+
+def _outputs(outputs: list[tuple[str, Any, int]]) -> list[InferOutput]:
+    return [InferOutput(alias, dtypes.v2_name(dtype), _as_array(array))
+            for alias, array, dtype in outputs]
 
 
 def _as_array(value: Any) -> np.ndarray:
