@@ -296,8 +296,9 @@ class ModelServer:
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
                               if self.monitoring.enable else None),
                 runner_for=self._async_runner,
-                v2=V2RestHandler(self.v2, server_metadata(), self.metrics)
-                if self.v2 is not None else None).start()
+                v2=functools.partial(V2RestHandler, self.v2, server_metadata(),
+                                     metrics=self.metrics) if self.v2 is not None else None
+            ).start()
         except ServingError as error:
             log.error("%s", error.message)
             return

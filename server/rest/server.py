@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import grpc
 from aiohttp import web
@@ -66,14 +66,16 @@ class RestServer:
                  metrics: ServerMetrics | None = None,
                  metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None,
                  runner_for: Callable[[Executor], AsyncRunner] = unbatched_async,
-                 v2: V2RestHandler | None = None) -> None:
-        self._v2 = v2  # the Open Inference Protocol's /v2 routes, when served
+                 v2: Callable[[AsyncRunner, Executor], V2RestHandler] | None = None) -> None:
         self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
         self._options = options
         self._host = host
         self._executor = ThreadPoolExecutor(max_workers=max(options.num_threads, 1),
                                             thread_name_prefix="rest")
-        self._handler = RestHandler(core, runner_for(self._executor), self._executor, metrics)
+        run = runner_for(self._executor)
+        self._handler = RestHandler(core, run, self._executor, metrics)
+        # the Open Inference Protocol's /v2 routes, when served
+        self._v2 = v2(run, self._executor) if v2 is not None else None
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -149,20 +151,15 @@ class RestServer:
                         headers: Mapping[str, str]) -> web.Response:
         assert self._v2 is not None
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
-        waiting = threading.Event()
-        waiting.set()
-        context = RequestContext(None if timeout is None else time.monotonic() + timeout,
-                                 waiting.is_set, headers.get)
-        future = self._loop.run_in_executor(self._executor, _in_context, context,
-                                            self._v2.process, method, target, body, headers.get)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        token = request_context.current.set(RequestContext(deadline, header=headers.get))
         try:
-            status, payload, extra = await asyncio.wait_for(asyncio.shield(future), timeout)
+            status, payload, extra = await asyncio.wait_for(
+                self._v2.process(method, target, body, headers.get), timeout)
         except asyncio.TimeoutError:
-            waiting.clear()
             status, payload, extra = v2_error(504, "Deadline Exceeded")
-        except asyncio.CancelledError:
-            waiting.clear()
-            raise
+        finally:
+            request_context.current.reset(token)
         response_headers = dict(extra)
         if self._options.enable_cors:
             response_headers.update(_CORS_HEADERS)
@@ -220,11 +217,3 @@ def _path_and_query(request: web.Request) -> str:
     return target if target.startswith("/") else request.rel_url.raw_path_qs
 
 
-
-def _in_context(context: RequestContext, call: Callable[..., Any], *args: Any) -> Any:
-    """Run a V2 request's handler on the pool with its request context set."""
-    token = request_context.current.set(context)
-    try:
-        return call(*args)
-    finally:
-        request_context.current.reset(token)

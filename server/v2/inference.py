@@ -107,16 +107,10 @@ class V2Inference:
     def __init__(self, core: ServingCore) -> None:
         self._core = core
 
-    def infer(self, request: InferRequest) -> tuple[int, list[InferOutput]]:
-        """The version that ran the request and its outputs, in the requested order (every
-        output of the signature, by name, when none was requested); in this thread (the REST
-        pool)."""
-        spec, read, versions = self._prepare(request)
-        outputs = self._core.predict_arrays(spec, read, request.outputs)
-        return versions[0], _outputs(outputs)
-
     def infer_steps(self, request: InferRequest) -> Steps[tuple[int, list[InferOutput]]]:
-        """``infer`` as steps an event loop drives (``run_steps_async``: gRPC)."""
+        """The version that ran the request and its outputs, in the requested order (every
+        output of the signature, by name, when none was requested), as steps the transport's
+        event loop drives (``run_steps_async``): the core's ``predict_arrays_steps``."""
         spec, read, versions = self._prepare(request)
         outputs = yield from self._core.predict_arrays_steps(spec, read, request.outputs)
         return versions[0], _outputs(outputs)

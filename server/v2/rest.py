@@ -4,10 +4,12 @@ Triton's src/http_server.cc."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 import time
+from concurrent.futures import Executor
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import parse_qs, unquote
 
@@ -18,6 +20,7 @@ from pyserving.server import request_context
 from pyserving.server.errors import ServingError, invalid_argument, unimplemented
 from pyserving.server.metrics import REST, ServerMetrics
 from pyserving.server.rest.handler import HTTP_STATUS
+from pyserving.server.servable import AsyncRunner, run_steps_async
 from pyserving.server.v2 import codec
 from pyserving.server.v2.inference import (
     SIGNATURE_PARAMETER,
@@ -49,28 +52,38 @@ class V2RestHandler:
     """The /v2 routes over one ``V2Inference``."""
 
     def __init__(self, inference: V2Inference, server_metadata: dict[str, Any],
+                 run: AsyncRunner, executor: Executor,
                  metrics: ServerMetrics | None = None) -> None:
         self._inference = inference
         self._server_metadata = orjson.dumps(server_metadata)
+        self._run = run
+        self._executor = executor
         self._metrics = metrics
 
-    def process(self, method: str, target: str, body: bytes,
-                header: Callable[[str], str | None]) -> Response:
+    async def process(self, method: str, target: str, body: bytes,
+                      header: Callable[[str], str | None]) -> Response:
+        """Inference on the caller's event loop like TF Serving's REST predict (decode, await
+        the TensorFlow call through ``run``, encode); the other routes on ``executor``."""
         path, _, query = target.partition("?")
         path = path.partition("#")[0]
+        match = _MODEL_PATH.fullmatch(path)
+        if match and match.group(3) == "infer" and method == "POST":
+            name, version = unquote(match.group(1)), unquote(match.group(2) or "")
+            return await self._infer(name, version, body, header, target)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._route, method, path, query, target, match)
+
+    def _route(self, method: str, path: str, query: str, target: str,
+               match: re.Match | None) -> Response:
         try:
-            match = _MODEL_PATH.fullmatch(path)
             if match:
-                return self._model(method, match, query, body, header)
-            match = _SERVER_PATH.fullmatch(path)
-            if match:
-                return self._server(method, match.group(1))
+                return self._model(method, match, query)
+            server = _SERVER_PATH.fullmatch(path)
+            if server:
+                return self._server(method, server.group(1))
             return error_response(404, "Not Found")
-        except ServingError as error:
-            return error_response(HTTP_STATUS.get(error.code, 500), error.message)
-        except Exception as error:  # a bug: logged, and a 500 with the protocol's error body
-            log.exception("REST %s %s failed", method, target)
-            return error_response(500, repr(error))
+        except Exception as error:
+            return _failure(error, method, target)[1]
 
     def _server(self, method: str, kind: str | None) -> Response:
         if method != "GET":
@@ -80,15 +93,10 @@ class V2RestHandler:
         ready = True if kind == "live" else self._inference.server_ready()
         return (200 if ready else 400), b"", {}
 
-    def _model(self, method: str, match: re.Match, query: str, body: bytes,
-               header: Callable[[str], str | None]) -> Response:
+    def _model(self, method: str, match: re.Match, query: str) -> Response:
         name, version, verb = unquote(match.group(1)), unquote(match.group(2) or ""), \
             match.group(3)
-        if verb == "infer":
-            if method != "POST":
-                return error_response(405, "Method Not Allowed")
-            return self._infer(name, version, body, header)
-        if method != "GET":
+        if verb == "infer" or method != "GET":
             return error_response(405, "Method Not Allowed")
         if verb is None:
             signature = parse_qs(query).get(SIGNATURE_PARAMETER, [""])[0]
@@ -101,25 +109,26 @@ class V2RestHandler:
         raise unimplemented(f"/v2/models/{{model}}/{verb} is not implemented by pyserving; "
                             "see docs/v2.md")
 
-    def _infer(self, name: str, version: str, body: bytes,
-               header: Callable[[str], str | None]) -> Response:
+    async def _infer(self, name: str, version: str, body: bytes,
+                     header: Callable[[str], str | None], target: str) -> Response:
         if self._metrics is None:
-            return self._infer_counted(name, version, body, header)[1]
+            return (await self._infer_counted(name, version, body, header, target))[1]
         started = time.monotonic()
         with self._metrics.in_flight(name, INFER_API, REST):
-            code, response = self._infer_counted(name, version, body, header)
+            code, response = await self._infer_counted(name, version, body, header, target)
         self._metrics.observe_request(name, INFER_API, REST, code, time.monotonic() - started)
         return response
 
-    def _infer_counted(self, name: str, version: str, body: bytes,
-                       header: Callable[[str], str | None]) -> tuple[grpc.StatusCode, Response]:
+    async def _infer_counted(self, name: str, version: str, body: bytes,
+                             header: Callable[[str], str | None], target: str
+                             ) -> tuple[grpc.StatusCode, Response]:
         try:
-            return grpc.StatusCode.OK, self._run(name, version, body, header)
-        except ServingError as error:
-            return error.code, error_response(HTTP_STATUS.get(error.code, 500), error.message)
+            return grpc.StatusCode.OK, await self._run_infer(name, version, body, header)
+        except Exception as error:
+            return _failure(error, "POST", target)
 
-    def _run(self, name: str, version: str, body: bytes,
-             header: Callable[[str], str | None]) -> Response:
+    async def _run_infer(self, name: str, version: str, body: bytes,
+                         header: Callable[[str], str | None]) -> Response:
         header_length = _header_length(header(HEADER_LENGTH.lower()), len(body))
         document = _parse(body[:header_length])
         parameters = _object(document.get("parameters", {}), "parameters")
@@ -147,8 +156,19 @@ class V2RestHandler:
                                                                   default_binary), "binary_data")
         request.outputs = list(binary)
         with within(_timeout_seconds(parameters.get("timeout"))):
-            served, outputs = self._inference.infer(request)
+            served, outputs = await run_steps_async(self._inference.infer_steps(request),
+                                                    self._run)
         return _response(document, name, served, outputs, binary, default_binary)
+
+
+
+def _failure(error: Exception, method: str, target: str) -> tuple[grpc.StatusCode, Response]:
+    """A ServingError as its status and text; anything else is a bug: logged, and a 500
+    with the protocol's error body."""
+    if isinstance(error, ServingError):
+        return error.code, error_response(HTTP_STATUS.get(error.code, 500), error.message)
+    log.exception("REST %s %s failed", method, target)
+    return grpc.StatusCode.INTERNAL, error_response(500, repr(error))
 
 
 def _header_length(value: str | None, content_length: int) -> int:
