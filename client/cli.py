@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from google.protobuf import json_format, text_format
 
-from pyserving.client import array_files, cli_rollout
+from pyserving.client import array_files, cli_logs, cli_rollout
 from pyserving.client.apis import model_server_config_pb2
 from pyserving.client.batch_output import OutputError
 from pyserving.client.channel import TLS, ChannelOptions
@@ -96,6 +96,7 @@ def build_parser(add_more: Callable[[Any, argparse.ArgumentParser, argparse.Argu
     reload.set_defaults(run=run_reload)
     add_more(commands, connection, model)
     cli_rollout.add_command(commands)
+    cli_logs.add_command(commands, connection)
     return parser
 
 

@@ -60,7 +60,8 @@ def add_commands(commands: Any, connection: argparse.ArgumentParser,
                          "request's own, else serving_default)")
     compare.add_argument("--inputs", type=Path, required=True, metavar="FILE",
                          help="requests: .npz (split by --batch-size), JSON lines (.jsonl), "
-                              ".json, or a TF Serving warmup TFRecord (needs TensorFlow)")
+                              ".json, or a TFRecord of PredictionLogs (a TF Serving warmup "
+                              "file or a request log)")
     compare.add_argument("--batch-size", type=int, default=32,
                          help="rows per request from an .npz (32)")
     compare.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (1e-6)")

@@ -1,6 +1,6 @@
 """Recorded requests to replay: an .npz split into batches, JSON lines (one object of named
-inputs per line), or a TF Serving warmup file (a TFRecord of PredictionLogs; needs
-TensorFlow to read)."""
+inputs per line), or a TFRecord file of PredictionLogs (a TF Serving warmup file or a
+pyserving request log)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pyserving.client import tensors
-from pyserving.client.apis import prediction_log_pb2
 from pyserving.client.array_files import inputs_from_json, load_npz
 from pyserving.client.bulk import count_batches, count_rows
+from pyserving.client.prediction_logs import LogFileError, read_logs
 
 
 class ReplayError(ValueError):
@@ -29,7 +29,7 @@ class ReplayRequest:
 
 def load_requests(path: str | Path, *, batch_size: int = 32) -> list[ReplayRequest]:
     """The requests of a file, chosen by its suffix: .npz, .jsonl/.ndjson, .json (an object
-    or a list of them); anything else is read as a TFRecord warmup file."""
+    or a list of them); anything else is read as a TFRecord file of PredictionLogs."""
     path = Path(path)
     if path.suffix == ".npz":
         return _npz_requests(path, batch_size)
@@ -61,16 +61,11 @@ def _json_request(value: object, where: str) -> ReplayRequest:
 
 
 def _warmup_requests(path: Path) -> list[ReplayRequest]:
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ReplayError(f"{path}: reading a TFRecord warmup file needs TensorFlow "
-                          "(pip install 'pyserving[server]'); or replay JSON lines or an "
-                          ".npz instead") from None
+    """The Predict requests of a TFRecord file of PredictionLogs (a warmup file or a
+    request log), read without TensorFlow."""
     requests = []
     try:
-        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
-            log = prediction_log_pb2.PredictionLog.FromString(record)
+        for log in read_logs([path]):
             if log.WhichOneof("log_type") != "predict_log":
                 continue  # classify, regress and multi-inference records are not compared
             request = log.predict_log.request
@@ -78,8 +73,8 @@ def _warmup_requests(path: Path) -> list[ReplayRequest]:
                 {name: tensors.ndarray_from_tensor_proto(proto)
                  for name, proto in request.inputs.items()},
                 request.model_spec.signature_name or None, tuple(request.output_filter)))
-    except tf.errors.OpError as error:
-        raise ReplayError(f"{path}: not a TFRecord file: {error.message}") from None
+    except LogFileError as error:
+        raise ReplayError(str(error)) from None
     if not requests:
-        raise ReplayError(f"{path}: no predict requests in this warmup file")
+        raise ReplayError(f"{path}: no predict requests in this PredictionLog file")
     return requests

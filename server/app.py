@@ -36,6 +36,7 @@ from pyserving.server.op_libraries import load_op_libraries
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
 from pyserving.server.remote_storage import RemoteStorage, VersionCache, is_remote
+from pyserving.server.request_log import RequestLog
 from pyserving.server.rest.server import RestOptions, RestServer
 from pyserving.server.rollout.plan import RolloutFileWatcher
 from pyserving.server.rollout.router import Router
@@ -139,7 +140,10 @@ class ModelServer:
         self._cache = VersionCache(remote, options.model_cache_dir)
         self._source = FileSystemSource(options.file_system_poll_wait_seconds, remote)
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
-        self.configurator = ModelConfigurator(self.manager, self._source)
+        self.request_log = RequestLog(self.metrics, tags=options.tags,
+                                      max_file_bytes=options.request_log_max_file_bytes,
+                                      queue_size=options.request_log_queue_size)
+        self.configurator = ModelConfigurator(self.manager, self._source, self.request_log)
         self.router = Router(self.manager, Rollouts(observer=self.metrics))
         self.metrics.watch_rollouts(self.router.rollouts)
         self._rollout_watcher = RolloutFileWatcher(
@@ -149,6 +153,14 @@ class ModelServer:
                                 options.max_in_flight_requests_per_model, on_reload,
                                 metric_value=self.metrics.int64_value, router=self.router)
         self.v2 = V2Inference(self.core) if options.enable_v2_protocol else None
+        # An answer observer only while some model logs: otherwise requests never visit it.
+        self.request_log.on_active = self._request_log_active
+
+    def _request_log_active(self, active: bool) -> None:
+        if active:
+            self.core.add_answer_observer(self.request_log.observe)
+        else:
+            self.core.remove_answer_observer(self.request_log.observe)
 
     def _run_batched(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                      fetches: Sequence[str]) -> list[np.ndarray]:
@@ -338,6 +350,7 @@ class ModelServer:
         self.router.stop()
         if self.batcher is not None:
             self.batcher.stop()
+        self.request_log.stop()  # every answered request is queued by now: write them all
         self.manager.close(drain_seconds=0)
         self._cache.close()
         if self._executor is not None:

@@ -13,6 +13,7 @@ from pyserving.server import config as model_config
 from pyserving.server.errors import ServingError, failed_precondition, unimplemented
 from pyserving.server.manager import ModelManager, VersionState, VersionStatus
 from pyserving.server.remote_storage import is_remote, require_cloud_extra
+from pyserving.server.request_log import RequestLog
 from pyserving.server.source import FileSystemSource
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,10 @@ AppliedObserver = Callable[[model_config.ModelServerConfig], None]
 class ModelConfigurator:
     """The current model list, and the one way to change it."""
 
-    def __init__(self, manager: ModelManager, source: FileSystemSource) -> None:
+    def __init__(self, manager: ModelManager, source: FileSystemSource,
+                 request_log: RequestLog | None = None) -> None:
         self._manager = manager
+        self._request_log = request_log
         self._source = source
         self._lock = threading.Lock()
         self._config: model_config.ModelServerConfig | None = None  # the models served
@@ -65,6 +68,9 @@ class ModelConfigurator:
         for model in config.model_config_list.config:
             if is_remote(model.base_path):
                 require_cloud_extra(model.base_path)  # fails now, not at every poll
+        # pyserving's own check (TF Serving refuses any logging_config): before the config
+        # is accepted, so a bad one changes nothing.
+        logging = None if self._request_log is None else self._request_log.settings(config)
         if self._accepted is not None:
             model_config.validate_no_platform_changes(self._accepted, config)
         # From here on TF Serving holds the new config as its own even if a later check fails.
@@ -86,6 +92,8 @@ class ModelConfigurator:
         mark = self._manager.change_count()
         self._source.set_models(models)
         self._config = config
+        if logging is not None and self._request_log is not None:
+            self._request_log.configure(logging)  # no model reloads for it
         # TF Serving's source finds new models at its next scan; scanning now is sooner.
         self._source.poll(None if first else new_names)
         reached = self._manager.wait_for_latest(new_names, mark)

@@ -55,13 +55,16 @@ Response = TypeVar("Response", classification_pb2.ClassificationResponse,
 class Answer:
     """What an answer observer hears: the API, the version that answered, the request (a
     proto; for the array entry, its ModelSpec) and the response (a proto; for the array
-    entry, the (alias, array, DataType) outputs)."""
+    entry, the (alias, array, DataType) outputs). The array entry also gives the signature
+    it ran and its input arrays by alias (the request log rebuilds the PredictRequest)."""
 
     api: str
     model: str
     version: int
     request: Any
     response: Any
+    signature_name: str = ""
+    inputs: Mapping[str, np.ndarray] | None = None
 
 
 AnswerObserver = Callable[[Answer], None]
@@ -94,9 +97,15 @@ class ServingCore:
         return acquire(self.manager, spec)
 
     def add_answer_observer(self, observer: AnswerObserver) -> None:
-        """Call ``observer`` after each answered Predict/Classify/Regress (request logging,
-        tracing); with none added, a request visits no observer code."""
-        self._observers.append(observer)
+        """Call ``observer`` after each answered Predict/Classify/Regress/MultiInference
+        (request logging, tracing); with none added, a request visits no observer code.
+        Adding one already there changes nothing."""
+        if observer not in self._observers:
+            # A new list, not an append: requests iterate the one they read, unlocked.
+            self._observers = [*self._observers, observer]
+
+    def remove_answer_observer(self, observer: AnswerObserver) -> None:
+        self._observers = [known for known in self._observers if known != observer]
 
     def _admit(self, spec: model_pb2.ModelSpec) -> "_Admitted":
         """The servable a prediction request's spec names, counted in and admitted. Only a
@@ -148,7 +157,8 @@ class ServingCore:
             outputs = yield from self._predictor.array_steps(
                 servable, spec.name, signature_name, inputs, output_filter)
         if admitted.route is not None or self._observers:
-            self._arrays_answered(admitted, spec, read, output_filter, outputs)
+            self._arrays_answered(admitted, spec, read, output_filter, outputs,
+                                  signature_name, inputs)
         return outputs
 
     def classify(self, request: classification_pb2.ClassificationRequest
@@ -195,7 +205,8 @@ class ServingCore:
 
     def _arrays_answered(self, admitted: "_Admitted", spec: model_pb2.ModelSpec,
                          read: ReadInputs, output_filter: Sequence[str],
-                         outputs: list[OutputArray]) -> None:
+                         outputs: list[OutputArray], signature_name: str,
+                         inputs: Mapping[str, np.ndarray]) -> None:
         if admitted.route is not None and admitted.route.mirror:
             def shadow(shadow_spec: model_pb2.ModelSpec) -> Outputs:
                 with self.servable_for(shadow_spec) as servable:
@@ -206,7 +217,8 @@ class ServingCore:
 
             self._mirror(admitted.route, lambda: _by_alias(outputs), shadow)
         if self._observers:
-            self._observe(Answer("Predict", admitted.model, admitted.version, spec, outputs))
+            self._observe(Answer("Predict", admitted.model, admitted.version, spec, outputs,
+                                 signature_name, inputs))
 
     def _mirror(self, route: Route, primary: Callable[[], Outputs],
                 shadow: Callable[[model_pb2.ModelSpec], Outputs]) -> None:
@@ -225,7 +237,11 @@ class ServingCore:
                         ) -> inference_pb2.MultiInferenceResponse:
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
         with _Admitted(self.servable_for(spec), None, self.in_flight) as servable:
-            return self._inference.multi_inference(servable, request)
+            response = self._inference.multi_inference(servable, request)
+        if self._observers:
+            self._observe(Answer("MultiInference", servable.name, servable.version, request,
+                                 response))
+        return response
 
     def rollout_status(self, model_name: str) -> dict[str, Any]:
         """The rollout of a model as ``GET /v1/models/{m}/rollout`` shows it; NOT_FOUND when

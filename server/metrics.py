@@ -259,6 +259,17 @@ class ServerMetrics:
         self._rollout_trips = Counter(
             "pyserving_rollout_guard_trips", "Guards tripped: an arm taken out of the split, "
             "or the shadow stopped.", ["model_name", "what"], registry=self._store)
+        # Request logging (request_log/): records written, dropped by reason, bytes written.
+        self._log_records = Counter(
+            "pyserving_request_log_records", "Request log records written to files.",
+            ["model_name"], registry=self._store)
+        self._log_bytes = Counter(
+            "pyserving_request_log_bytes", "Bytes of request log records written to files.",
+            ["model_name"], registry=self._store)
+        self._log_dropped = Counter(
+            "pyserving_request_log_dropped", "Request log records lost, by reason: "
+            "queue_full, write_error, file_deleted, shutdown.", ["model_name", "reason"],
+            registry=self._store)
 
     def _counter(self, name: str, documentation: str, *labels: str) -> Gauge:
         """A TF monitoring::Counter (kCumulative): summed over --workers processes."""
@@ -354,6 +365,13 @@ class ServerMetrics:
 
     def observe_rollout_trip(self, model: str, what: str) -> None:
         self._child(self._rollout_trips, model, what).inc()
+
+    def observe_request_log_written(self, model: str, records: int, size: int) -> None:
+        self._child(self._log_records, model).inc(records)
+        self._child(self._log_bytes, model).inc(size)
+
+    def observe_request_log_dropped(self, model: str, reason: str, records: int) -> None:
+        self._child(self._log_dropped, model, reason).inc(records)
 
     def observe_model_event(self, event: ModelEvent) -> None:
         """Manager observer: load seconds, plus one structured log line per event."""

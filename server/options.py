@@ -147,6 +147,12 @@ class ServerOptions:
     rollout_config_poll_wait_seconds: int = _flag(
         10, "pyserving: seconds between re-reads of --rollout_config_file (0 reads it once); "
             "an invalid file is logged and the rollouts in force stay.")
+    request_log_max_file_bytes: int = _flag(
+        128 << 20, "pyserving: size at which a request log file (ModelConfig.logging_config) "
+                   "is closed and the next one started.")
+    request_log_queue_size: int = _flag(
+        4096, "pyserving: request log records waiting for the writer at most; past it new "
+              "records are dropped (and counted), never a request delayed.")
 
     @property
     def tags(self) -> tuple[str, ...]:

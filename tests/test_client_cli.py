@@ -409,16 +409,31 @@ def test_compare_replays_a_tf_serving_warmup_file(target: str, tmp_path: Path):
     assert json.loads(result.stdout)["requests"] == 3
 
 
-def test_compare_without_tensorflow_explains_the_warmup_format(target: str, tmp_path: Path):
-    warmup = tmp_path / "tf_serving_warmup_requests"
-    warmup.write_bytes(b"\0" * 16)
+def test_compare_reads_prediction_log_files_without_tensorflow(target: str, tmp_path: Path):
+    from pyserving.client.tfrecord import write_records
+
+    logs = tmp_path / "requests.tfrecord"
+    records = []
+    for x in (1.0, 2.0):
+        log = prediction_log_pb2.PredictionLog()
+        log.predict_log.request.inputs["x"].CopyFrom(tensor_proto(np.array([[x]], np.float32)))
+        records.append(log.SerializeToString())
+    write_records(logs, records)
+    garbage = tmp_path / "tf_serving_warmup_requests"
+    garbage.write_bytes(b"\0" * 16)
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     (blocker / "tensorflow.py").write_text("raise ImportError('no TensorFlow here')\n")
     env = {**os.environ, "PYTHONPATH": str(blocker)}
-    result = subprocess.run(
-        [sys.executable, "-m", "pyserving.client.cli", "compare", "--target", target,
-         "--model", VERSIONS, "--a", "version=123", "--b", "version=124", "--inputs", warmup],
-        capture_output=True, text=True, timeout=120, env=env)
+
+    def run(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pyserving.client.cli", "compare", "--target", target,
+             "--model", VERSIONS, "--a", "version=123", "--b", "version=124", "--inputs",
+             path, "--json"], capture_output=True, text=True, timeout=120, env=env)
+    result = run(logs)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["requests"] == 2
+    result = run(garbage)
     assert result.returncode == 2
-    assert "needs TensorFlow" in result.stderr
+    assert "not a TFRecord file" in result.stderr

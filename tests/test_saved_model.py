@@ -8,7 +8,8 @@ import sys
 TENSORFLOW_FREE = ("core", "manager", "batching.batcher", "source", "servable", "predict",
                    "example_inference", "warmup", "configurator", "health", "grpc_services",
                    "grpc_aio", "rest.handler", "rest.server", "rollout.router", "metrics",
-                   "v2.rest", "v2.grpc_service", "v2.codec", "v2.inference")
+                   "request_log.writer", "v2.rest", "v2.grpc_service", "v2.codec",
+                   "v2.inference")
 
 
 def test_the_core_and_its_transports_import_no_tensorflow():

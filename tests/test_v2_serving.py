@@ -253,3 +253,35 @@ def test_bad_v2_requests_next_to_good_ones_disturb_nothing(serve, rows_model):
         statuses = pool.map(misbehave, range(16))
         answers = pool.map(good, range(16))
         assert set(statuses) == {400} and all(answers)
+
+
+def test_v2_requests_are_request_logged_as_predict_logs(serve, rows_model, tmp_path):
+    import tensorflow as tf
+
+    from pyserving.server.apis import prediction_log_pb2
+
+    folder = tmp_path / "logs"
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "default" base_path: "{rows_model}" '
+                      'model_platform: "tensorflow" logging_config { log_collector_config { '
+                      f'type: "tfrecord" filename_prefix: "{folder / "default"}" }} '
+                      'sampling_config { sampling_rate: 1.0 } } } }')
+    server = serve(model_config_file=str(config), rest_api_port=free_port())
+    x = rows_of(4, 2)
+    v2_rest_binary(server, x)
+    channel = grpc.insecure_channel(server.grpc_target)
+    try:
+        v2_grpc(channel, x)
+    finally:
+        channel.close()
+
+    def logs() -> list[Any]:
+        files = sorted(str(path) for path in folder.glob("*.tfrecord"))
+        return [prediction_log_pb2.PredictionLog.FromString(record)
+                for record in tf.data.TFRecordDataset(files).as_numpy_iterator()] if files else []
+
+    wait_until(lambda: len(logs()) == 2, "both V2 requests logged")
+    for log in logs():
+        request = log.predict_log.request
+        assert request.model_spec.name == "default"
+        assert ndarray_from_tensor_proto(request.inputs["x"]).tolist() == x.tolist()
