@@ -21,6 +21,7 @@ from pyserving.server import config as model_config
 from pyserving.server import device
 from pyserving.server.batching.batcher import Batcher, Feeds
 from pyserving.server.batching.config import BatchingOptions, read_batching_parameters
+from pyserving.server.config import VersionDirectory
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError, invalid_argument, unavailable
@@ -138,7 +139,8 @@ class ModelServer:
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
         remote = RemoteStorage()
         self._cache = VersionCache(remote, options.model_cache_dir)
-        self._source = FileSystemSource(options.file_system_poll_wait_seconds, remote)
+        self._source = FileSystemSource(options.file_system_poll_wait_seconds, remote,
+                                        on_listed=self._retry_changed_versions)
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
         self.request_log = RequestLog(self.metrics, tags=options.tags,
                                       max_file_bytes=options.request_log_max_file_bytes,
@@ -182,16 +184,30 @@ class ModelServer:
     def _queue_depths(self) -> dict[str, int]:
         return self.batcher.queue_depths() if self.batcher is not None else {}
 
+    def _retry_changed_versions(self, name: str, versions: list[VersionDirectory]) -> None:
+        """A bucket version whose copy or load failed (a poll caught its upload midway) is
+        tried again once its files change."""
+        for version in versions:
+            if self._cache.changed_since_failure(version.path):
+                log.info("The files of servable version {name: %s version: %d} changed since "
+                         "its load failed: loading it again", name, version.version)
+                self.manager.retry_failed(name, version.version)
+
     def _load(self, name: str, version: int, path: str) -> Servable:
         """Load a version; one in object storage is copied into the cache first, and its copy
         is deleted when its load fails or it unloads."""
         if not is_remote(path):
             return self._load_local(name, version, path)
-        local = self._cache.fetch(name, version, path)
+        try:
+            local = self._cache.fetch(name, version, path)
+        except BaseException:
+            self._cache.note_failure(path)
+            raise
         try:
             servable = self._load_local(name, version, local)
         except BaseException:
             self._cache.evict(name, version)
+            self._cache.note_failure(path)
             raise
         servable.after_close(functools.partial(self._cache.evict, name, version))
         return servable
@@ -327,6 +343,10 @@ class ModelServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        # A warmup in progress ends after its current request: the load it belongs to fails
+        # at once instead of keeping the load pool (and so manager.close) busy for minutes.
+        if self._warmup is not None:
+            self._warmup.stop()
         # Publishing NOT_SERVING to Watch streams waits on gRPC (on grpc.aio, for the event
         # loop); bound the wait: the gRPC stop below ends those streams anyway.
         notifier = threading.Thread(target=self.health.shut_down, name="health-shutdown",
@@ -345,13 +365,17 @@ class ModelServer:
             self._server.stop(grace).wait()
         if self._rest is not None:
             self._rest.stop()
-        # The grace period is over and gRPC has cancelled what was left; closing the sessions
-        # stops those handlers' TensorFlow runs, so the thread pool can finish.
+        # The grace period is over and gRPC has cancelled what was left: queued shadow
+        # requests are dropped, a running one is cancelled like any request below.
+        self.router.stop(wait=False)
+        # Closing the sessions stops the TensorFlow runs still going, so the thread pools can
+        # finish. The batcher stops after the manager: a load still warming up replays through
+        # it, and a batcher stopped first would leave that request where no thread looks.
+        self.manager.close(drain_seconds=0)
         self.router.stop()
         if self.batcher is not None:
             self.batcher.stop()
         self.request_log.stop()  # every answered request is queued by now: write them all
-        self.manager.close(drain_seconds=0)
         self._cache.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)

@@ -25,11 +25,12 @@ ModelServerConfig = model_server_config_pb2.ModelServerConfig
 
 
 
-def parse_proto_text_file(path: str, message: _Message) -> _Message:
+def parse_proto_text_file(path: str, message: _Message,
+                          remote: RemoteStorage | None = None) -> _Message:
     """util/proto_util.h ParseProtoTextFile: the file as ``read_text_file`` reads it, parsed
     as text format into ``message``. A parse error is INVALID_ARGUMENT ``Invalid protobuf file:
     '<path>'``; the parser's reason only goes to the log, as protobuf's parser logs it."""
-    text = read_text_file(path)
+    text = read_text_file(path, remote)
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as error:
@@ -48,13 +49,14 @@ def single_model_config(name: str, base_path: str) -> ModelServerConfig:
     return config
 
 
-def read_text_file(path: str) -> str:
+def read_text_file(path: str, remote: RemoteStorage | None = None) -> str:
     """A file a flag names, read as TF Serving's ParseProtoTextFile reads it (an mmap of the
     whole file): a failure is TensorFlow's ``<path>; <strerror>`` with its errno's code, so a
     missing file is NOT_FOUND and an empty one INVALID_ARGUMENT (mmap of 0 bytes). A file in
-    object storage (s3://, gs://) is read from there."""
+    object storage (s3://, gs://) is read from there, through ``remote`` when given (a file
+    re-read at every poll reuses one file system client)."""
     if is_remote(path):
-        data = RemoteStorage().read_bytes(path)
+        data = (remote if remote is not None else RemoteStorage()).read_bytes(path)
         if not data:
             raise io_error(path, errno.EINVAL)
         return data.decode("utf-8", errors="replace")
@@ -77,9 +79,10 @@ def read_text_file(path: str) -> str:
     return data.decode("utf-8", errors="replace")
 
 
-def read_model_config_file(path: str) -> ModelServerConfig:
+def read_model_config_file(path: str, remote: RemoteStorage | None = None
+                           ) -> ModelServerConfig:
     """Parse a text-format ModelServerConfig file, failing the way TF Serving does."""
-    return parse_proto_text_file(path, ModelServerConfig())
+    return parse_proto_text_file(path, ModelServerConfig(), remote)
 
 
 def model_server_config(options: ServerOptions) -> ModelServerConfig:

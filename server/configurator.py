@@ -12,12 +12,13 @@ import grpc
 from pyserving.server import config as model_config
 from pyserving.server.errors import ServingError, failed_precondition, unimplemented
 from pyserving.server.manager import ModelManager, VersionState, VersionStatus
-from pyserving.server.remote_storage import is_remote, require_cloud_extra
+from pyserving.server.remote_storage import RemoteStorage, is_remote, require_cloud_extra
 from pyserving.server.request_log import RequestLog
 from pyserving.server.source import FileSystemSource
 
 log = logging.getLogger(__name__)
 
+_STOP_WAIT_SECONDS = 1.0
 AppliedObserver = Callable[[model_config.ModelServerConfig], None]
 
 
@@ -143,13 +144,17 @@ class ModelConfigurator:
         if poll_seconds <= 0 or self._file_poller is not None:
             return
 
+        storage = RemoteStorage()  # a file in a bucket: one client for every re-read
+
         def run() -> None:
             while not self._stop.wait(poll_seconds):
                 try:
-                    config = model_config.read_model_config_file(path)
+                    config = model_config.read_model_config_file(path, storage)
                 except ServingError as error:
                     log.error("Failed to read ModelServerConfig file: %s", error.message)
                     continue
+                if self._stop.is_set():  # the read outlasted shutdown's wait for it
+                    return
                 try:
                     self.apply(config)
                 except ServingError as error:
@@ -160,9 +165,11 @@ class ModelConfigurator:
         self._file_poller.start()
 
     def stop(self) -> None:
+        """Stop polling the config file; a read of it still hanging (a bucket that does not
+        answer) is not waited for beyond a moment: it applies nothing any more."""
         self._stop.set()
         if self._file_poller is not None:
-            self._file_poller.join()
+            self._file_poller.join(_STOP_WAIT_SECONDS)
             self._file_poller = None
 
 

@@ -332,10 +332,10 @@ class _Admitted:
         self._router = router
         try:
             self._slot = limit.admit(servable.name)
-        except BaseException:
+        except BaseException as error:
             servable.release()
             if route is not None and router is not None:
-                router.finish(route, ok=False)
+                router.finish(route, error)
             raise
 
     @property
@@ -349,11 +349,11 @@ class _Admitted:
     def __enter__(self) -> Servable:
         return self._servable
 
-    def __exit__(self, kind: type | None, *_: object) -> None:
+    def __exit__(self, kind: type | None, error: BaseException | None, *_: object) -> None:
         self._limit.release(self._slot)
         self._servable.release()
         if self.route is not None and self._router is not None:
-            self._router.finish(self.route, ok=kind is None)
+            self._router.finish(self.route, error)
 
 
 def _by_alias(outputs: list[OutputArray]) -> Outputs:

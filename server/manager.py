@@ -136,6 +136,14 @@ class ModelManager:
                     entry.failed_while_aspired = False
             self._reconcile(name)
 
+    def retry_failed(self, name: str, number: int) -> None:
+        """Let a version whose load failed while aspired load again (its files changed): the
+        next ``set_aspired_versions`` naming it loads it."""
+        with self._lock:
+            entry = self._versions.get(name, {}).get(number)
+            if entry is not None and entry.state == VersionState.END:
+                entry.failed_while_aspired = False
+
     def _reconcile(self, name: str) -> None:
         """Schedule the loads and unloads that move ``name`` toward its aspired versions."""
         if self._closed:
@@ -206,24 +214,31 @@ class ModelManager:
         """Serve a version that loaded, unless it was cancelled meanwhile; then tell the
         observers (after the lock)."""
         with self._lock:
-            if entry.cancel.is_set() or self._closed:
-                self._set_state(name, number, entry, VersionState.END)
-                servable.retire()
+            cancelled = entry.cancel.is_set() or self._closed
+            if not cancelled:
+                entry.servable = servable
+                previous = self._serving.servables.get(name, {})
+                self._publish(name, number, servable)
+                self._set_state(name, number, entry, VersionState.AVAILABLE)
+                seconds = time.monotonic() - started
+                log.info("Successfully loaded servable version {name: %s version: %d} in "
+                         "%.0f ms", name, number, seconds * 1000)
+                # Queued before _reconcile schedules unloads: observers hear load, swap,
+                # unload.
+                self._events.append(ModelEvent("load", name, number, entry.path, seconds))
+                if previous and max(previous) < number:
+                    self._events.append(ModelEvent("swap", name, number, entry.path,
+                                                   previous_version=max(previous)))
                 self._reconcile(name)
-                return
-            entry.servable = servable
-            previous = self._serving.servables.get(name, {})
-            self._publish(name, number, servable)
-            self._set_state(name, number, entry, VersionState.AVAILABLE)
-            seconds = time.monotonic() - started
-            log.info("Successfully loaded servable version {name: %s version: %d} in %.0f ms",
-                     name, number, seconds * 1000)
-            # Queued before _reconcile schedules unloads: observers hear load, swap, unload.
-            self._events.append(ModelEvent("load", name, number, entry.path, seconds))
-            if previous and max(previous) < number:
-                self._events.append(ModelEvent("swap", name, number, entry.path,
-                                               previous_version=max(previous)))
-            self._reconcile(name)
+        if cancelled:
+            # Retired outside the lock: closing it deletes a bucket version's local copy,
+            # which must not stall GetModelStatus or a reload. It stays LOADING meanwhile, so
+            # no new load of it starts (and copies) before this copy is gone.
+            servable.retire()
+            with self._lock:
+                self._set_state(name, number, entry, VersionState.END)
+                self._reconcile(name)
+            return
         self._deliver()
 
     def _unload(self, name: str, number: int, entry: _Version,

@@ -16,7 +16,10 @@ identity (google.auth's default) and STORAGE_EMULATOR_HOST itself.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import importlib
+import logging
 import os
 import posixpath
 import shutil
@@ -28,6 +31,8 @@ from typing import Any, Mapping
 import grpc
 
 from pyserving.server.errors import ServingError, not_found, unavailable, unimplemented
+
+log = logging.getLogger(__name__)
 
 # URL scheme -> the fsspec implementation that reads it.
 _LIBRARIES = {"s3": "s3fs", "gs": "gcsfs"}
@@ -42,6 +47,10 @@ _S3_MAX_ATTEMPTS = 2
 
 # (relative path, size, fingerprint) of each file of a version, sorted.
 Listing = tuple[tuple[str, int, str], ...]
+# A server's cache folder, and the file whose lock (held while it lives) marks it as in use.
+CACHE_PREFIX = "pyserving-models-"
+OWNER_LOCK = "owner.lock"
+_STARTING_PREFIX = ".pyserving-starting-"
 
 
 def is_remote(path: str) -> bool:
@@ -190,24 +199,48 @@ class VersionCache:
     """Local copies of remote versions, one directory per version that is loading or loaded
     (the server evicts a version when its load fails or it unloads). Copies live in a
     directory of this server's own, made in ``root`` (a temp dir when empty) at first use and
-    removed by ``close``."""
+    removed by ``close``.
+
+    A process killed before ``close`` (OOM, SIGKILL, a ``--workers`` restart) cannot remove
+    its folder, so each folder holds ``owner.lock``, locked (flock) by its process while it
+    lives: the kernel releases the lock when the process dies, and the next cache made in
+    the same root deletes every folder whose lock it can take.
+
+    The listing of a version whose copy or load failed is kept: ``changed_since_failure``
+    tells when its files changed (an upload the poll caught midway finished), so the version
+    is tried again."""
 
     def __init__(self, storage: RemoteStorage, root: str = "") -> None:
         self._storage = storage
         self._root = root
         self._directory: str | None = None
+        self._owner: int | None = None  # the descriptor holding owner.lock's lock
         self._lock = threading.Lock()
+        self._seen: dict[str, Listing | None] = {}  # url -> the last listing fetch saw
+        self._failed: dict[str, Listing | None] = {}  # url -> its listing when it failed
 
     def _model_directory(self, name: str) -> str:
         with self._lock:
             if self._directory is None:
-                if self._root:
-                    os.makedirs(self._root, exist_ok=True)
-                self._directory = tempfile.mkdtemp(prefix="pyserving-models-",
-                                                   dir=self._root or None)
+                self._directory = self._claim_directory()
             path = os.path.join(self._directory, urllib.parse.quote(name, safe=""))
         os.makedirs(path, exist_ok=True)
         return path
+
+    def _claim_directory(self) -> str:
+        """Reclaim the folders of dead servers, then make this one's, locked before it gets
+        the name other caches look at (the lock is held from its first moment)."""
+        root = self._root or tempfile.gettempdir()
+        os.makedirs(root, exist_ok=True)
+        reclaim_abandoned(root)
+        staging = tempfile.mkdtemp(prefix=_STARTING_PREFIX, dir=root)
+        owner = os.open(os.path.join(staging, OWNER_LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(owner, fcntl.LOCK_EX)
+        directory = os.path.join(root, CACHE_PREFIX +
+                                 os.path.basename(staging)[len(_STARTING_PREFIX):])
+        os.rename(staging, directory)
+        self._owner = owner
+        return directory
 
     def path(self, name: str, version: int) -> str:
         return os.path.join(self._model_directory(name), str(version))
@@ -217,7 +250,10 @@ class VersionCache:
         The copy goes to a temporary name, is checked (every file at its listed size, and a
         second listing equal to the first: no upload in progress), then renamed into place.
         A version without its SavedModel file yet, or still changing, fails as a load does."""
+        with self._lock:
+            self._seen[url] = None
         files = self._storage.listing(url)
+        self._saw(url, files)
         if not any(name_ in _SAVED_MODEL_FILES for name_, _, _ in files):
             raise not_found("Specified file path does not appear to contain a SavedModel "
                             "bundle (should have a file called `saved_model.pb`)\n"
@@ -231,7 +267,9 @@ class VersionCache:
                 if os.path.getsize(copied) != size:
                     raise unavailable(f"Copying {url}/{relative} stopped after "
                                       f"{os.path.getsize(copied)} of {size} bytes")
-            if self._storage.listing(url) != files:
+            again = self._storage.listing(url)
+            if again != files:
+                self._saw(url, again)
                 raise unavailable(f"{url} changed while it was copied (an upload in "
                                   "progress?); the next attempt copies it again")
             shutil.rmtree(target, ignore_errors=True)
@@ -239,7 +277,35 @@ class VersionCache:
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
+        with self._lock:
+            self._failed.pop(url, None)
         return target
+
+    def _saw(self, url: str, files: Listing) -> None:
+        with self._lock:
+            self._seen[url] = files
+
+    def note_failure(self, url: str) -> None:
+        """The copy or load of ``url`` failed: remember its files as they were."""
+        with self._lock:
+            self._failed[url] = self._seen.pop(url, None)
+
+    def changed_since_failure(self, url: str) -> bool:
+        """Whether ``url`` failed and its files have changed since (lists it; True once per
+        change). False for a version that did not fail or cannot be listed now."""
+        with self._lock:
+            if url not in self._failed:
+                return False
+            before = self._failed[url]
+        try:
+            now = self._storage.listing(url)
+        except ServingError:
+            return False
+        if now == before:
+            return False
+        with self._lock:
+            self._failed.pop(url, None)
+        return True
 
     def evict(self, name: str, version: int) -> None:
         with self._lock:
@@ -251,5 +317,40 @@ class VersionCache:
     def close(self) -> None:
         with self._lock:
             directory, self._directory = self._directory, None
+            owner, self._owner = self._owner, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
+        if owner is not None:
+            os.close(owner)  # after the folder is gone: no one reclaims it under our feet
+
+
+def reclaim_abandoned(root: str) -> list[str]:
+    """Delete the cache folders in ``root`` whose process is gone (their owner.lock can be
+    locked); returns their paths. A folder without the lock file is left alone."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    reclaimed = []
+    for name in sorted(names):
+        if not name.startswith(CACHE_PREFIX):
+            continue
+        folder = os.path.join(root, name)
+        try:
+            owner = os.open(os.path.join(folder, OWNER_LOCK), os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                log.warning("Cannot check the model cache folder %s: %s", folder, error)
+            os.close(owner)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            reclaimed.append(folder)
+            log.info("Deleted the model cache folder %s of a server that is gone", folder)
+        finally:
+            os.close(owner)
+    return reclaimed

@@ -26,6 +26,7 @@ from pyserving.server import request_context
 from pyserving.server.apis import config_pb2, meta_graph_pb2
 from pyserving.server.errors import ServingError, from_tensorflow, internal, not_found
 from pyserving.server.op_libraries import with_op_hint
+from pyserving.server.rollout.verdict import model_failure
 from pyserving.server.servable import Servable, SignatureDef
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class SavedModel:
             # placeholder's; TF Serving does not check shapes, so go to TF_SessionRun directly.
             return self._session._call_tf_sessionrun(options, feed_dict, fetch_list, [], None)
         except tf.errors.OpError as error:
-            raise from_tensorflow(error) from None
+            raise model_failure(from_tensorflow(error)) from None
         finally:
             if options is not None:
                 pywrap_tf_session.TF_DeleteBuffer(options)
@@ -194,4 +195,4 @@ def tfrecords(path: str) -> Iterator[bytes]:
         except StopIteration:
             return
         except tf.errors.OpError as error:
-            raise from_tensorflow(error) from None
+            raise model_failure(from_tensorflow(error)) from None

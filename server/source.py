@@ -1,7 +1,11 @@
 """The file-system source: polls each model's base path, applies its version policy and tells
 a callback which versions should be served, as TF Serving's FileSystemStoragePathSource
 (sources/storage_path/file_system_storage_path_source.cc) tells its AspiredVersionsCallback
-(core/source.h). The source does not know the manager; the server connects the two."""
+(core/source.h). The source does not know the manager; the server connects the two.
+
+A model in a bucket is listed on a thread of its own, without the source's lock, at most once at
+a time: a bucket that hangs delays only its own model's next poll, never a config reload, the
+other models' polls or shutdown."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import logging
 import os
 import re
 import threading
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_all
 from typing import Callable
 
 from pyserving.server.config import ModelConfig, VersionDirectory
@@ -26,16 +32,21 @@ AspiredVersionsCallback = Callable[[str, list[VersionDirectory]], None]
 class FileSystemSource:
     """Scans base paths on demand (``poll``) and every ``poll_seconds`` once started; a
     negative ``poll_seconds`` disables scanning altogether, as in TF Serving. Base paths in
-    object storage (s3://, gs://) are listed through ``remote``."""
+    object storage (s3://, gs://) are listed through ``remote``; ``on_listed`` hears each
+    bucket model's aspired versions before the callback does, without the source's lock."""
 
-    def __init__(self, poll_seconds: float, remote: RemoteStorage | None = None) -> None:
+    def __init__(self, poll_seconds: float, remote: RemoteStorage | None = None, *,
+                 on_listed: AspiredVersionsCallback | None = None) -> None:
         self._aspire: AspiredVersionsCallback = lambda name, versions: None
+        self._on_listed = on_listed  # hears a bucket model's versions first, without the lock
         self._poll_seconds = poll_seconds
         self._remote = remote if remote is not None else RemoteStorage()
         self._models: dict[str, ModelConfig] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # bucket model name -> (the config listed, done when its listing ends)
+        self._listings: dict[str, tuple[ModelConfig, Future]] = {}
 
     def set_aspired_versions_callback(self, callback: AspiredVersionsCallback) -> None:
         """Where aspired versions go from now on (core/source.h SetAspiredVersionsCallback)."""
@@ -52,25 +63,62 @@ class FileSystemSource:
                 log.info("model %s is no longer in the config: unloading it", name)
                 self._aspire(name, [])
 
-    def poll(self, names: list[str] | None = None) -> None:
-        """Scan now and report aspired versions (a model without versions unloads). A base
-        path that is missing or unreadable fails the whole scan: nothing is reported, so what
-        is loaded stays (TF Serving's PollFileSystemAndInvokeCallback)."""
+    def poll(self, names: list[str] | None = None, wait: bool = True) -> None:
+        """Scan now and report aspired versions (a model without versions unloads). A local
+        base path that is missing or unreadable fails the local scan: nothing local is
+        reported, so what is loaded stays (TF Serving's PollFileSystemAndInvokeCallback); a
+        bucket that cannot be listed leaves only its own model as it is. With ``wait``,
+        returns once the buckets are listed too."""
         if self._poll_seconds < 0:
             return
         with self._lock:
-            aspired = {}
-            for model in self._models.values():
-                if names is not None and model.name not in names:
-                    continue
-                try:
-                    aspired[model.name] = aspired_versions(model, self._remote)
-                except ServingError as error:
-                    log.error("FileSystemStoragePathSource encountered a filesystem access "
-                              "error: %s", error.message)
-                    return
-            for name, versions in aspired.items():
-                self._aspire(name, versions)
+            models = [model for model in self._models.values()
+                      if names is None or model.name in names]
+        listings = [self._list_remote(model) for model in models if is_remote(model.base_path)]
+        aspired = []
+        for model in models:
+            if is_remote(model.base_path):
+                continue
+            try:
+                aspired.append((model, aspired_versions(model, self._remote)))
+            except ServingError as error:
+                _log_access_error(error)
+                aspired = []
+                break
+        self._report(aspired)
+        if wait:
+            wait_for_all(listings)
+
+    def _report(self, aspired: list[tuple[ModelConfig, list[VersionDirectory]]]) -> None:
+        """Tell the callback, for the models still configured as they were listed: a scan
+        must not re-aspire a model set_models removed or changed meanwhile."""
+        with self._lock:
+            for model, versions in aspired:
+                if self._models.get(model.name) == model and not self._stop.is_set():
+                    self._aspire(model.name, versions)
+
+    def _list_remote(self, model: ModelConfig) -> Future:
+        """List a bucket model on its own thread, unless a listing of it is under way."""
+        with self._lock:
+            running = self._listings.get(model.name)
+            if running is not None and running[0] == model and not running[1].done():
+                return running[1]
+            done: Future = Future()
+            self._listings[model.name] = (model, done)
+        threading.Thread(target=self._scan_remote, args=(model, done),
+                         name=f"list-{model.name}", daemon=True).start()
+        return done
+
+    def _scan_remote(self, model: ModelConfig, done: Future) -> None:
+        try:
+            versions = aspired_versions(model, self._remote)
+            if self._on_listed is not None:
+                self._on_listed(model.name, versions)
+            self._report([(model, versions)])
+        except ServingError as error:
+            _log_access_error(error)
+        finally:
+            done.set_result(None)
 
     def start(self) -> None:
         """Poll every ``poll_seconds`` in the background (not at all when it is <= 0)."""
@@ -81,13 +129,20 @@ class FileSystemSource:
 
     def _run(self) -> None:
         while not self._stop.wait(self._poll_seconds):
-            self.poll()
+            self.poll(wait=False)
 
     def stop(self) -> None:
+        """Stop polling; a bucket listing under way is left to end on its own (its daemon
+        thread reports nothing any more)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def _log_access_error(error: ServingError) -> None:
+    log.error("FileSystemStoragePathSource encountered a filesystem access error: %s",
+              error.message)
 
 
 def base_path_missing(model: ModelConfig, status: str | None = None) -> ServingError:

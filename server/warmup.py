@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from typing import Any, Callable, Iterable
 
@@ -16,7 +17,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from pyserving.server.apis import prediction_log_pb2
-from pyserving.server.errors import ServingError, invalid_argument
+from pyserving.server.errors import ServingError, invalid_argument, unavailable
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.predict import Predictor
 from pyserving.server.servable import Servable
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_RECORDS = 1000
+STOPPED = "Warmup stopped early: the server is shutting down"
 
 
 def _replayers(predictor: Predictor, inference: ExampleInference
@@ -57,6 +59,12 @@ class Warmup:
         self._read_records = read_records
         self._iterations = max(iterations, 1)
         self._observer = observer
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Shutdown began: a replay in progress ends after its current request, failing its
+        version's load with UNAVAILABLE, and no new one starts."""
+        self._stopping.set()
 
     def run(self, servable: Servable) -> int:
         """Replay the warmup file if the version has one; returns the records replayed."""
@@ -65,6 +73,7 @@ class Warmup:
         if not os.path.exists(path):
             log.info("No warmup data file found at %s", path)
             return 0
+        log.info("Starting to read warmup data for model at %s", path)
         records = iter(self._read_records(path))
         count = 0
         while True:
@@ -112,4 +121,6 @@ class Warmup:
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED, "Unsupported log_type for "
                                f"warmup: {entry.DESCRIPTOR.fields_by_name[kind].number}")
         for _ in range(self._iterations):
+            if self._stopping.is_set():
+                raise unavailable(f"{STOPPED} (model at {path})")
             replay(servable, getattr(entry, kind))

@@ -406,3 +406,22 @@ def test_a_remote_path_without_the_cloud_extra_names_it(scheme, library):
             f"'{scheme}://bucket/model'); pyserving reads {scheme}:// paths with its cloud "
             "extra: pip install 'pyserving[cloud]'") in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_a_version_failed_mid_upload_loads_once_its_files_change(s3_bucket, serve_remote,
+                                                                tmp_path, caplog):
+    """Issue #24: with no load retries left, a version the poll caught mid-upload stayed
+    failed until a restart; now a later listing with different files loads it."""
+    caplog.set_level(logging.INFO, logger="pyserving.server.app")
+    upload_version(s3_bucket, 123)
+    server, channel = serve_remote(model_base_path=f"{s3_bucket.url}/half_plus_two",
+                                   max_num_load_retries=0)
+    watcher = StatusWatcher(channel)
+    watcher.wait_for({123: AVAILABLE})
+    upload_version(s3_bucket, 124, only=("variables/",))  # no saved_model.pb yet
+    wait_until(lambda: "version: 124} failed (attempt 1 of 1)" in caplog.text,
+               "the failed load of the half-uploaded version")
+    watcher.wait_for({124: END, 123: AVAILABLE})
+    upload_version(s3_bucket, 124, only=("saved_model.pb", "assets"))
+    watcher.wait_for({124: AVAILABLE, 123: END})
+    assert "changed since its load failed: loading it again" in caplog.text

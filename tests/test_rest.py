@@ -352,12 +352,12 @@ def test_status_of_one_version_and_of_all(port: int) -> None:
 
 @pytest.mark.parametrize("method,path", [("GET", "/v3/models/default"), ("POST", "/"),
                                          ("OPTIONS", "/models/default:predict")])
-def test_path_outside_v1_is_a_plain_404(port: int, method: str, path: str) -> None:
-    """TF Serving's libevent answers with its HTML page; a plain 404 here."""
+def test_path_outside_v1_is_a_json_404(port: int, method: str, path: str) -> None:
+    """TF Serving's libevent answers with its HTML page; JSON here, which JSON clients read."""
     status, payload, headers = call(port, path, b"{}" if method == "POST" else None,
                                     method=method)
-    assert (status, payload, headers["Content-Type"]) == \
-        (404, b"404: Not Found", "text/plain; charset=utf-8")
+    assert (status, json.loads(payload), headers["Content-Type"]) == \
+        (404, {"error": f"Not Found: {path}"}, "application/json")
 
 
 @pytest.mark.parametrize("path,code", [("/v1/models/a%ZZ", 404), ("/v1/models/a|b:predict", 400),
@@ -374,8 +374,8 @@ def test_target_outside_strict_uri_syntax_reaches_the_routes(port: int, path: st
 @pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "PURGE"])
 def test_method_libevent_does_not_allow_is_405(port: int, method: str) -> None:
     """(TF Serving's libevent answers 501 with its HTML page.)"""
-    status, _, headers = call(port, "/v1/models/default", method=method)
-    assert status == 405
+    status, payload, headers = call(port, "/v1/models/default", method=method)
+    assert (status, json.loads(payload)) == (405, {"error": f"Method Not Allowed: {method}"})
     assert headers["Allow"] == "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT"
 
 
@@ -720,3 +720,10 @@ def test_predict_resolves_the_model_once(server: Any, port: int,
     assert call_json(port, "/v1/models/two/labels/canary:predict", {"instances": [2.0]}) == \
         (200, {"predictions": [3.0]})
     assert acquired == [("two",)]
+
+
+def test_a_huge_integer_in_an_unused_field_is_a_400_not_a_500(port: int) -> None:
+    """Issue #24: HTTP 500 ValueError('Invalid integer value') before; rapidjson's 400 now."""
+    body = b'{"instances": [[NaN]], "x": ' + b"1" * 5000 + b"}"
+    assert call_json(port, "/v1/models/default:predict", body) == (400, {
+        "error": "JSON Parse error: Number too big to be stored in double. at offset: 28"})

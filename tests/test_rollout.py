@@ -335,3 +335,33 @@ def test_requests_the_split_sends_to_the_shadow_itself_are_not_mirrored(start):
             Stub(channel).Predict(predict_request(), TIMEOUT)
     shadow = rollout_status(server)["shadow"]
     assert (shadow["mirrored"], shadow["dropped"], shadow["compared"]) == (0, 0, 0)
+
+
+def test_malformed_requests_against_a_50_50_split_do_not_trip_a_healthy_canary(start):
+    """Issue #24: 200 requests with an input the signature lacks, interleaved with good ones,
+    tripped the canary with "errors" that never reached it. Refusals before the version runs
+    are not the version's doing: nothing trips, and both arms show no errors."""
+    server = start(rollout_text('split { label: "stable" weight: 50 }',
+                                'split { label: "twin" weight: 50 }',
+                                extra="guard { max_error_rate: 0.05 min_requests: 5 }"))
+    bad = predict_request()
+    bad.inputs["nope"].CopyFrom(bad.inputs["x"])
+    del bad.inputs["x"]
+    refused = answered = 0
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = Stub(channel)
+        for _ in range(200):
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.Predict(bad, TIMEOUT)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            refused += 1
+            answered += stub.Predict(predict_request(), TIMEOUT).outputs["y"].float_val == [2.5]
+    url = f"http://127.0.0.1:{server.rest_port}/v1/models/m:predict"
+    for _ in range(50):  # REST too: a bad dtype
+        assert post_json(url, {"instances": [["text"]]})[0] == 400
+    status = rollout_status(server)
+    assert (refused, answered) == (200, 200)
+    assert not status["guard"]["tripped"], status["guard"]["reason"]
+    assert [arm["errors"] for arm in status["arms"]] == [0, 0]
+    assert sum(arm["requests"] for arm in status["arms"]) == 450
+    assert all(not arm["tripped"] and arm["weight"] == 50 for arm in status["arms"])

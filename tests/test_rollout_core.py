@@ -13,6 +13,7 @@ import pytest
 from pyserving.server.errors import ServingError
 from pyserving.server.rollout.plan import DEFAULT_MAX_ABS_DIFF, Target, read_rollout_config
 from pyserving.server.rollout.shadow import ShadowRunner, compare_outputs
+from pyserving.server.rollout.shadow_budget import ShadowBudget
 from pyserving.server.rollout.state import Comparison, Rollouts
 from support import wait_until
 
@@ -200,23 +201,25 @@ def test_the_shadow_runner_is_bounded_and_sheds_past_its_time_budget():
     release, started = threading.Event(), threading.Event()
     ran, dropped = [], []
     now = [0.0]
-    runner = ShadowRunner(capacity=2, budget=0.1, clock=lambda: now[0])
+    runner = ShadowRunner(capacity=2, clock=lambda: now[0])
+    budget = ShadowBudget(0.1, clock=lambda: now[0])
     try:
         def blocking() -> None:
             started.set()
             release.wait(10)
             now[0] += 1.0  # a 1 s job: 0.05 s saved up + 0.1 s earned meanwhile, overspent
 
-        assert runner.submit(blocking, lambda: dropped.append("blocking"))
+        assert runner.submit(blocking, lambda: dropped.append("blocking"), budget)
         assert started.wait(10)
-        assert runner.submit(lambda: ran.append(1), lambda: dropped.append(1))
-        assert runner.submit(lambda: ran.append(2), lambda: dropped.append(2))
-        assert not runner.submit(lambda: ran.append(3), lambda: dropped.append(3))  # full
+        assert runner.submit(lambda: ran.append(1), lambda: dropped.append(1), budget)
+        assert runner.submit(lambda: ran.append(2), lambda: dropped.append(2), budget)
+        assert not runner.submit(lambda: ran.append(3), lambda: dropped.append(3),
+                                 budget)  # full
         release.set()
         assert wait_until(lambda: len(dropped) == 3)  # the queued two, shed when their turn came
-        assert not runner.submit(lambda: ran.append(4), lambda: dropped.append(4))
+        assert not runner.submit(lambda: ran.append(4), lambda: dropped.append(4), budget)
         now[0] += 10.0  # the debt is paid off after 8.5 s of budget
-        assert runner.submit(lambda: ran.append(5), lambda: dropped.append(5))
+        assert runner.submit(lambda: ran.append(5), lambda: dropped.append(5), budget)
         assert wait_until(lambda: ran == [5])
     finally:
         runner.stop(timeout=10)

@@ -220,7 +220,7 @@ def test_enable_v2_protocol_false_serves_neither_v2_api(serve, rows_model):
     server = serve(model_base_path=rows_model, rest_api_port=free_port(),
                    enable_v2_protocol=False)
     status, payload, _ = http("GET", f"http://127.0.0.1:{server.rest_port}/v2/health/live")
-    assert (status, payload) == (404, b"404: Not Found")
+    assert (status, json.loads(payload)) == (404, {"error": "Not Found: /v2/health/live"})
     channel = grpc.insecure_channel(server.grpc_target)
     try:
         with pytest.raises(grpc.RpcError) as caught:

@@ -49,6 +49,7 @@ from pyserving.server.errors import (
     failed_precondition,
     internal,
     invalid_argument,
+    unavailable,
 )
 from pyserving.server.servable import Servable, SignatureDef
 
@@ -59,6 +60,7 @@ PER_MODEL_FILE = "batching_params.pbtxt"
 Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+STOPPED = "The batch scheduler is stopped: the server is shutting down"
 
 T = TypeVar("T")
 _UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
@@ -370,6 +372,8 @@ class Batcher:
         batch threads. Finding the queue and adding to it is one step under the lock: a queue
         forgotten in between would hold its tasks where no batch thread looks."""
         with self._lock:
+            if self._stopped:  # no batch thread would look at it any more
+                raise unavailable(STOPPED)
             queue = self._queue(plan)
             tasks, moved = queue.add_request(plan.arrays, plan.size, make, self._now())
             if moved:  # else the batch threads' current wait still holds
@@ -539,6 +543,7 @@ class Batcher:
         return depths
 
     def stop(self) -> None:
+        """Run what is queued, refuse new work with UNAVAILABLE, end the batch threads."""
         with self._lock:
             self._stopped = True
             self._lock.notify_all()

@@ -12,6 +12,7 @@ its last value, as every JSON library here does (rapidjson's FindMember finds th
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -27,6 +28,11 @@ _INT64_MIN, _UINT64_MAX = -2**63, 2**64 - 1
 _DEBUG_STRING_BYTES = 256  # json_tensor.cc kMaxJsonDebugStringBytes
 # A writer call of rapidjson's PrettyWriter: its separator and indent, then one token.
 _WRITER_CALL = re.compile(rb'[\s,:]*(?:"(?:[^"\\]|\\.)*"|[\[\]{}]|[^\s,:\[\]{}"]+)', re.DOTALL)
+# A JSON string (skipped) or number token, to find the number rapidjson finds too big.
+_STRING_OR_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)',
+                               re.DOTALL)
+_TOO_BIG = "Number too big to be stored in double."
+_TOO_BIG_SUM = 1.7976931348623157e307
 
 
 def parse_json(body: bytes) -> dict:
@@ -58,28 +64,68 @@ def _rapidjson(text: str, start: int) -> Any:
         document = rapidjson.loads(text, number_mode=rapidjson.NM_NAN)
         if not isinstance(document, (list, dict)) or _native_numbers(document):
             return document
-        # An integer beyond a double: rapidjson's TooBig, at the offset its native numbers give.
-        rapidjson.loads(text, number_mode=rapidjson.NM_NATIVE | rapidjson.NM_NAN)
-        raise AssertionError("python-rapidjson read an integer beyond a double")
-    except (rapidjson.JSONDecodeError, RecursionError) as error:
-        offset, message = _parts(error)
-        if message == _TRAILING:  # the document ended before the bytes that follow it
-            end = len(text.encode()[:offset].decode(errors="ignore"))
-            return _rapidjson(text[:end], start)
-        if message == "Invalid encoding in string.":  # a raw control character
-            message = "Invalid escape character in string."  # rapidjson 1.1.0's text
-        stripped = text.lstrip(" \t\n\r")
-        if message == "Invalid value." and stripped[:1] in ("]", "}", ",", ":") \
-                and offset == len(text.encode()) - len(stripped.encode()):
-            # rapidjson's iterative parser, as TF Serving runs it, has no value to start with
-            message = "The document is empty."
-        raise invalid_argument(f"JSON Parse error: {message} at offset: {start + offset}"
-                               ) from None
+        # A number beyond a double (python-rapidjson reads some as inf): rapidjson's TooBig.
+        too_big = _number_too_big(text, start)
+        if too_big is None:
+            return document
+        raise too_big
+    except ValueError as error:
+        if not isinstance(error, rapidjson.JSONDecodeError):
+            # An integer longer than Python's int digit limit (sys.get_int_max_str_digits).
+            too_big = _number_too_big(text, start)
+            raise too_big if too_big is not None else invalid_argument(
+                f"JSON Parse error: {_TOO_BIG} at offset: {start}") from None
+        return _rapidjson_error(text, start, error)
+    except RecursionError as error:
+        return _rapidjson_error(text, start, error)
+
+
+def _number_too_big(text: str, start: int) -> ServingError | None:
+    """rapidjson's NumberTooBig at the first number whose integer part overflows its reader,
+    if there is one (its exponent check python-rapidjson makes itself: 1e400 is refused,
+    1.5e309 is Infinity)."""
+    for token in _STRING_OR_NUMBER.finditer(text):
+        if token[1] is not None and _integer_part_too_big(token[1]):
+            offset = len(text[:token.start()].encode("utf-8", "surrogateescape"))
+            return invalid_argument(f"JSON Parse error: {_TOO_BIG} at offset: {start + offset}")
+    return None
+
+
+def _integer_part_too_big(number: str) -> bool:
+    """reader.h ParseNumber: past 64 bits the integer part is summed as a double, refused
+    once the sum reaches 1.7976931348623157e307 before another digit."""
+    digits = number.lstrip("-").split(".")[0].split("e")[0].split("E")[0]
+    if len(digits) < 309:
+        return False
+    total = 0.0
+    for digit in digits:
+        if total >= _TOO_BIG_SUM:
+            return True
+        total = total * 10 + (ord(digit) - 48)
+    return False
+
+
+def _rapidjson_error(text: str, start: int, error: Exception) -> Any:
+    """What rapidjson's error for ``text`` is in TF Serving's words (or the document, when
+    the error was only bytes after it)."""
+    offset, message = _parts(error)
+    if message == _TRAILING:  # the document ended before the bytes that follow it
+        end = len(text.encode()[:offset].decode(errors="ignore"))
+        return _rapidjson(text[:end], start)
+    if message == "Invalid encoding in string.":  # a raw control character
+        message = "Invalid escape character in string."  # rapidjson 1.1.0's text
+    stripped = text.lstrip(" \t\n\r")
+    if message == "Invalid value." and stripped[:1] in ("]", "}", ",", ":") \
+            and offset == len(text.encode()) - len(stripped.encode()):
+        # rapidjson's iterative parser, as TF Serving runs it, has no value to start with
+        message = "The document is empty."
+    raise invalid_argument(f"JSON Parse error: {message} at offset: {start + offset}"
+                           ) from None
 
 
 def _native_numbers(value: Any) -> bool:
     """Integers beyond 64 bits made doubles in place, as rapidjson holds them; False when one
-    is beyond a double too."""
+    is beyond a double too, or a float is infinite."""
     pending = [value]
     while pending:
         container = pending.pop()
@@ -93,6 +139,8 @@ def _native_numbers(value: Any) -> bool:
                     container[key] = float(item)
                 except OverflowError:
                     return False
+            elif type(item) is float and math.isinf(item):
+                return False  # an Infinity literal, or a number beyond a double
     return True
 
 

@@ -123,8 +123,11 @@ class RestServer:
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         if request.method not in _ALLOWED_METHODS:
-            return web.Response(status=405, text="405: Method Not Allowed",
-                                headers={"Allow": ", ".join(sorted(_ALLOWED_METHODS))})
+            # JSON like every other answer, so JSON clients can read it (issue #24)
+            response = self._response(405, response_json.error_json(
+                f"Method Not Allowed: {request.method}"))
+            response.headers["Allow"] = ", ".join(sorted(_ALLOWED_METHODS))
+            return response
         target = _path_and_query(request)
         path = request.rel_url.raw_path
         page = self._metrics_page
@@ -133,7 +136,8 @@ class RestServer:
         v2 = self._v2 is not None and target.startswith("/v2") and \
             V2_PATH.fullmatch(target) is not None
         if not v2 and not _HANDLED_PATH.fullmatch(target):
-            return web.Response(status=404, text="404: Not Found")  # no handler for the path
+            # no handler for the path (libevent's HTML page in TF Serving); JSON here
+            return self._response(404, response_json.error_json(f"Not Found: {target}"))
         if request.content_length and request.content_length > self._options.max_request_bytes:
             return self._too_large(request.content_length)
         try:

@@ -20,6 +20,8 @@ from pyserving.server.errors import ServingError, invalid_argument
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ABS_DIFF = 1e-6
+DEFAULT_SHADOW_BUDGET = 0.1  # seconds of shadow work per second of wall time
+DEFAULT_SHADOW_TIMEOUT = 5.0  # seconds a shadow request may run after it was mirrored
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class ShadowPlan:
     target: Target
     fraction: float
     max_abs_diff: float
+    budget: float = DEFAULT_SHADOW_BUDGET
+    timeout_seconds: float = DEFAULT_SHADOW_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,14 @@ def _shadow(rollout: rollout_pb2.ModelRollout, where: str) -> ShadowPlan | None:
                     else DEFAULT_MAX_ABS_DIFF)
     if not max_abs_diff >= 0:
         raise _invalid(f"{field}.max_abs_diff", f"must be >= 0, got {max_abs_diff}")
-    return ShadowPlan(_target(shadow, field), shadow.fraction, max_abs_diff)
+    budget = shadow.budget if shadow.HasField("budget") else DEFAULT_SHADOW_BUDGET
+    if not 0 < budget <= 1:
+        raise _invalid(f"{field}.budget", f"must be in (0, 1], got {budget}")
+    timeout = (shadow.timeout_seconds if shadow.HasField("timeout_seconds")
+               else DEFAULT_SHADOW_TIMEOUT)
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise _invalid(f"{field}.timeout_seconds", f"must be a finite number > 0, got {timeout}")
+    return ShadowPlan(_target(shadow, field), shadow.fraction, max_abs_diff, budget, timeout)
 
 
 def _guard(rollout: rollout_pb2.ModelRollout, where: str) -> GuardPlan:

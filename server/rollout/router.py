@@ -1,15 +1,17 @@
 """Where a prediction request goes: the version its ModelSpec names, or, for a request that
 names none, the arm its model's rollout picks (state.py); and the shadow copy sent after it.
 
-A routed request counts for its arm when it ends (any error, admission included, is a failed
-request). A mirrored copy runs on the shadow runner, bypasses admission (it holds no caller's
-slot) and the split (its ModelSpec names the shadow's version or label).
+A routed request counts for its arm when it ends; it failed, for the guard, only when the
+failure was its version's doing (verdict.py). A mirrored copy runs on the shadow runner within
+its deadline, bypasses admission (it holds no caller's slot) and the split (its ModelSpec names
+the shadow's version or label).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -22,9 +24,12 @@ from pyserving.server.manager import ModelManager
 from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.shadow import ShadowRunner, compare_outputs
 from pyserving.server.rollout.state import ArmState, ModelRollout, Rollouts
+from pyserving.server.rollout.verdict import counts_against_version
 from pyserving.server.servable import Servable, acquire
 
 log = logging.getLogger(__name__)
+
+SHADOW_JOIN_SECONDS = 5.0  # how long stop() waits for a shadow request the manager cancelled
 
 Outputs = Mapping[str, np.ndarray]
 
@@ -64,12 +69,14 @@ class Router:
         try:
             return self.servable_for(target_spec(spec.name, arm.target)), route
         except BaseException:
-            self.finish(route, ok=False)
+            # The arm's version is not loaded (NOT_FOUND): that is the arm's failure.
+            route.rollout.record(route.arm, ok=False, failed=True)
             raise
 
-    def finish(self, route: Route, ok: bool) -> None:
-        """A routed request ended."""
-        route.rollout.record(route.arm, ok)
+    def finish(self, route: Route, error: BaseException | None) -> None:
+        """A routed request ended with ``error`` (None: it succeeded)."""
+        route.rollout.record(route.arm, ok=error is None,
+                             failed=counts_against_version(error))
 
     def mirror(self, route: Route, primary: Callable[[], Outputs],
                shadow: Callable[[model_pb2.ModelSpec], Outputs]) -> None:
@@ -80,18 +87,30 @@ class Router:
         if not route.mirror or plan is None:
             return
         spec = target_spec(rollout.plan.model_name, plan.target)
+        # The primary's deadline, but at most the shadow's timeout from now: a hung shadow
+        # version then holds the shadow thread, and its lease, only that long.
+        deadline = time.monotonic() + plan.timeout_seconds
+        primary_deadline = request_context.current.get().deadline
+        if primary_deadline is not None:
+            deadline = min(deadline, primary_deadline)
+        runner = self._runner()
 
         def run() -> None:
             rollout.count_shadow(mirrored=1)
+            token = request_context.current.set(
+                request_context.RequestContext(deadline, runner.is_active))
             try:
                 theirs = shadow(spec)
             except ServingError as error:
                 log.debug("Shadow request to %s failed: %s", plan.target.describe(), error)
                 rollout.count_shadow(errors=1)
                 return
+            finally:
+                request_context.current.reset(token)
             rollout.record_comparison(compare_outputs(primary(), theirs, plan.max_abs_diff))
 
-        self._runner().submit(run, on_drop=lambda: rollout.count_shadow(dropped=1))
+        runner.submit(run, on_drop=lambda: rollout.count_shadow(dropped=1),
+                      budget=rollout.shadow_budget)
 
     def _runner(self) -> ShadowRunner:
         with self._lock:
@@ -99,12 +118,18 @@ class Router:
                 self._shadows = ShadowRunner()
             return self._shadows
 
-    def stop(self) -> None:
-        """Drop queued shadow requests and end the shadow thread."""
+    def stop(self, wait: bool = True) -> None:
+        """Drop queued shadow requests and take no more; with ``wait``, also wait (a bounded
+        time) for the running one, whose request counts as cancelled from now on."""
         with self._lock:
-            shadows, self._shadows = self._shadows, None
-        if shadows is not None:
-            shadows.stop(timeout=30)
+            shadows = self._shadows
+            if wait:
+                self._shadows = None
+        if shadows is None:
+            return
+        shadows.close()
+        if wait:
+            shadows.stop(timeout=SHADOW_JOIN_SECONDS)
 
 
 def target_spec(model_name: str, target: Target) -> model_pb2.ModelSpec:

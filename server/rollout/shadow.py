@@ -2,13 +2,15 @@
 and the two answers compared.
 
 The work is bounded so the primary path keeps its throughput: one background thread, a small
-queue and a time budget (``budget``: seconds of shadow work per second of wall time, 0.1 by
-default, with a little saved up while idle). A request is dropped (and counted) when the queue
-is full or the budget is spent, checked when it is offered and again when its turn comes: a
-lightly loaded server mirrors every request, a saturated one spends about a tenth of a core
-on its shadows. Measured (bench/rollout_shadow.py): a 100% shadow keeps 0.90-0.92x of the
-primary requests/s at 8 and 32 clients; a budget that let shadows run whenever fewer
-requests were in flight kept only 0.74x.
+queue and a time budget per model (the rollout's ``shadow.budget``: seconds of shadow work per
+second of wall time, 0.1 by default, with a little saved up while idle). A request is dropped
+(and counted) when the queue is full or the budget is spent, checked when it is offered and
+again when its turn comes: a lightly loaded server mirrors every request, a saturated one
+spends about a tenth of a core on its shadows. Each shadow request has a deadline (the
+primary's, at most ``shadow.timeout_seconds`` after it was mirrored), so a hung shadow
+version holds the thread and its lease only that long. Measured (bench/rollout_shadow.py):
+a 100% shadow keeps 0.90-0.92x of the primary requests/s at 8 and 32 clients; a budget that
+let shadows run whenever fewer requests were in flight kept only 0.74x.
 """
 
 from __future__ import annotations
@@ -22,43 +24,48 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from pyserving.client.tensors import ndarray_from_tensor_proto
+from pyserving.server.rollout.shadow_budget import ShadowBudget
 from pyserving.server.rollout.state import Comparison
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 16
-DEFAULT_BUDGET = 0.1
-_BURST_SECONDS = 0.05  # shadow time saved up while idle that a busy spell may spend at once
+_Job = tuple[Callable[[], None], Callable[[], None], ShadowBudget]
 
 
 class ShadowRunner:
-    """Runs submitted jobs one at a time on a daemon thread, in submission order."""
+    """Runs submitted jobs one at a time on a daemon thread, in submission order, each within
+    its model's budget."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, budget: float = DEFAULT_BUDGET,
+    def __init__(self, capacity: int = DEFAULT_CAPACITY,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._budget = budget
         self._clock = clock
-        self._tokens = _BURST_SECONDS
-        self._refilled = clock()
-        self._jobs: queue.Queue[tuple[Callable[[], None], Callable[[], None]] | None] = \
-            queue.Queue(capacity)
+        self._jobs: queue.Queue[_Job | None] = queue.Queue(capacity)
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pyserving-shadow", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Callable[[], None], on_drop: Callable[[], None]) -> bool:
+    def submit(self, job: Callable[[], None], on_drop: Callable[[], None],
+               budget: ShadowBudget) -> bool:
         """Queue ``job``; when it is dropped instead (now or later), ``on_drop`` runs once."""
-        if self._shed():
+        if self._closed.is_set() or budget.spent():
             on_drop()
             return False
         try:
-            self._jobs.put_nowait((job, on_drop))
+            self._jobs.put_nowait((job, on_drop, budget))
         except queue.Full:
             on_drop()
             return False
         return True
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Drop what is queued and end the thread once the running job returns."""
+    def is_active(self) -> bool:
+        """False once closed: a running job's request counts as cancelled (the batcher drops
+        it, TensorFlow does not start it)."""
+        return not self._closed.is_set()
+
+    def close(self) -> None:
+        """Drop what is queued and take no more; the running job sees ``is_active`` False."""
+        self._closed.set()
         while True:
             try:
                 item = self._jobs.get_nowait()
@@ -66,13 +73,20 @@ class ShadowRunner:
                 break
             if item is not None:
                 item[1]()
-        self._jobs.put(None)
+        try:
+            self._jobs.put_nowait(None)
+        except queue.Full:  # a submit raced the drain; the thread ends at the next item
+            pass
+
+    def stop(self, timeout: float | None = None) -> None:
+        """``close``, then wait (at most ``timeout`` seconds) for the running job to return."""
+        self.close()
         self._thread.join(timeout)
 
     def _run(self) -> None:
         while (item := self._jobs.get()) is not None:
-            job, on_drop = item
-            if self._shed():
+            job, on_drop, budget = item
+            if self._closed.is_set() or budget.spent():
                 on_drop()
                 continue
             started = self._clock()
@@ -80,14 +94,7 @@ class ShadowRunner:
                 job()
             except Exception:  # a job reports its own errors; this keeps the thread alive
                 log.exception("Shadow request failed unexpectedly")
-            self._tokens -= self._clock() - started
-
-    def _shed(self) -> bool:
-        """Whether to drop a shadow request now: its time budget is spent."""
-        now = self._clock()
-        self._tokens = min(_BURST_SECONDS, self._tokens + (now - self._refilled) * self._budget)
-        self._refilled = now
-        return self._tokens <= 0
+            budget.spend(self._clock() - started)
 
 
 def compare_outputs(primary: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray],

@@ -2,11 +2,14 @@
 
 Each model with a plan (plan.py) splits such requests between its arms by weight: at
 random, or, with a sticky key, by weighted rendezvous hashing of the key's value, so a key keeps
-its arm while the weights stay and a weight change moves only the keys it must. A guarded arm
-(not the first) whose failed share reaches ``max_error_rate`` over ``min_requests`` requests is
-taken out of the split until the plan changes; a shadow whose mismatch rate reaches
-``max_mismatch_rate`` stops. Counts are this process's own (with ``--workers`` each worker
-guards on its own traffic); the metrics add them up over workers.
+its arm while the weights stay and a weight change moves only the keys it must. The guard
+judges versions, not clients: an arm's errors are only the failures that are its version's
+doing (verdict.py), and an arm (not the first) whose error rate exceeds the first (stable)
+arm's over the same period by ``max_error_rate``, once it has ``min_requests`` requests, is
+taken out of the split until the plan changes; a fault that hits every arm alike trips
+nothing. A shadow whose mismatch rate reaches ``max_mismatch_rate`` stops. Counts are this
+process's own (with ``--workers`` each worker guards on its own traffic); the metrics add them
+up over workers.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from pyserving.server.rollout.plan import ArmPlan, RolloutPlan, Target
+from pyserving.server.rollout.shadow_budget import ShadowBudget
 
 log = logging.getLogger(__name__)
 
 _HASH_SCALE = float(2**64)
+_RATE_TOLERANCE = 1e-9  # 3/10 - 1/10 is 0.19999999999999998
 
 
 class RolloutObserver(Protocol):
@@ -105,6 +110,7 @@ class ModelRollout:
         self.arms = [ArmState(arm) for arm in plan.arms]
         self._keys = {id(arm): arm.name.encode() for arm in self.arms}
         self.shadow = ShadowState()
+        self.shadow_budget = ShadowBudget(plan.shadow.budget if plan.shadow else 0.0)
         self.reasons: list[str] = []
         self._observer = observer
         self._lock = threading.Lock()
@@ -120,20 +126,29 @@ class ModelRollout:
         return max(arms, key=lambda arm: _rendezvous_score(key, self._keys[id(arm)],
                                                            arm.weight))
 
-    def record(self, arm: ArmState, ok: bool) -> None:
-        """Count an arm's answer and trip the guard when its error rate has reached the limit."""
+    def record(self, arm: ArmState, ok: bool, failed: bool | None = None) -> None:
+        """Count an arm's answer (``failed``: the failure was its version's doing; by default,
+        any error) and trip the guard when its error rate exceeds the stable arm's by the
+        limit."""
+        failed = not ok if failed is None else failed
         guard = self.plan.guard
         self._observer.observe_rollout_request(self.plan.model_name, arm.name, ok)
         with self._lock:
             arm.requests += 1
-            arm.errors += not ok
-            if (ok or arm.tripped or arm is self.arms[0]
-                    or not _reached(arm.errors, arm.requests, guard.max_error_rate,
-                                    guard.min_requests)):
+            arm.errors += failed
+            stable = self.arms[0]
+            if (arm.tripped or arm is stable or guard.max_error_rate is None
+                    or not arm.errors or arm.requests < max(guard.min_requests, 1)):
+                return
+            excess = arm.errors / arm.requests - (stable.errors / stable.requests
+                                                  if stable.requests else 0.0)
+            if excess < guard.max_error_rate - _RATE_TOLERANCE:
                 return
             arm.tripped = True
             reason = (f"{arm.target.describe()} failed {arm.errors} of {arm.requests} requests"
-                      f" (max_error_rate {guard.max_error_rate:g}): taken out of the split")
+                      f", {stable.target.describe()} {stable.errors} of {stable.requests}"
+                      f" (max_error_rate {guard.max_error_rate:g} above the stable arm's)"
+                      ": taken out of the split")
         self._trip(reason, "arm")
 
     def wants_shadow(self) -> bool:

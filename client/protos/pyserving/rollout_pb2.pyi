@@ -37,16 +37,20 @@ class Arm(_message.Message):
     def __init__(self, label: _Optional[str] = ..., version: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class Shadow(_message.Message):
-    __slots__ = ("label", "version", "fraction", "max_abs_diff")
+    __slots__ = ("label", "version", "fraction", "max_abs_diff", "budget", "timeout_seconds")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     label: str
     version: int
     fraction: float
     max_abs_diff: float
-    def __init__(self, label: _Optional[str] = ..., version: _Optional[int] = ..., fraction: _Optional[float] = ..., max_abs_diff: _Optional[float] = ...) -> None: ...
+    budget: float
+    timeout_seconds: float
+    def __init__(self, label: _Optional[str] = ..., version: _Optional[int] = ..., fraction: _Optional[float] = ..., max_abs_diff: _Optional[float] = ..., budget: _Optional[float] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class Guard(_message.Message):
     __slots__ = ("max_error_rate", "min_requests", "max_mismatch_rate")
