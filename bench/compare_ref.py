@@ -452,7 +452,7 @@ def print_table(args: Any, refs: list[str], table: Table, elapsed: float) -> Non
 
     columns = [*refs, TREE]
     print(f"\npyserving {TREE} against {', '.join(refs)}: {args.concurrency} clients, "
-          f"{args.rounds} rounds x {args.seconds:g} s per cell (ABAB, medians); "
+          f"{args.rounds} rounds x {args.seconds:g} s per cell (ABAB, medians);\n"
           f"{os.cpu_count()} cores; Python {sys.version.split()[0]}, grpcio {grpc.__version__}")
     head = "| workload | " + " | ".join(f"{c} req/s" for c in columns)
     head += " | " + " | ".join(f"{TREE}/{r}" for r in refs)
@@ -493,9 +493,9 @@ def print_ceiling(table: Table, echo_rps: float) -> None:
     ceiling = 1e6 / (1e6 / echo_rps + tf_cpu)
     tree = cells[TREE].median("rps")
     print(f"\nCeiling, tiny unbatched: echo {echo_rps:,.0f} req/s ({echo_cpu:.0f} us of server "
-          f"CPU per request) + the TF call's {tf_cpu:.0f} us CPU in series -> "
-          f"1 / (1/{echo_rps:,.0f} + {tf_cpu:.0f} us) = {ceiling:,.0f} req/s; "
-          f"{TREE} reaches {tree:,.0f} = {tree / ceiling:.2f} of it "
+          f"CPU per request)\n  + the TF call's {tf_cpu:.0f} us CPU in series -> "
+          f"1 / (1/{echo_rps:,.0f} + {tf_cpu:.0f} us) = {ceiling:,.0f} req/s;\n"
+          f"  {TREE} reaches {tree:,.0f} = {tree / ceiling:.2f} of it "
           f"({tree / echo_rps:.2f}x echo)")
 
 

@@ -95,7 +95,7 @@ class Rpc:
 class PredictionServiceBase(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService (prediction_service_impl.cc): each RPC sets its
     context, calls the core, converts the status and records metrics. The RPCs with plain
-    handlers in both flavours; Predict, Classify and Regress are in each flavour's class."""
+    handlers; Predict, Classify and Regress are coroutines in grpc_aio.py."""
 
     def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
         self._core = core
@@ -109,25 +109,6 @@ class PredictionServiceBase(prediction_service_pb2_grpc.PredictionServiceService
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         with Rpc(context, request) as rpc:
             return self._core.model_metadata(request)
-        context.abort(rpc.status, rpc.details)
-
-
-class PredictionService(PredictionServiceBase):
-    """PredictionService on a ``grpc.Server``: every RPC runs on its thread pool."""
-
-    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request, self._metrics, "Predict") as rpc:
-            return self._core.predict(request)
-        context.abort(rpc.status, rpc.details)
-
-    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request, self._metrics, "Classify") as rpc:
-            return self._core.classify(request)
-        context.abort(rpc.status, rpc.details)
-
-    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request, self._metrics, "Regress") as rpc:
-            return self._core.regress(request)
         context.abort(rpc.status, rpc.details)
 
 

@@ -47,10 +47,11 @@ class Servable:
         self._in_flight = 0
         self._retired = False
         self._after_close: list[Callable[[], None]] = []
-        # unbatched_async: id(signature) -> seconds of its last calls on the pool, and the
+        # unbatched_async: id(signature) -> seconds of its latest calls on the pool, and the
         # signatures measured fast enough to run on the event loop
         self.call_seconds: dict[int, list[float]] = {}
         self.inline: set[int] = set()
+        self.slow_inline: dict[int, int] = {}
 
     def run(self, feeds: Sequence[tuple[str, np.ndarray]],
             fetches: Sequence[str]) -> list[np.ndarray]:
@@ -180,12 +181,15 @@ def run_unbatched(servable: Servable, signature: SignatureDef,
     return servable.run(feeds, fetches)
 
 
-# A signature whose calls on the pool took less than INLINE_MAX_SECONDS (the median of
-# INLINE_AFTER calls: a pool thread's clock also counts its waits for the GIL) runs on the event
-# loop itself, as a hop to a pool thread and back costs more than such a call
-# (docs/performance.md); one slower call there sends it back to the pool.
-INLINE_MAX_SECONDS = 0.0005
+# A signature whose fastest of INLINE_AFTER calls on the pool took less than INLINE_MAX_SECONDS
+# (the fastest: a pool thread's clock also counts its waits for the GIL) runs on the event loop
+# itself, as the hop to a pool thread and back costs more than such a call; two calls in a row
+# there that take DEMOTE_FACTOR times longer send it back (one may be the thread descheduled on
+# a busy machine) (docs/performance.md). A call long enough to
+# gain from the pool (the MLP's ~0.4 ms) lets the loop take the next request meanwhile.
+INLINE_MAX_SECONDS = 0.00015
 INLINE_AFTER = 16
+DEMOTE_FACTOR = 4
 
 
 def unbatched_async(executor: Executor) -> AsyncRunner:
@@ -199,15 +203,20 @@ def unbatched_async(executor: Executor) -> AsyncRunner:
         if key in servable.inline:
             started = time.perf_counter()
             outputs = servable.run(feeds, fetches)
-            if time.perf_counter() - started >= INLINE_MAX_SECONDS:
+            if time.perf_counter() - started < INLINE_MAX_SECONDS * DEMOTE_FACTOR:
+                servable.slow_inline.pop(key, None)
+            elif servable.slow_inline.setdefault(key, 0) >= 1:  # twice in a row: not noise
                 servable.inline.discard(key)
+                del servable.slow_inline[key]
+            else:
+                servable.slow_inline[key] = 1
             return outputs
         outputs, seconds = await asyncio.get_running_loop().run_in_executor(
             executor, contextvars.copy_context().run, _timed, servable, feeds, fetches)
         samples = servable.call_seconds.setdefault(key, [])
         samples.append(seconds)
         if len(samples) >= INLINE_AFTER:
-            if sorted(samples)[len(samples) // 2] < INLINE_MAX_SECONDS:
+            if min(samples) < INLINE_MAX_SECONDS:
                 servable.inline.add(key)
             samples.clear()
         return outputs
