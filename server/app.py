@@ -54,6 +54,9 @@ from pyserving.server.servable import (
 )
 from pyserving.server.source import FileSystemSource
 from pyserving.server.tls import server_credentials
+from pyserving.server.v2.grpc_service import GRPCInferenceService, add_service
+from pyserving.server.v2.inference import V2Inference, server_metadata
+from pyserving.server.v2.rest import V2RestHandler
 from pyserving.server.warmup import Warmup
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,7 @@ class ModelServer:
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
                                 metric_value=self.metrics.int64_value, router=self.router)
+        self.v2 = V2Inference(self.core) if options.enable_v2_protocol else None
         # An answer observer only while some model logs: otherwise requests never visit it.
         self.request_log.on_active = self._request_log_active
 
@@ -213,10 +217,13 @@ class ModelServer:
         # Every mode on grpc.aio: a request is a coroutine on the loop, its TensorFlow call
         # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
         server = LoopServer(self._executor, channel_options, max_rpcs)
-        prediction = AsyncPredictionService(self.core, self._async_runner(self._executor),
-                                            self.metrics)
+        run = self._async_runner(self._executor)
+        prediction = AsyncPredictionService(self.core, run, self.metrics)
         add_services(server, self.core, prediction)
-        self.health.serve_on(server)
+        if self.v2 is not None:
+            add_service(server, GRPCInferenceService(
+                self.v2, server_metadata(), run, self.metrics))
+        self.health.serve_on(server, v2=self.v2 is not None)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
         self._server = server
@@ -249,7 +256,10 @@ class ModelServer:
                 max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
                               if self.monitoring.enable else None),
-                runner_for=self._async_runner).start()
+                runner_for=self._async_runner,
+                v2=functools.partial(V2RestHandler, self.v2, server_metadata(),
+                                     metrics=self.metrics) if self.v2 is not None else None
+            ).start()
         except ServingError as error:
             log.error("%s", error.message)
             return

@@ -28,6 +28,7 @@ GROUPS = {
         "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
         "rest_api_enable_cors_support", "rest_api_max_request_bytes",
         "monitoring_config_file"],
+    "Open Inference Protocol (KServe V2)": ["enable_v2_protocol"],
     "Limits, processes and shutdown": [
         "max_request_tensor_bytes", "max_in_flight_requests_per_model", "workers",
         "shutdown_grace_period_seconds"],

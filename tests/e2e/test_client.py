@@ -14,9 +14,9 @@ import grpc
 import ml_dtypes
 import numpy as np
 import pytest
-from client_fakes import EchoPredictionService, start_fake_server
 from google.protobuf import json_format
 
+from client_fakes import EchoPredictionService, start_fake_server
 from pyserving.client import (
     AsyncPredictionClient,
     ChannelOptions,

@@ -14,9 +14,9 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from client_fakes import EchoPredictionService, start_fake_server
 from google.protobuf import json_format
 
+from client_fakes import EchoPredictionService, start_fake_server
 from pyserving.client.apis import get_model_metadata_pb2, predict_pb2, prediction_log_pb2
 from pyserving.client.requests import tensor_proto
 from support import TESTDATA, wait_until

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import grpc
 import pytest
+
 from client_fakes import (
     Certificates,
     EchoPredictionService,
@@ -18,7 +19,6 @@ from client_fakes import (
     server_credentials,
     start_fake_server,
 )
-
 from pyserving.client import (
     TLS,
     AsyncPredictionClient,

@@ -109,7 +109,8 @@ def test_reflection_lists_services_and_describes_them(serve, testdata_model, cha
     listed = _reflect(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
     names = {service.name for service in listed.list_services_response.service}
     assert names == {PREDICTION_SERVICE, "tensorflow.serving.ModelService",
-                     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+                     "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                     "inference.GRPCInferenceService"}  # the V2 protocol (docs/v2.md)
 
     described = _reflect(channel, reflection_pb2.ServerReflectionRequest(
         file_containing_symbol=PREDICTION_SERVICE))

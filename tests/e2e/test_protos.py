@@ -48,9 +48,10 @@ def tree_differences(expected: Path, actual: Path) -> list[str]:
 
 
 def own(path: Path) -> bool:
-    """pyserving's own protos (protos/pyserving), which TensorFlow's pool does not hold."""
+    """pyserving's own protos (protos/pyserving) and Triton's V2 protos (protos/inference),
+    which TensorFlow's pool does not hold."""
     root = CLIENT_PROTOS if path.is_relative_to(CLIENT_PROTOS) else PROTOS
-    return path.relative_to(root).parts[0] == "pyserving"
+    return path.relative_to(root).parts[0] in ("pyserving", "inference")
 
 
 def tf_serving_protos() -> list[str]:
@@ -60,13 +61,38 @@ def tf_serving_protos() -> list[str]:
 
 
 def test_own_protos_compile_and_load_without_tensorflow(tmp_path):
-    names = sorted(str(path.relative_to(PROTOS)) for path in PROTOS.rglob("*.proto") if own(path))
+    names = sorted(str(path.relative_to(PROTOS)) for path in PROTOS.rglob("*.proto")
+                   if own(path) and path.parent.name == "pyserving")
     assert "pyserving/rollout.proto" in names
     run_python("-m", "grpc_tools.protoc", f"-I{PROTOS}", f"--python_out={tmp_path}", *names)
     for name in names:
         generated = tmp_path / (name[: -len(".proto")] + "_pb2.py")
         committed = CLIENT_PROTOS / (name[: -len(".proto")] + "_pb2.py")
         assert embedded_descriptor(generated) == embedded_descriptor(committed), name
+
+
+def test_v2_protos_are_tritons_and_match_kserves_subset():
+    """Triton's grpc_service.proto as published: the service and the messages KServe's
+    grpc_predict_v2.proto defines, with the same field names and numbers."""
+    from pyserving.client.protos.inference import grpc_service_pb2
+
+    file = grpc_service_pb2.DESCRIPTOR
+    assert file.name == "grpc_service.proto" and file.package == "inference"
+    service = file.services_by_name["GRPCInferenceService"]
+    assert {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+            "ModelInfer"} <= set(service.methods_by_name)
+    fields = {name: {f.name: f.number for f in file.message_types_by_name[name].fields}
+              for name in ("ModelInferRequest", "ModelInferResponse")}
+    assert fields["ModelInferRequest"] == {
+        "model_name": 1, "model_version": 2, "id": 3, "parameters": 4, "inputs": 5,
+        "outputs": 6, "raw_input_contents": 7}
+    assert fields["ModelInferResponse"] == {
+        "model_name": 1, "model_version": 2, "id": 3, "parameters": 4, "outputs": 5,
+        "raw_output_contents": 6}
+    contents = file.message_types_by_name["InferTensorContents"]
+    assert {f.name: f.number for f in contents.fields} == {
+        "bool_contents": 1, "int_contents": 2, "int64_contents": 3, "uint_contents": 4,
+        "uint64_contents": 5, "fp32_contents": 6, "fp64_contents": 7, "bytes_contents": 8}
 
 
 def test_committed_files_are_what_make_protos_generates(tmp_path):

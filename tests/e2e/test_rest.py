@@ -350,7 +350,7 @@ def test_status_of_one_version_and_of_all(port: int) -> None:
     assert sorted(entry["version"] for entry in body["model_version_status"]) == ["123", "124"]
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/v2/models/default"), ("POST", "/"),
+@pytest.mark.parametrize("method,path", [("GET", "/v3/models/default"), ("POST", "/"),
                                          ("OPTIONS", "/models/default:predict")])
 def test_path_outside_v1_is_a_json_404(port: int, method: str, path: str) -> None:
     """TF Serving's libevent answers with its HTML page; JSON here, which JSON clients read."""

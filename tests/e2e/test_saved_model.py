@@ -9,7 +9,8 @@ TENSORFLOW_FREE = ("core", "manager", "version_policy", "state_monitor", "batchi
                    "source", "servable", "predict", "example_inference", "warmup",
                    "configurator", "health", "grpc_services", "grpc_aio", "rest.handler",
                    "rest.server", "rollout.router", "metrics", "gc_policy", "grpc_ports",
-                   "tls", "batching.config", "request_log.writer")
+                   "tls", "batching.config", "request_log.writer", "v2.rest",
+                   "v2.grpc_service", "v2.codec", "v2.inference")
 
 
 def test_the_core_and_its_transports_import_no_tensorflow():

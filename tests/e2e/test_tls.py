@@ -12,8 +12,8 @@ from typing import Callable, Iterator
 
 import grpc
 import pytest
-from client_fakes import Certificates, make_certificates
 
+from client_fakes import Certificates, make_certificates
 from pyserving.client import TLS, PredictionClient, PredictionError
 from pyserving.client.apis import predict_pb2, prediction_service_pb2_grpc, types_pb2
 from pyserving.server.errors import ServingError

@@ -11,9 +11,9 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
+
 from fake_clock import FakeClock
 from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
-
 from pyserving.server import request_context
 from pyserving.server.batching.batcher import Batcher
 from pyserving.server.batching.config import BatchingOptions

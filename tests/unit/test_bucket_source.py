@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from fake_servable import FakeLoader
 
+from fake_servable import FakeLoader
 from pyserving.server import config as model_config
 from pyserving.server.config import ModelConfig, VersionDirectory
 from pyserving.server.configurator import ModelConfigurator

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fake_servable import INPUT, FakeModel, fake_servable
 
+from fake_servable import INPUT, FakeModel, fake_servable
 from pyserving.client.tensors import make_tensor_proto, ndarray_from_tensor_proto
 from pyserving.server import servable as servable_module
 from pyserving.server.apis import predict_pb2, tensor_pb2

@@ -15,9 +15,9 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 import pytest
-from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
 from google.protobuf import text_format
 
+from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
 from pyserving.client.protos.pyserving import rollout_pb2
 from pyserving.server import request_context
 from pyserving.server.apis import prediction_log_pb2

@@ -9,8 +9,8 @@ from typing import Iterator
 
 import grpc
 import pytest
-from fake_servable import FakeLoader
 
+from fake_servable import FakeLoader
 from pyserving.server.config import VersionDirectory
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager, VersionState
