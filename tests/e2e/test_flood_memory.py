@@ -221,21 +221,27 @@ def test_flood_of_1mb_requests_keeps_server_memory_and_threads_bounded(cli_slow_
           f"peak {peak.threads} -> {settled.threads}")
     assert result.sent > limits.grpc_max_concurrent_rpcs, "the flood never reached the limit"
     assert sum(result.codes.values()) + result.given_up == result.sent
-    # gRPC holds at most its limit (queued for --grpc_max_threads threads); every other request
-    # is rejected at once: RESOURCE_EXHAUSTED by gRPC (UNAVAILABLE by the in-flight limit,
-    # which the thread pool keeps out of reach here; CANCELLED by gRPC core, which sheds calls
-    # the server has not taken yet past grpc.server.max_pending_requests, 1000).
+    # gRPC holds at most its limit; every other request is rejected at once: UNAVAILABLE by
+    # the in-flight limit (--max_in_flight_requests_per_model, 256: on grpc.aio each call
+    # reaches the handler at once, so this limit is met first), RESOURCE_EXHAUSTED by gRPC
+    # past --grpc_max_concurrent_rpcs, CANCELLED by gRPC core, which sheds calls the server
+    # has not taken yet past grpc.server.max_pending_requests, 1000.
     assert set(result.codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                  grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
     assert result.given_up <= limits.grpc_max_concurrent_rpcs
-    assert result.codes[grpc.StatusCode.RESOURCE_EXHAUSTED] > 0
-    assert median_rejection < FLOOD_MS / 1000 / 2  # well inside one model run
+    assert result.codes[grpc.StatusCode.RESOURCE_EXHAUSTED] + \
+        result.codes[grpc.StatusCode.UNAVAILABLE] > 0
+    # No bound on how fast: on grpc.aio the in-flight limit answers once a call's 1 MB has
+    # arrived, behind the flood's other bytes (1-3.5 s measured; the sync server's
+    # RESOURCE_EXHAUSTED came before them). docs/reliability.md says so.
     assert result.codes[grpc.StatusCode.OK] >= limits.grpc_max_threads and result.wrong == []
     # Bound: gRPC buffers the whole request of each call it holds, before a thread reads it;
-    # the calls running hold ~3 copies (proto, tensor bytes, TensorFlow's tensor); 512 MB for
+    # the calls running hold ~3 copies (proto, tensor bytes, TensorFlow's tensor); 1 GB for
     # the requests being rejected (their bytes still arrive) and the allocator's slack.
     # Measured: +1.1 to +1.35 GB; with --grpc_max_concurrent_rpcs=0, +2 GB (all 2048 held).
-    bound = (limits.grpc_max_concurrent_rpcs + 3 * limits.grpc_max_threads) * MB + 512 * MB
+    # On grpc.aio the calls gRPC core holds before the loop takes them count too (up to
+    # grpc.server.max_pending_requests, 1000): measured +1.6 to +2.6 GB.
+    bound = (2 * limits.grpc_max_concurrent_rpcs + 3 * limits.grpc_max_threads) * MB + 1024 * MB
     assert peak.rss - baseline.rss <= bound
     assert peak.threads <= baseline.threads + limits.grpc_max_threads
     # Freed, but the allocator keeps the pages: RSS stays near the peak (repeated floods raise
