@@ -29,4 +29,10 @@ from pyserving.client.apis import (  # noqa: F401
     tensor_pb2,
     types_pb2,
 )
+
+# The Open Inference Protocol (KServe V2): Triton's grpc_service.proto (server/v2/).
+from pyserving.client.protos.inference import (  # noqa: F401
+    grpc_service_pb2,
+    grpc_service_pb2_grpc,
+)
 from pyserving.client.protos.tensorflow.core.protobuf import config_pb2  # noqa: F401

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import logging
 import os
 import threading
@@ -24,25 +23,28 @@ from pyserving.server.batching.config import BatchingOptions, read_batching_para
 from pyserving.server.config import VersionDirectory
 from pyserving.server.configurator import AppliedObserver, ModelConfigurator
 from pyserving.server.core import ServingCore
-from pyserving.server.errors import ServingError, invalid_argument, unavailable
+from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.example_inference import ExampleInference
+from pyserving.server.gc_policy import keep_models_out_of_gc_scans
 from pyserving.server.grpc_aio import AsyncPredictionService, LoopServer
+from pyserving.server.grpc_ports import bind, server_options
 from pyserving.server.grpc_services import (
     add_services,
 )
 from pyserving.server.health import ServingHealth
+from pyserving.server.loading import VersionLoader
 from pyserving.server.manager import LoadPolicy, ModelEvent, ModelManager
 from pyserving.server.metrics import PrometheusSettings, ServerMetrics, read_monitoring_config
 from pyserving.server.op_libraries import load_op_libraries
 from pyserving.server.options import ServerOptions
 from pyserving.server.predict import Predictor
-from pyserving.server.remote_storage import RemoteStorage, VersionCache, is_remote
+from pyserving.server.remote_storage import RemoteStorage, VersionCache
 from pyserving.server.request_log import RequestLog
 from pyserving.server.rest.server import RestOptions, RestServer
 from pyserving.server.rollout.plan import RolloutFileWatcher
 from pyserving.server.rollout.router import Router
 from pyserving.server.rollout.state import Rollouts
-from pyserving.server.saved_model import load_servable, tfrecords
+from pyserving.server.saved_model import tfrecords
 from pyserving.server.servable import (
     AsyncRunner,
     EncodeObserver,
@@ -56,47 +58,12 @@ from pyserving.server.source import FileSystemSource
 from pyserving.server.status import StatusBoard, request_counts
 from pyserving.server.tls import server_credentials
 from pyserving.server.tracing import Tracing, build_tracing
+from pyserving.server.v2.grpc_service import GRPCInferenceService, add_service
+from pyserving.server.v2.inference import V2Inference, server_metadata
+from pyserving.server.v2.rest import V2RestHandler
 from pyserving.server.warmup import Warmup
 
 log = logging.getLogger(__name__)
-
-# TF Serving's gRPC defaults: unlimited message sizes (INT32_MAX).
-_DEFAULT_GRPC_OPTIONS = (
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-)
-
-
-def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
-    """--grpc_channel_arguments "k=v,k=v": integers become ints, the rest stay strings."""
-    arguments: list[tuple[str, Any]] = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        key, separator, value = item.partition("=")
-        if not separator:
-            raise invalid_argument(f"Invalid gRPC channel argument {item!r}; expected key=value")
-        try:
-            arguments.append((key.strip(), int(value)))
-        except ValueError:
-            arguments.append((key.strip(), value.strip()))
-    return arguments
-
-
-def _bind(server: grpc.Server | grpc.aio.Server, address: str,
-          credentials: grpc.ServerCredentials | None) -> int:
-    """Listen on one address, over TLS when given credentials; a Unix socket is owner-only."""
-    # gRPC has no option for a Unix socket's mode and listens as soon as it binds, so the
-    # umask makes the socket 0600 from the start (a later chmod would leave a window).
-    umask = os.umask(0o177) if address.startswith("unix:") else None
-    try:
-        if credentials is not None:
-            return server.add_secure_port(address, credentials)
-        return server.add_insecure_port(address)
-    except RuntimeError as error:
-        tls = " with the TLS credentials of --ssl_config_file" if credentials else ""
-        raise unavailable(f"Failed to bind gRPC server to {address}{tls}: {error}") from None
-    finally:
-        if umask is not None:
-            os.umask(umask)
 
 
 class ModelServer:
@@ -117,10 +84,12 @@ class ModelServer:
         self._stopped = threading.Event()
         self.port: int | None = None
         self._rest: RestServer | None = None
-        self._session_config = device.session_config(options)
         # Made in start(), so a bad batching flag or file is a start-up error like any other.
         self.batcher: Batcher | None = None
-        self.manager = ModelManager(self._load, _load_policy(options),
+        remote = RemoteStorage()
+        self._cache = VersionCache(remote, options.model_cache_dir)
+        self._loader = VersionLoader(options.tags, device.session_config(options), self._cache)
+        self.manager = ModelManager(self._loader, _load_policy(options),
                                     allow_labels_for_unavailable=(
                                         options.allow_version_labels_for_unavailable_models),
                                     observers=[self._on_model_event])
@@ -143,13 +112,13 @@ class ModelServer:
                                      runner=runner, on_runtime=self.metrics.observe_runtime,
                                      on_examples=self.metrics.observe_examples,
                                      on_encode=on_encode)
-        self._warmup = Warmup(predictor, inference, tfrecords,
-                              options.num_request_iterations_for_warmup,
-                              self.metrics.observe_warmup) if options.enable_model_warmup else None
+        self._loader.on_saved_model_load = self.metrics.observe_saved_model_load
+        self._loader.warmup = Warmup(predictor, inference, tfrecords,
+                                     options.num_request_iterations_for_warmup,
+                                     self.metrics.observe_warmup
+                                     ) if options.enable_model_warmup else None
         self.health = ServingHealth(self.manager, options.enable_grpc_healthcheck_service)
         self.monitoring = PrometheusSettings()  # --monitoring_config_file, read with REST
-        remote = RemoteStorage()
-        self._cache = VersionCache(remote, options.model_cache_dir)
         self._source = FileSystemSource(options.file_system_poll_wait_seconds, remote,
                                         on_listed=self._retry_changed_versions)
         self._source.set_aspired_versions_callback(self.manager.set_aspired_versions)
@@ -166,6 +135,7 @@ class ModelServer:
                                 options.max_in_flight_requests_per_model, on_reload,
                                 metric_value=self.metrics.int64_value, router=self.router,
                                 tracing=self.tracing)
+        self.v2 = V2Inference(self.core) if options.enable_v2_protocol else None
         self.status = StatusBoard(
             self.manager, rollout_status=self._rollout_statuses, queue_depths=self._queue_depths,
             request_counts=lambda: request_counts(self.metrics.registry.collect()),
@@ -198,7 +168,7 @@ class ModelServer:
         return run
 
     def _on_model_event(self, event: ModelEvent) -> None:
-        _keep_models_out_of_gc_scans(event)
+        keep_models_out_of_gc_scans(event)
         self.metrics.observe_model_event(event)
         self.status.observe_model_event(event)
         self.health.observe_model_event(event)
@@ -215,41 +185,10 @@ class ModelServer:
                          "its load failed: loading it again", name, version.version)
                 self.manager.retry_failed(name, version.version)
 
-    def _load(self, name: str, version: int, path: str) -> Servable:
-        """Load a version; one in object storage is copied into the cache first, and its copy
-        is deleted when its load fails or it unloads."""
-        if not is_remote(path):
-            return self._load_local(name, version, path)
-        try:
-            local = self._cache.fetch(name, version, path)
-        except BaseException:
-            self._cache.note_failure(path)
-            raise
-        try:
-            servable = self._load_local(name, version, local)
-        except BaseException:
-            self._cache.evict(name, version)
-            self._cache.note_failure(path)
-            raise
-        servable.after_close(functools.partial(self._cache.evict, name, version))
-        return servable
-
-    def _load_local(self, name: str, version: int, path: str) -> Servable:
-        servable = load_servable(name, version, path, self.options.tags, self._session_config,
-                                 self.metrics.observe_saved_model_load)
-        if self.batcher is not None:
-            try:
-                self.batcher.prepare(servable)
-            except ServingError:
-                servable.retire()
-                raise
-        if self._warmup is not None:
-            try:
-                self._warmup.run(servable)
-            except ServingError:
-                servable.retire()
-                raise
-        return servable
+    @property
+    def source(self) -> FileSystemSource:
+        """The base-path poller (its ``polls`` counts the scans done)."""
+        return self._source
 
     @property
     def grpc_target(self) -> str:
@@ -269,7 +208,8 @@ class ModelServer:
         log.info("%s", device.describe_devices())
         try:
             load_op_libraries(self.options.custom_op_libraries)  # before any model loads
-            self.batcher = _batcher(self.options, self.metrics, self.tracing)
+            self.batcher = self._loader.batcher = _batcher(self.options, self.metrics,
+                                                           self.tracing)
             if self._rollout_watcher is not None:
                 self._rollout_watcher.start()
             config = model_config.model_server_config(self.options)
@@ -297,27 +237,28 @@ class ModelServer:
 
     def _open_grpc(self) -> None:
         options = self.options
-        # gRPC keeps the first value of a repeated key: the flag's go first to override ours.
-        channel_options = parse_channel_arguments(options.grpc_channel_arguments)
-        channel_options += _DEFAULT_GRPC_OPTIONS
+        channel_options = server_options(options.grpc_channel_arguments)
         self._executor = ThreadPoolExecutor(max_workers=max(options.grpc_max_threads, 1),
                                             thread_name_prefix="grpc")
         max_rpcs = options.grpc_max_concurrent_rpcs or None
         # Every mode on grpc.aio: a request is a coroutine on the loop, its TensorFlow call
         # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
         server = LoopServer(self._executor, channel_options, max_rpcs)
-        prediction = AsyncPredictionService(self.core, self._async_runner(self._executor),
-                                            self.metrics, self.tracing)
+        run = self._async_runner(self._executor)
+        prediction = AsyncPredictionService(self.core, run, self.metrics, self.tracing)
         add_services(server, self.core, prediction)
-        self.health.serve_on(server)
+        if self.v2 is not None:
+            add_service(server, GRPCInferenceService(
+                self.v2, server_metadata(), run, self.metrics))
+        self.health.serve_on(server, v2=self.v2 is not None)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
         self._server = server
         if options.port or not options.grpc_socket_path:
-            self.port = _bind(server, f"{self._host}:{options.port}",
+            self.port = bind(server, f"{self._host}:{options.port}",
                               server_credentials(options.ssl_config_file))
         if options.grpc_socket_path:
-            _bind(server, f"unix:{os.path.abspath(options.grpc_socket_path)}",
+            bind(server, f"unix:{os.path.abspath(options.grpc_socket_path)}",
                   server_credentials(options.ssl_config_file))
         server.start()
 
@@ -343,7 +284,10 @@ class ModelServer:
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
                               if self.monitoring.enable else None),
                 status=self.status.document, tracing=self.tracing,
-                on_encode=self._on_encode, runner_for=self._async_runner).start()
+                on_encode=self._on_encode, runner_for=self._async_runner,
+                v2=functools.partial(V2RestHandler, self.v2, server_metadata(),
+                                     metrics=self.metrics) if self.v2 is not None else None
+            ).start()
         except ServingError as error:
             log.error("%s", error.message)
             return
@@ -362,8 +306,8 @@ class ModelServer:
         self._stopped.set()
         # A warmup in progress ends after its current request: the load it belongs to fails
         # at once instead of keeping the load pool (and so manager.close) busy for minutes.
-        if self._warmup is not None:
-            self._warmup.stop()
+        if self._loader.warmup is not None:
+            self._loader.warmup.stop()
         # Publishing NOT_SERVING to Watch streams waits on gRPC (on grpc.aio, for the event
         # loop); bound the wait: the gRPC stop below ends those streams anyway.
         notifier = threading.Thread(target=self.health.shut_down, name="health-shutdown",
@@ -437,17 +381,6 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics,
                       run_observers=run_observers)
     metrics.batch_traffic = batcher.traffic  # the transports' in-flight count feeds it
     return batcher
-
-
-def _keep_models_out_of_gc_scans(event: ModelEvent) -> None:
-    """Freeze the heap after a load (gc.freeze), so the cyclic collector's full scans skip
-    the loaded graphs' objects: with half_plus_two under load, a full collection scanned 338k
-    objects in 0.2 s, a pause for every request (GC took 3.5% of the CPU; 0.6% frozen). An
-    unload unfreezes everything, so the version's cyclic garbage is still collected."""
-    if event.kind == "load":
-        gc.freeze()
-    elif event.kind == "unload":
-        gc.unfreeze()
 
 
 def _load_policy(options: ServerOptions) -> LoadPolicy:

@@ -35,6 +35,13 @@ class ModelConfigurator:
         self._accepted: model_config.ModelServerConfig | None = None  # last validated list
         self._file_poller: threading.Thread | None = None
         self._stop = threading.Event()
+        self.file_polls = 0  # reads of the watched config file done (tests wait on it)
+
+    @property
+    def watching_file(self) -> bool:
+        """Whether a thread re-reads the config file (--model_config_file_poll_wait_seconds
+        > 0)."""
+        return self._file_poller is not None
 
     @property
     def config(self) -> model_config.ModelServerConfig | None:
@@ -148,21 +155,24 @@ class ModelConfigurator:
 
         def run() -> None:
             while not self._stop.wait(poll_seconds):
-                try:
-                    config = model_config.read_model_config_file(path, storage)
-                except ServingError as error:
-                    log.error("Failed to read ModelServerConfig file: %s", error.message)
-                    continue
-                if self._stop.is_set():  # the read outlasted shutdown's wait for it
-                    return
-                try:
-                    self.apply(config)
-                except ServingError as error:
-                    log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s",
-                              error.message)
+                self._reload_file(path, storage)
+                self.file_polls += 1
 
         self._file_poller = threading.Thread(target=run, name="config-poll", daemon=True)
         self._file_poller.start()
+
+    def _reload_file(self, path: str, storage: RemoteStorage) -> None:
+        try:
+            config = model_config.read_model_config_file(path, storage)
+        except ServingError as error:
+            log.error("Failed to read ModelServerConfig file: %s", error.message)
+            return
+        if self._stop.is_set():  # the read outlasted shutdown's wait for it
+            return
+        try:
+            self.apply(config)
+        except ServingError as error:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message)
 
     def stop(self) -> None:
         """Stop polling the config file; a read of it still hanging (a bucket that does not

@@ -69,13 +69,15 @@ class Rpc:
 
     def __init__(self, context: AnyContext, request: Any,
                  metrics: ServerMetrics | None = None, api: str = "",
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, model: str | None = None) -> None:
         self._context = context
         self._metrics = metrics if api else None
         self._api = api
         self._request = request
         self._tracing = tracing
-        self._model = request.model_spec.name if self._metrics is not None else ""
+        # ``model``: the model's name for a request without a model_spec (V2's)
+        self._model = "" if self._metrics is None else \
+            request.model_spec.name if model is None else model
         self.status = grpc.StatusCode.OK
         self.details = ""
 

@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from pyserving.server.apis import model_service_pb2, prediction_service_pb2
+from pyserving.server.apis import grpc_service_pb2, model_service_pb2, prediction_service_pb2
 from pyserving.server.errors import ServingError
 from pyserving.server.grpc_aio import LoopServer
 from pyserving.server.manager import ModelEvent, ModelManager, VersionState
@@ -37,6 +37,7 @@ SERVICE_NAMES = (
     health.SERVICE_NAME,
     reflection.SERVICE_NAME,
 )
+V2_SERVICE_NAME = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 # What TF Serving 2.15+ marks SERVING with --enable_grpc_healthcheck_service
@@ -86,10 +87,14 @@ class ServingHealth:
         self._started = False
         self._peers_ready = True
         self._shut_down = False
+        self._v2 = False
 
-    def serve_on(self, server: grpc.Server | LoopServer) -> None:
+    def serve_on(self, server: grpc.Server | LoopServer, v2: bool = False) -> None:
         """Add the health and reflection services to ``server``; on a ``LoopServer``, as
-        grpc.aio servicers, carrying over the statuses set so far."""
+        grpc.aio servicers, carrying over the statuses set so far. ``v2``: the server also
+        serves inference.GRPCInferenceService, named in reflection and SERVING with it."""
+        names = SERVICE_NAMES + (V2_SERVICE_NAME,) if v2 else SERVICE_NAMES
+        self._v2 = v2
         if isinstance(server, LoopServer):
             with self._lock:
                 self._servicer = _LoopHealth(server.loop)
@@ -97,10 +102,10 @@ class ServingHealth:
                     self._servicer.set(service, status)
             health_pb2_grpc.add_HealthServicer_to_server(self._servicer.servicer, server)
             reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-                reflection.aio.ReflectionServicer(SERVICE_NAMES), server)
+                reflection.aio.ReflectionServicer(names), server)
         else:
             health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
-            reflection.enable_server_reflection(SERVICE_NAMES, server)
+            reflection.enable_server_reflection(names, server)
 
     def mark_serving(self) -> None:
         """Start-up is done: the server and every model with an AVAILABLE version serve,
@@ -113,6 +118,8 @@ class ServingHealth:
             if self._tf_serving_names:
                 for name in TF_SERVING_SERVICE_NAMES:
                     self._set(name, SERVING)
+            if self._v2:
+                self._set(V2_SERVICE_NAME, SERVING)
 
     def set_peers_ready(self, ready: bool) -> None:
         """Whether the other processes serving the same ports (``--workers N``) all serve;

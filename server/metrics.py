@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final, Iterator, Mapping, Sequence
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -38,6 +37,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from pyserving.client.protos.pyserving.monitoring_config_pb2 import MonitoringConfig
 from pyserving.server.batching.arrivals import Traffic
 from pyserving.server.batching.batcher import BatchRun
 from pyserving.server.config import parse_proto_text_file
@@ -82,29 +82,6 @@ def use_multiprocess_dir(path: str) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     values.ValueClass = values.MultiProcessValue()
     _multiprocess_dir = path
-
-
-def _monitoring_config_class() -> type:
-    """tensorflow_serving/config/monitoring_config.proto (not shipped in the API wheel)."""
-    pool = descriptor_pool.DescriptorPool()
-    file = descriptor_pb2.FileDescriptorProto(
-        name="pyserving/monitoring_config.proto", package="tensorflow.serving", syntax="proto3")
-    Field = descriptor_pb2.FieldDescriptorProto
-    prometheus = file.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, type=Field.TYPE_BOOL,
-                         label=Field.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2, type=Field.TYPE_STRING,
-                         label=Field.LABEL_OPTIONAL)
-    monitoring = file.message_type.add(name="MonitoringConfig")
-    monitoring.field.add(name="prometheus_config", number=1, type=Field.TYPE_MESSAGE,
-                         type_name=".tensorflow.serving.PrometheusConfig",
-                         label=Field.LABEL_OPTIONAL)
-    pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig"))
-
-
-MonitoringConfig = _monitoring_config_class()
 
 
 @dataclass(frozen=True)

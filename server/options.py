@@ -117,6 +117,10 @@ class ServerOptions:
         False, "Also mark the gRPC health service names ModelService and PredictionService "
                "SERVING, as TF Serving does (pyserving always serves grpc.health.v1 for the "
                "server and each model).")
+    enable_v2_protocol: bool = _flag(
+        True, "pyserving: also serve the Open Inference Protocol (KServe V2): REST under /v2 "
+              "on --rest_api_port and gRPC inference.GRPCInferenceService on --port "
+              "(docs/v2.md).")
     enable_serialization_as_tensor_content: bool = _flag(
         False, "Serialise Predict outputs as tensor_content instead of typed *_val fields.")
     shutdown_grace_period_seconds: float = _flag(

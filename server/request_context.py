@@ -7,6 +7,7 @@ the request."""
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,3 +28,13 @@ class RequestContext:
 NO_CONTEXT = RequestContext()
 current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
     "pyserving_request", default=NO_CONTEXT)
+
+
+def narrow_deadline(seconds: float) -> contextvars.Token[RequestContext]:
+    """Bound the current request's deadline to ``seconds`` from now (a V2 request's
+    ``timeout`` parameter); ``current.reset(token)`` restores it."""
+    context = current.get()
+    deadline = time.monotonic() + seconds
+    if context.deadline is not None:
+        deadline = min(deadline, context.deadline)
+    return current.set(dataclasses.replace(context, deadline=deadline))

@@ -47,6 +47,9 @@ class FileSystemSource:
         self._thread: threading.Thread | None = None
         # bucket model name -> (the config listed, done when its listing ends)
         self._listings: dict[str, tuple[ModelConfig, Future]] = {}
+        # Scans finished (reported or failed): what tests wait on to see "another poll
+        # happened, and still nothing changed" without sleeping through poll periods.
+        self.polls = 0
 
     def set_aspired_versions_callback(self, callback: AspiredVersionsCallback) -> None:
         """Where aspired versions go from now on (core/source.h SetAspiredVersionsCallback)."""
@@ -86,6 +89,7 @@ class FileSystemSource:
                 aspired = []
                 break
         self._report(aspired)
+        self.polls += 1
         if wait:
             wait_for_all(listings)
 

@@ -1,5 +1,7 @@
-"""Fixtures: TF Serving's test models (built at session start, or TF Serving's own files with
-PYSERVING_TESTDATA) copied to temp dirs, and real servers on free ports."""
+"""Fixtures: TF Serving's test models (built before the first test that is not a unit test, or
+TF Serving's own files with PYSERVING_TESTDATA) copied to temp dirs, and real servers on free
+ports. This folder is on sys.path, so every test module imports the support modules here
+(``from support import wait_until``), wherever it lives under tests/."""
 
 from __future__ import annotations
 
@@ -16,15 +18,19 @@ import pytest
 
 from support import TESTDATA, TESTDATA_OVERRIDE
 
+UNIT = Path(__file__).resolve().parent / "unit"
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Export the test models once per run, before any test module is collected."""
-    if not TESTDATA_OVERRIDE:
-        export = subprocess.run(
-            [sys.executable, str(Path(__file__).with_name("testdata_models.py")), str(TESTDATA)],
-            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        if export.returncode:
-            raise pytest.UsageError(f"exporting the test models failed:\n{export.stderr}")
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Export the test models once per run, before the first test, unless every collected
+    test is a unit test (tests/unit needs no model and no TensorFlow)."""
+    if TESTDATA_OVERRIDE or all(UNIT in Path(item.path).parents for item in session.items):
+        return
+    export = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("testdata_models.py")), str(TESTDATA)],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if export.returncode:
+        raise pytest.UsageError(f"exporting the test models failed:\n{export.stderr}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

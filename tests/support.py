@@ -78,14 +78,40 @@ def metrics_page_samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 
 def wait_until(condition: Callable[[], object], what: str = "a condition",
-               timeout: float = 10.0) -> bool:
+               timeout: float = 30.0, interval: float = 0.002) -> bool:
     """Poll ``condition`` until it is true (then True); fail after ``timeout`` seconds. Tests
-    order events with this, never with a fixed sleep."""
+    order events with this, never with a fixed sleep; this is the suite's one polling loop."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.002)
+        time.sleep(interval)
     return True
+
+
+def wait_for_log(read: Callable[[], str], pattern: str | re.Pattern[str],
+                 process: subprocess.Popen | None = None, timeout: float = 90.0,
+                 after: int = 0) -> re.Match[str]:
+    """The first match of ``pattern`` in the log text ``read()`` returns, at or after character
+    ``after``; fails at once if ``process`` exits first, and after ``timeout`` seconds."""
+    compiled = re.compile(pattern)
+    found: list[re.Match[str]] = []
+
+    def logged() -> bool:
+        text = read()
+        match = compiled.search(text, after)
+        if match:
+            found.append(match)
+            return True
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"process exited with {process.returncode} before logging "
+                        f"{compiled.pattern!r}; log:\n{text}")
+        return False
+
+    try:
+        wait_until(logged, f"{compiled.pattern!r} in the log", timeout, interval=0.05)
+    except AssertionError:
+        pytest.fail(f"no {compiled.pattern!r} within {timeout} s; log:\n{read()}")
+    return found[0]
 
 
 def requests_in_flight(server: Any, model: str, api: str = "Predict") -> int:

@@ -1,8 +1,8 @@
 """TF Serving's BatchingParameters: the text-format file of --batching_parameters_file.
 
-tensorflow-serving-api does not ship session_bundle_config.proto, so the message is built
-here from its definition (field names, numbers and wrapper types as in TF Serving), in a
-private descriptor pool so it never clashes with another copy.
+tensorflow-serving-api does not ship session_bundle_config.proto:
+protos/pyserving/batching_parameters.proto is TF Serving's message (field names, numbers and
+wrapper types as in TF Serving), compiled by `make protos`.
 """
 
 from __future__ import annotations
@@ -10,69 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Protocol, Sequence
 
-from google.protobuf import (
-    descriptor_pb2,
-    descriptor_pool,
-    message_factory,
-    wrappers_pb2,
-)
-
+from pyserving.client.protos.pyserving.batching_parameters_pb2 import BatchingParameters
 from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import invalid_argument
 
 log = logging.getLogger(__name__)
-
-_FIELDS = (  # name, number, wrapper type (None: a plain scalar field)
-    ("max_batch_size", 1, "Int64Value"),
-    ("batch_timeout_micros", 2, "Int64Value"),
-    ("max_enqueued_batches", 3, "Int64Value"),
-    ("num_batch_threads", 4, "Int64Value"),
-    ("thread_pool_name", 5, "StringValue"),
-    ("allowed_batch_sizes", 6, None),
-    ("pad_variable_length_inputs", 7, None),
-    ("enable_large_batch_splitting", 8, "BoolValue"),
-    ("max_execution_batch_size", 9, "Int64Value"),
-)
-
-
-def _message_class() -> type:
-    pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(descriptor_pb2.FileDescriptorProto.FromString(
-        wrappers_pb2.DESCRIPTOR.serialized_pb).SerializeToString())
-    file = descriptor_pb2.FileDescriptorProto(
-        name="pyserving/batching_parameters.proto", package="tensorflow.serving",
-        syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
-    message = file.message_type.add(name="BatchingParameters")
-    Field = descriptor_pb2.FieldDescriptorProto
-    for name, number, wrapper in _FIELDS:
-        field = message.field.add(name=name, number=number, label=Field.LABEL_OPTIONAL)
-        if wrapper is not None:
-            field.type = Field.TYPE_MESSAGE
-            field.type_name = f".google.protobuf.{wrapper}"
-        elif name == "allowed_batch_sizes":
-            field.type, field.label = Field.TYPE_INT64, Field.LABEL_REPEATED
-        else:
-            field.type = Field.TYPE_BOOL
-    pool.Add(file)
-    return message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
-
-BatchingParameters = _message_class()
-
-
-class BatchingParametersFields(Protocol):
-    """What a BatchingParameters message holds besides its Int64Value fields (its class is
-    built at run time, so mypy sees no fields)."""
-
-    allowed_batch_sizes: Sequence[int]
-    pad_variable_length_inputs: bool
-    enable_large_batch_splitting: wrappers_pb2.BoolValue
-
-    def HasField(self, field_name: str) -> bool: ...
-
 
 @dataclass(frozen=True)
 class BatchingOptions:
@@ -95,7 +38,7 @@ class BatchingOptions:
         return self.max_batch_size
 
 
-def options_from_proto(proto: BatchingParametersFields) -> BatchingOptions:
+def options_from_proto(proto: BatchingParameters) -> BatchingOptions:
     """The options a BatchingParameters message sets, TF Serving's defaults for the rest
     (unchecked: see ``check_thread_count`` and ``queue_options``)."""
     defaults = BatchingOptions()

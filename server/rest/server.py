@@ -30,6 +30,8 @@ from pyserving.server.rest import response_json, status_page
 from pyserving.server.rest.handler import HTTP_STATUS, RestHandler
 from pyserving.server.servable import AsyncRunner, EncodeObserver, unbatched_async
 from pyserving.server.tracing import Tracing
+from pyserving.server.v2.rest import V2_PATH, V2RestHandler
+from pyserving.server.v2.rest import error_response as v2_error
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ class RestServer:
                  status: Callable[[], dict[str, Any]] | None = None,
                  tracing: Tracing | None = None,
                  on_encode: EncodeObserver | None = None,
-                 runner_for: Callable[[Executor], AsyncRunner] = unbatched_async) -> None:
+                 runner_for: Callable[[Executor], AsyncRunner] = unbatched_async,
+                 v2: Callable[[AsyncRunner, Executor], V2RestHandler] | None = None) -> None:
         self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
         self._status = status  # the status page's document (status.py), if served
         self._tracing = tracing
@@ -78,8 +81,10 @@ class RestServer:
         self._host = host
         self._executor = ThreadPoolExecutor(max_workers=max(options.num_threads, 1),
                                             thread_name_prefix="rest")
-        self._handler = RestHandler(core, runner_for(self._executor), self._executor, metrics,
-                                    on_encode)
+        run = runner_for(self._executor)
+        self._handler = RestHandler(core, run, self._executor, metrics, on_encode)
+        # the Open Inference Protocol's /v2 routes, when served
+        self._v2 = v2(run, self._executor) if v2 is not None else None
         self._loop = asyncio.new_event_loop()
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -140,7 +145,9 @@ class RestServer:
         if self._status is not None and request.method == "GET" and (
                 path in status_page.HTML_PATHS or path == status_page.JSON_PATH):
             return await self._serve_status(path, self._status)
-        if not _HANDLED_PATH.fullmatch(target):
+        v2 = self._v2 is not None and target.startswith("/v2") and \
+            V2_PATH.fullmatch(target) is not None
+        if not v2 and not _HANDLED_PATH.fullmatch(target):
             # no handler for the path (libevent's HTML page in TF Serving); JSON here
             return self._response(404, response_json.error_json(f"Not Found: {target}"))
         if request.content_length and request.content_length > self._options.max_request_bytes:
@@ -152,8 +159,12 @@ class RestServer:
         if request.method == "OPTIONS":
             return self._preflight(request)
         rid = request_id(request.headers.get)
-        status, payload = await self._run(request.method, target, body, request.headers, rid)
-        response = self._response(status, payload)
+        if v2:
+            response = await self._serve_v2(request.method, target, body, request.headers)
+        else:
+            status, payload = await self._run(request.method, target, body, request.headers,
+                                              rid)
+            response = self._response(status, payload)
         response.headers[REQUEST_ID_HEADER] = rid
         return response
 
@@ -166,6 +177,24 @@ class RestServer:
                                 headers={"Content-Type": _JSON, "Cache-Control": "no-store"})
         return web.Response(status=200, body=status_page.render(document), headers={
             "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
+
+    async def _serve_v2(self, method: str, target: str, body: bytes,
+                        headers: Mapping[str, str]) -> web.Response:
+        assert self._v2 is not None
+        timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        token = request_context.current.set(RequestContext(deadline, header=headers.get))
+        try:
+            status, payload, extra = await asyncio.wait_for(
+                self._v2.process(method, target, body, headers.get), timeout)
+        except asyncio.TimeoutError:
+            status, payload, extra = v2_error(504, "Deadline Exceeded")
+        finally:
+            request_context.current.reset(token)
+        response_headers = dict(extra)
+        if self._options.enable_cors:
+            response_headers.update(_CORS_HEADERS)
+        return web.Response(status=status, body=payload, headers=response_headers)
 
     async def _serve_metrics(self, target: str, path: str,
                              render: Callable[[], tuple[bytes, str]]) -> web.Response:
@@ -236,4 +265,5 @@ def _path_and_query(request: web.Request) -> str:
     (evhttp_request.cc ParsedEvRequest::decode), so a query string makes most routes miss."""
     target = request.raw_path  # the request line's target, as sent
     return target if target.startswith("/") else request.rel_url.raw_path_qs
+
 
