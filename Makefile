@@ -18,10 +18,10 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[server]'
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[server,test,text,cloud]'
+	$(BIN)/python -m pip install --quiet -e '.[server,test,text,cloud,tracing]'
 
 install-dev: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[server,test,text,cloud,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,test,text,cloud,tracing,dev]'
 
 $(DEMO_DIR)/half_plus_two/1/saved_model.pb: | install
 	$(BIN)/python -m pyserving.server.demo $(DEMO_DIR)

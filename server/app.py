@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -47,13 +47,17 @@ from pyserving.server.rollout.state import Rollouts
 from pyserving.server.saved_model import tfrecords
 from pyserving.server.servable import (
     AsyncRunner,
+    EncodeObserver,
+    Runner,
     Servable,
     SignatureDef,
     run_unbatched,
     unbatched_async,
 )
 from pyserving.server.source import FileSystemSource
+from pyserving.server.status import StatusBoard, request_counts
 from pyserving.server.tls import server_credentials
+from pyserving.server.tracing import Tracing, build_tracing
 from pyserving.server.v2.grpc_service import GRPCInferenceService, add_service
 from pyserving.server.v2.inference import V2Inference, server_metadata
 from pyserving.server.v2.rest import V2RestHandler
@@ -89,15 +93,25 @@ class ModelServer:
                                     allow_labels_for_unavailable=(
                                         options.allow_version_labels_for_unavailable_models),
                                     observers=[self._on_model_event])
-        self.metrics = ServerMetrics(self.manager, self._queue_depths)
-        runner = self._run_batched if options.enable_batching else run_unbatched
+        self.metrics = ServerMetrics(self.manager, self._queue_depths,
+                                     batching=options.enable_batching)
+        # --enable_tracing: the hooks that make a request span's children (tracing.py).
+        self.tracing = build_tracing(options.enable_tracing)
+        runner: Runner = self._run_batched if options.enable_batching else run_unbatched
+        on_encode: EncodeObserver = self.metrics.observe_encode
+        if self.tracing is not None:
+            runner = self.tracing.traced_runner(runner, batched=options.enable_batching)
+            on_encode = _both(self.metrics.observe_encode, self.tracing.observe_encode)
+        self._on_encode = on_encode
         predictor = Predictor(as_tensor_content=options.enable_serialization_as_tensor_content,
                               check_method_name=options.enable_signature_method_name_check,
                               max_tensor_bytes=options.max_request_tensor_bytes,
-                              runner=runner, on_runtime=self.metrics.observe_runtime)
+                              runner=runner, on_runtime=self.metrics.observe_runtime,
+                              on_encode=on_encode)
         inference = ExampleInference(check_method_name=options.enable_signature_method_name_check,
                                      runner=runner, on_runtime=self.metrics.observe_runtime,
-                                     on_examples=self.metrics.observe_examples)
+                                     on_examples=self.metrics.observe_examples,
+                                     on_encode=on_encode)
         self._loader.on_saved_model_load = self.metrics.observe_saved_model_load
         self._loader.warmup = Warmup(predictor, inference, tfrecords,
                                      options.num_request_iterations_for_warmup,
@@ -119,8 +133,14 @@ class ModelServer:
             self.router.rollouts.apply) if options.rollout_config_file else None
         self.core = ServingCore(self.manager, self.configurator, predictor, inference,
                                 options.max_in_flight_requests_per_model, on_reload,
-                                metric_value=self.metrics.int64_value, router=self.router)
+                                metric_value=self.metrics.int64_value, router=self.router,
+                                tracing=self.tracing)
         self.v2 = V2Inference(self.core) if options.enable_v2_protocol else None
+        self.status = StatusBoard(
+            self.manager, rollout_status=self._rollout_statuses, queue_depths=self._queue_depths,
+            request_counts=lambda: request_counts(self.metrics.registry.collect()),
+            server_info={"batching": "on" if options.enable_batching else "off",
+                         "tracing": "on" if self.tracing is not None else "off"})
         # An answer observer only while some model logs: otherwise requests never visit it.
         self.request_log.on_active = self._request_log_active
 
@@ -135,16 +155,22 @@ class ModelServer:
         assert self.batcher is not None, "start() makes the batcher before serving"
         return self.batcher.run(servable, signature, feeds, fetches)
 
+    def _rollout_statuses(self) -> dict[str, dict[str, Any]]:
+        return {name: self.core.rollout_status(name) for name, _ in self.router.rollouts.items()}
+
     def _async_runner(self, executor: Executor) -> AsyncRunner:
         """How an event-loop transport awaits a TensorFlow call: in a batch, or unbatched
-        (``executor`` runs what does not run inline)."""
-        if self.batcher is not None:
-            return functools.partial(self.batcher.run_async, executor=executor)
-        return unbatched_async(executor)
+        (``executor`` runs what does not run inline); with tracing, as spans."""
+        run: AsyncRunner = functools.partial(self.batcher.run_async, executor=executor) \
+            if self.batcher is not None else unbatched_async(executor)
+        if self.tracing is not None:
+            run = self.tracing.traced_async_runner(run, batched=self.batcher is not None)
+        return run
 
     def _on_model_event(self, event: ModelEvent) -> None:
         keep_models_out_of_gc_scans(event)
         self.metrics.observe_model_event(event)
+        self.status.observe_model_event(event)
         self.health.observe_model_event(event)
 
     def _queue_depths(self) -> dict[str, int]:
@@ -182,7 +208,8 @@ class ModelServer:
         log.info("%s", device.describe_devices())
         try:
             load_op_libraries(self.options.custom_op_libraries)  # before any model loads
-            self.batcher = self._loader.batcher = _batcher(self.options, self.metrics)
+            self.batcher = self._loader.batcher = _batcher(self.options, self.metrics,
+                                                           self.tracing)
             if self._rollout_watcher is not None:
                 self._rollout_watcher.start()
             config = model_config.model_server_config(self.options)
@@ -218,7 +245,7 @@ class ModelServer:
         # awaited on the pool (unbatched) or as a batch's future (docs/performance.md).
         server = LoopServer(self._executor, channel_options, max_rpcs)
         run = self._async_runner(self._executor)
-        prediction = AsyncPredictionService(self.core, run, self.metrics)
+        prediction = AsyncPredictionService(self.core, run, self.metrics, self.tracing)
         add_services(server, self.core, prediction)
         if self.v2 is not None:
             add_service(server, GRPCInferenceService(
@@ -256,7 +283,8 @@ class ModelServer:
                 max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
                               if self.monitoring.enable else None),
-                runner_for=self._async_runner,
+                status=self.status.document, tracing=self.tracing,
+                on_encode=self._on_encode, runner_for=self._async_runner,
                 v2=functools.partial(V2RestHandler, self.v2, server_metadata(),
                                      metrics=self.metrics) if self.v2 is not None else None
             ).start()
@@ -312,6 +340,8 @@ class ModelServer:
         self._cache.close()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        if self.tracing is not None:
+            self.tracing.shutdown()
         log.info("server stopped")
 
     def wait(self) -> None:
@@ -325,7 +355,15 @@ class ModelServer:
         self.stop()
 
 
-def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
+def _both(first: EncodeObserver, second: EncodeObserver) -> EncodeObserver:
+    def both(model: str, api: str, started: float, seconds: float) -> None:
+        first(model, api, started, seconds)
+        second(model, api, started, seconds)
+    return both
+
+
+def _batcher(options: ServerOptions, metrics: ServerMetrics,
+             tracing: Tracing | None = None) -> Batcher | None:
     """The batcher --enable_batching asks for (TF Serving's defaults without a file)."""
     if not options.enable_batching:
         if options.batching_parameters_file:
@@ -334,9 +372,13 @@ def _batcher(options: ServerOptions, metrics: ServerMetrics) -> Batcher | None:
         return None
     batching = read_batching_parameters(options.batching_parameters_file) \
         if options.batching_parameters_file else BatchingOptions()
+    run_observers = [metrics.observe_batch_run]
+    if tracing is not None:
+        run_observers.append(tracing.observe_batch_run)
     batcher = Batcher(batching, [metrics.observe_batch],
                       per_model_parameters=options.enable_per_model_batching_parameters,
-                      wait_for_full_batch=options.batching_wait_for_full_batch)
+                      wait_for_full_batch=options.batching_wait_for_full_batch,
+                      run_observers=run_observers)
     metrics.batch_traffic = batcher.traffic  # the transports' in-flight count feeds it
     return batcher
 

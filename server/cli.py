@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Sequence
 
+from pyserving.server import logging_setup
 from pyserving.server.options import (
     ServerOptions,
     build_parser,
@@ -27,14 +28,11 @@ EXIT_START_FAILED = 255
 STARTUP_FAILED = "Failed to start server. Error: "
 
 
-def configure_logging(tag: str = "") -> None:
-    """Log lines to stderr; ``tag`` (e.g. "worker 1") names the process in each line."""
+def configure_logging(tag: str = "", log_format: str = "text") -> None:
+    """Log lines to stderr (``--log_format``: text or JSON, logging_setup.py); ``tag`` (e.g.
+    "worker 1") names the process in each line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    prefix = f"{tag} " if tag else ""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format=f"%(asctime)s.%(msecs)03d %(levelname)s {prefix}%(name)s] %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S")
+    logging_setup.configure(log_format, tag)
 
 
 def report_startup_failure(error: object) -> None:
@@ -71,7 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if unknown:  # tensorflow_model_server names the first one, shows the usage, starts anyway
         print(f"unknown argument: {unknown[0]}\n{build_parser().format_help()}", end="")
-    configure_logging()
+    if options.log_format not in logging_setup.LOG_FORMATS:
+        formats = ", ".join(logging_setup.LOG_FORMATS)
+        report_startup_failure(f"--log_format must be one of {formats}, "
+                               f"not {options.log_format!r}")
+        return EXIT_START_FAILED
+    configure_logging(log_format=options.log_format)
     log = logging.getLogger("pyserving")
     for name in explicitly_set_inert_flags(options):
         log.warning("--%s is accepted for compatibility but not implemented yet; ignored", name)

@@ -39,6 +39,7 @@ from pyserving.server.rollout.plan import Target
 from pyserving.server.rollout.router import Outputs, Route, Router, target_spec
 from pyserving.server.rollout.shadow import response_outputs
 from pyserving.server.servable import Runner, Servable, Steps, acquire, run_steps
+from pyserving.server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ class ServingCore:
                  max_in_flight_per_model: int = 0,
                  on_reload: AppliedObserver | None = None,
                  metric_value: Callable[[str], int] = lambda name: 0,
-                 router: Router | None = None) -> None:
+                 router: Router | None = None, tracing: Tracing | None = None) -> None:
         self.manager = manager
+        self.tracing = tracing  # with --enable_tracing: admission is a span
         self.router = router if router is not None else Router(manager)
         self._metric_value = metric_value
         self.in_flight = InFlightLimit(max_in_flight_per_model)
@@ -122,6 +124,8 @@ class ServingCore:
     def _serving(self, request: Any) -> "_Admitted":
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
+        if self.tracing is not None:
+            return self.tracing.admission(self._admit, request.model_spec)
         return self._admit(request.model_spec)
 
     def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
@@ -151,7 +155,8 @@ class ServingCore:
         that very version, and the outputs (those of ``output_filter``, default all) come back
         as (alias, array, tensorflow DataType), no protos between. The same steps as
         ``predict_steps``, driven by the caller: ``run_steps`` or ``run_steps_async``."""
-        admitted = self._admit(spec)
+        admitted = self._admit(spec) if self.tracing is None else \
+            self.tracing.admission(self._admit, spec)
         with admitted as servable:
             signature_name, inputs = read(servable)
             outputs = yield from self._predictor.array_steps(

@@ -18,6 +18,7 @@ from pyserving.server.apis import classification_pb2, inference_pb2, regression_
 from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.predict import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD
 from pyserving.server.servable import (
+    EncodeObserver,
     Runner,
     RuntimeObserver,
     Servable,
@@ -217,10 +218,12 @@ class ExampleInference:
 
     def __init__(self, *, check_method_name: bool = False,
                  runner: Runner = run_unbatched, on_runtime: RuntimeObserver | None = None,
-                 on_examples: ExamplesObserver | None = None) -> None:
+                 on_examples: ExamplesObserver | None = None,
+                 on_encode: EncodeObserver | None = None) -> None:
         self._check_method_name = check_method_name
         self.runner = runner
         self._on_runtime = on_runtime
+        self._on_encode = on_encode
         self._on_examples = on_examples
 
     def classify(self, servable: Servable, request: classification_pb2.ClassificationRequest
@@ -266,7 +269,11 @@ class ExampleInference:
         if self._on_runtime is not None:
             self._on_runtime(request.model_spec.name, API_NAMES[method],
                              time.monotonic() - started)
+        started = time.monotonic()
         answer: Response = self.respond(servable, request, plan, values, response)
+        if self._on_encode is not None:
+            self._on_encode(request.model_spec.name, API_NAMES[method], started,
+                            time.monotonic() - started)
         return answer
 
     def multi_inference(self, servable: Servable,

@@ -21,6 +21,7 @@ from pyserving.server.core import ServingCore
 from pyserving.server.grpc_services import PredictionServiceBase, Rpc
 from pyserving.server.metrics import ServerMetrics
 from pyserving.server.servable import AsyncRunner, run_steps_async
+from pyserving.server.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -151,21 +152,21 @@ class AsyncPredictionService(PredictionServiceBase):
     their plain handlers, which grpc.aio runs on its thread pool."""
 
     def __init__(self, core: ServingCore, run: AsyncRunner,
-                 metrics: ServerMetrics | None = None) -> None:
-        super().__init__(core, metrics)
+                 metrics: ServerMetrics | None = None, tracing: Tracing | None = None) -> None:
+        super().__init__(core, metrics, tracing)
         self._run = run
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        with Rpc(context, request, self._metrics, "Predict") as rpc:
+        with Rpc(context, request, self._metrics, "Predict", self._tracing) as rpc:
             return await run_steps_async(self._core.predict_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        with Rpc(context, request, self._metrics, "Classify") as rpc:
+        with Rpc(context, request, self._metrics, "Classify", self._tracing) as rpc:
             return await run_steps_async(self._core.classify_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        with Rpc(context, request, self._metrics, "Regress") as rpc:
+        with Rpc(context, request, self._metrics, "Regress", self._tracing) as rpc:
             return await run_steps_async(self._core.regress_steps(request), self._run)
         await context.abort(rpc.status, rpc.details)

@@ -15,9 +15,13 @@ from pyserving.server.core import ServingCore
 from pyserving.server.errors import ServingError
 from pyserving.server.metrics import GRPC, ServerMetrics
 from pyserving.server.request_context import RequestContext
+from pyserving.server.request_id import HEADER as REQUEST_ID_HEADER
+from pyserving.server.request_id import request_id
+from pyserving.server.tracing import Tracing
 
 # TF Serving truncates long error messages (grpc_status_util.cc), counting bytes.
 _MESSAGE_LIMIT = 1024
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 
 
 def status_message(message: str) -> str:
@@ -30,14 +34,19 @@ def status_message(message: str) -> str:
 AnyContext = Union[grpc.ServicerContext, "grpc.aio.ServicerContext[Any, Any]"]
 
 
-def _request_context(context: AnyContext) -> RequestContext:
+def _request_context(context: AnyContext, tracing: Tracing | None, method: str,
+                     request: Any) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
     header = functools.partial(_metadata_value, context)
+    rid = request_id(header)
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+    trace = None if tracing is None else \
+        tracing.start_grpc(PREDICTION_SERVICE, method, request, header, rid)
     # grpc.aio's contexts cannot tell whether the caller left (a coroutine is cancelled).
     is_active = getattr(context, "is_active", None)
-    return RequestContext(deadline, is_active, header) if is_active else \
-        RequestContext(deadline, header=header)
+    return RequestContext(deadline, is_active, header, rid, trace) if is_active else \
+        RequestContext(deadline, header=header, request_id=rid, trace=trace)
 
 
 def _metadata_value(context: AnyContext, name: str) -> str | None:
@@ -52,17 +61,20 @@ class Rpc:
     """``with``: the edge of one RPC, for the sync and the grpc.aio services alike. Sets the
     request context (deadline, liveness), counts the request and its latency when ``api`` is
     given (TF Serving's request_count / request_latency), and catches the ServingError it
-    ends with into ``status`` / ``details`` for ``context.abort``."""
+    ends with into ``status`` / ``details`` for ``context.abort``. Every RPC gets a request
+    ID (x-request-id, returned in the trailing metadata); with ``tracing`` it is a span."""
 
     __slots__ = ("_context", "_metrics", "_api", "_model", "_token", "_started", "_in_flight",
-                 "status", "details")
+                 "_request", "_tracing", "_trace", "status", "details")
 
     def __init__(self, context: AnyContext, request: Any,
                  metrics: ServerMetrics | None = None, api: str = "",
-                 model: str | None = None) -> None:
+                 tracing: Tracing | None = None, model: str | None = None) -> None:
         self._context = context
         self._metrics = metrics if api else None
         self._api = api
+        self._request = request
+        self._tracing = tracing
         # ``model``: the model's name for a request without a model_spec (V2's)
         self._model = "" if self._metrics is None else \
             request.model_spec.name if model is None else model
@@ -70,7 +82,9 @@ class Rpc:
         self.details = ""
 
     def __enter__(self) -> "Rpc":
-        self._token = request_context.current.set(_request_context(self._context))
+        context = _request_context(self._context, self._tracing, self._api, self._request)
+        self._trace = context.trace
+        self._token = request_context.current.set(context)
         if self._metrics is not None:
             self._started = time.monotonic()
             self._in_flight = self._metrics.in_flight(self._model, self._api, GRPC)
@@ -89,6 +103,8 @@ class Rpc:
             self._in_flight.__exit__(None, None, None)
             self._metrics.observe_request(self._model, self._api, GRPC, self.status,
                                           time.monotonic() - self._started)
+        if self._trace is not None:
+            self._trace.end(self.status, self.details)
         return isinstance(error, ServingError)  # the caller aborts with it
 
 
@@ -97,17 +113,19 @@ class PredictionServiceBase(prediction_service_pb2_grpc.PredictionServiceService
     context, calls the core, converts the status and records metrics. The RPCs with plain
     handlers; Predict, Classify and Regress are coroutines in grpc_aio.py."""
 
-    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, core: ServingCore, metrics: ServerMetrics | None = None,
+                 tracing: Tracing | None = None) -> None:
         self._core = core
         self._metrics = metrics
+        self._tracing = tracing
 
     def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request) as rpc:
+        with Rpc(context, request, None, "MultiInference", self._tracing) as rpc:
             return self._core.multi_inference(request)
         context.abort(rpc.status, rpc.details)
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request) as rpc:
+        with Rpc(context, request, None, "GetModelMetadata", self._tracing) as rpc:
             return self._core.model_metadata(request)
         context.abort(rpc.status, rpc.details)
 

@@ -317,6 +317,10 @@ class ModelManager:
         """The versions of ``name`` that requests can use now."""
         return set(self._serving.servables.get(name, {}))
 
+    def labels(self) -> Mapping[str, Mapping[str, int]]:
+        """Each model's version labels now (label -> version)."""
+        return self._serving.labels
+
     def close(self, drain_seconds: float | None = None) -> None:
         """Cancel pending loads and unload everything (server shutdown); requests still
         running after ``drain_seconds`` are cancelled (None: wait for them)."""

@@ -39,6 +39,7 @@ from prometheus_client.registry import Collector
 
 from pyserving.client.protos.pyserving.monitoring_config_pb2 import MonitoringConfig
 from pyserving.server.batching.arrivals import Traffic
+from pyserving.server.batching.batcher import BatchRun
 from pyserving.server.config import parse_proto_text_file
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelEvent, ModelManager
@@ -159,7 +160,8 @@ class ServerMetrics:
     """The metrics of one ModelServer; transports call observe_request and in_flight."""
 
     def __init__(self, manager: ModelManager,
-                 queue_depths: Callable[[], Mapping[str, int]] = dict) -> None:
+                 queue_depths: Callable[[], Mapping[str, int]] = dict, *,
+                 batching: bool = False) -> None:
         # No collect() at registration: with --workers it would read the other workers'
         # files, one of which may be half-created at start-up (struct.error, worker exits).
         self.registry = CollectorRegistry(auto_describe=False)
@@ -223,6 +225,14 @@ class ServerMetrics:
         self._model_loads = self._sampler(
             "pyserving_model_load_seconds", "Wall time of successful model version loads.",
             Histogram.DEFAULT_BUCKETS, "model_name")
+        # pyserving's per-stage breakdown of a request, in TF Serving's units and buckets so
+        # it plots next to request_latency: queue (batch queue wait), run (TensorFlow; with
+        # batching the batch's run), encode (outputs to the response: protos, or REST's JSON).
+        self._stage_latency = self._sampler(
+            "pyserving_request_stage_latency",
+            "Distribution of wall time (in microseconds) of each stage of a request: queue, "
+            "run, encode.", _LATENCY_BUCKETS, "model_name", "stage")
+        self._run_stage_from_runtime = not batching
         self.registry.register(_StateCollector(manager, queue_depths))
 
         # pyserving's rollouts (rollout/state.py): prometheus-client Counters, named *_total.
@@ -296,6 +306,21 @@ class ServerMetrics:
         """One successful TensorFlow run of a Predict/Classify/Regress (batch wait included,
         as TF Serving's batching session counts it)."""
         self._child(self._runtime_latency, model, api, RUNTIME).observe(seconds * 1e6)
+        if self._run_stage_from_runtime:  # with batching, observe_batch_run times the run
+            self._child(self._stage_latency, model, "run").observe(seconds * 1e6)
+
+    def observe_encode(self, model: str, api: str, started: float, seconds: float) -> None:
+        """A request's outputs made into its response (protos, or REST's JSON)."""
+        self._child(self._stage_latency, model, "encode").observe(seconds * 1e6)
+
+    def observe_batch_run(self, batch: BatchRun) -> None:
+        """Batcher observer: each request's queue wait and the run of its batch."""
+        queue = self._child(self._stage_latency, batch.model, "queue")
+        run = self._child(self._stage_latency, batch.model, "run")
+        run_micros = batch.seconds * 1e6
+        for _, enqueued in batch.requests:
+            queue.observe((batch.started - enqueued) * 1e6)
+            run.observe(run_micros)
 
     def observe_examples(self, model: str, count: int) -> None:
         """The tf.Examples of one successful MultiInference, as TF Serving counts them."""

@@ -153,6 +153,13 @@ class ServerOptions:
     request_log_queue_size: int = _flag(
         4096, "pyserving: request log records waiting for the writer at most; past it new "
               "records are dropped (and counted), never a request delayed.")
+    enable_tracing: bool = _flag(
+        False, "pyserving: OpenTelemetry traces of requests (needs pyserving[tracing]), "
+               "configured by the standard OTEL_* environment variables (exporter, endpoint, "
+               "sampler, service name); a caller's W3C traceparent continues its trace.")
+    log_format: str = _flag(
+        "text", "pyserving: 'text', or 'json' for one JSON object per log line; lines about a "
+                "request carry its request ID (x-request-id) and trace ID.")
 
     @property
     def tags(self) -> tuple[str, ...]:

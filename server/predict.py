@@ -22,6 +22,7 @@ from pyserving.client.tensors import (
 from pyserving.server.apis import predict_pb2
 from pyserving.server.errors import failed_precondition, internal, invalid_argument
 from pyserving.server.servable import (
+    EncodeObserver,
     Runner,
     RuntimeObserver,
     Servable,
@@ -161,9 +162,11 @@ class Predictor:
 
     def __init__(self, *, as_tensor_content: bool = False, check_method_name: bool = False,
                  max_tensor_bytes: int = 2**31, runner: Runner = run_unbatched,
-                 on_runtime: RuntimeObserver | None = None) -> None:
+                 on_runtime: RuntimeObserver | None = None,
+                 on_encode: EncodeObserver | None = None) -> None:
         self.runner = runner
         self._on_runtime = on_runtime
+        self._on_encode = on_encode
         self._as_tensor_content = as_tensor_content
         self._check_method_name = check_method_name
         self._max_tensor_bytes = max_tensor_bytes
@@ -219,7 +222,12 @@ class Predictor:
                       ) -> Steps[predict_pb2.PredictResponse]:
         plan = self.plan(servable, request)
         values = yield from self._execute(servable, request.model_spec.name, plan)
-        return self.respond(servable, request, plan, values)
+        if self._on_encode is None:
+            return self.respond(servable, request, plan, values)
+        started = time.monotonic()
+        response = self.respond(servable, request, plan, values)
+        self._on_encode(request.model_spec.name, "Predict", started, time.monotonic() - started)
+        return response
 
     def _execute(self, servable: Servable, model: str, plan: PredictPlan
                  ) -> Steps[list[np.ndarray]]:

@@ -1,6 +1,8 @@
 """What the core may know about the request being served: its deadline, whether the caller
-still waits, and its headers (gRPC metadata or HTTP headers). Transports set it per call; the
-batcher reads it to drop dead requests, the rollout to route by a sticky key."""
+still waits, its headers (gRPC metadata or HTTP headers), its request ID and, with
+--enable_tracing, its span. Transports set it per call; the batcher reads it to drop dead
+requests (and to trace its batches), the rollout to route by a sticky key, log lines to name
+the request."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import contextvars
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,8 @@ class RequestContext:
     deadline: float | None = None  # time.monotonic() value; None when the caller set none
     is_active: Callable[[], bool] = lambda: True
     header: Callable[[str], str | None] = lambda name: None  # by lower-case name, first value
+    request_id: str = ""  # x-request-id, given or generated (request_id.py)
+    trace: Any = None  # tracing.RequestTrace with --enable_tracing, else None
 
     def expired(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

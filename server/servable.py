@@ -172,6 +172,9 @@ async def run_steps_async(steps: Steps[T], runner: AsyncRunner) -> T:
 # Told of each successful run: model name, API ("Predict", "Classify", "Regress"), seconds
 # (TF Serving's runtime_latency: the TensorFlow call, batch queueing included).
 RuntimeObserver = Callable[[str, str, float], None]
+# Told of each response made from a run's outputs: model name, API, when it began
+# (time.monotonic()), seconds.
+EncodeObserver = Callable[[str, str, float, float], None]
 
 
 def run_unbatched(servable: Servable, signature: SignatureDef,

@@ -37,6 +37,7 @@ GROUPS = {
         "enable_per_model_batching_parameters", "batching_wait_for_full_batch"],
     "Rollouts": ["rollout_config_file", "rollout_config_poll_wait_seconds"],
     "Request logging": ["request_log_max_file_bytes", "request_log_queue_size"],
+    "Tracing and logs": ["enable_tracing", "log_format"],
     "TensorFlow and devices": [
         "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
         "tensorflow_inter_op_parallelism", "tensorflow_session_config_file",

@@ -59,6 +59,20 @@ PER_MODEL_FILE = "batching_params.pbtxt"
 
 Feeds = Sequence[tuple[str, np.ndarray]]
 BatchObserver = Callable[[str, int, int, list[float]], None]  # model, size, padded, waits (s)
+
+
+class BatchRun(NamedTuple):
+    """One batch that ran, for the observers of its stages (metrics, tracing)."""
+
+    model: str
+    size: int
+    padded: int
+    started: float  # the batcher's clock (time.monotonic() in a server) when its run began
+    seconds: float  # its TensorFlow run
+    requests: list[tuple[request_context.RequestContext, float]]  # each with its enqueue time
+
+
+BatchRunObserver = Callable[[BatchRun], None]
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
 STOPPED = "The batch scheduler is stopped: the server is shutting down"
 
@@ -300,16 +314,19 @@ class Batcher:
 
     def __init__(self, options: BatchingOptions, observers: Sequence[BatchObserver] = (), *,
                  per_model_parameters: bool = False, wait_for_full_batch: bool = False,
-                 clock: Clock = MONOTONIC) -> None:
+                 clock: Clock = MONOTONIC,
+                 run_observers: Sequence[BatchRunObserver] = ()) -> None:
         """``wait_for_full_batch``: TF Serving's behaviour, a batch waits until full or timed
         out even when nothing can join it. Otherwise the transports count each request to a
-        model of ``traffic`` in and out (``traffic`` is None when waiting for full batches)."""
+        model of ``traffic`` in and out (``traffic`` is None when waiting for full batches).
+        ``run_observers`` hear of each batch that ran (stage metrics, tracing)."""
         check_thread_count(options)
         self.options = options
         self._clock = clock
         self._now = clock.now
         self.traffic = None if wait_for_full_batch else arrivals.Traffic(self._look_again)
         self._observers = list(observers)
+        self._run_observers = list(run_observers)
         self._per_model = per_model_parameters
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
             weakref.WeakKeyDictionary()
@@ -499,6 +516,12 @@ class Batcher:
             waits = [started - task.enqueued for task in live]
             for observer in self._observers:
                 observer(queue.servable.name, start, padded, waits)
+        if self._run_observers:
+            run = BatchRun(queue.servable.name, start, padded, started,
+                           self._now() - started,
+                           [(task.context, task.enqueued) for task in live])
+            for run_observer in self._run_observers:
+                run_observer(run)
         _wake(live)
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[list[np.ndarray], int]:

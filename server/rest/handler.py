@@ -26,7 +26,7 @@ from pyserving.server.errors import ServingError, invalid_argument
 from pyserving.server.metrics import REST, ServerMetrics
 from pyserving.server.predict import DEFAULT_SIGNATURE
 from pyserving.server.rest import json_parse, request_json, response_json
-from pyserving.server.servable import AsyncRunner, Servable, run_steps_async
+from pyserving.server.servable import AsyncRunner, EncodeObserver, Servable, run_steps_async
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,13 @@ class RestHandler:
     ``executor``."""
 
     def __init__(self, core: ServingCore, run: AsyncRunner, executor: Executor,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None,
+                 on_encode: EncodeObserver | None = None) -> None:
         self._core = core
         self._run = run
         self._executor = executor
         self._metrics = metrics
+        self._on_encode = on_encode
 
     async def process(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         prediction = _PREDICTION_PATH.fullmatch(path) if method == "POST" else None
@@ -156,7 +158,12 @@ class RestHandler:
             return name, arrays
 
         outputs = await run_steps_async(self._core.predict_arrays_steps(spec, read), self._run)
-        return response_json.predict_json(outputs, fmt)
+        if self._on_encode is None:
+            return response_json.predict_json(outputs, fmt)
+        started = time.monotonic()
+        encoded = response_json.predict_json(outputs, fmt)
+        self._on_encode(spec.name, "Predict", started, time.monotonic() - started)
+        return encoded
 
     async def _classify(self, spec: model_pb2.ModelSpec, body: bytes) -> bytes:
         request = classification_pb2.ClassificationRequest(model_spec=spec)

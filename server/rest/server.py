@@ -13,9 +13,10 @@ import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import grpc
+import orjson
 from aiohttp import web
 
 from pyserving.server import request_context
@@ -23,9 +24,12 @@ from pyserving.server.core import ServingCore
 from pyserving.server.errors import unavailable
 from pyserving.server.metrics import ServerMetrics
 from pyserving.server.request_context import RequestContext
-from pyserving.server.rest import response_json
+from pyserving.server.request_id import HEADER as REQUEST_ID_HEADER
+from pyserving.server.request_id import request_id
+from pyserving.server.rest import response_json, status_page
 from pyserving.server.rest.handler import HTTP_STATUS, RestHandler
-from pyserving.server.servable import AsyncRunner, unbatched_async
+from pyserving.server.servable import AsyncRunner, EncodeObserver, unbatched_async
+from pyserving.server.tracing import Tracing
 from pyserving.server.v2.rest import V2_PATH, V2RestHandler
 from pyserving.server.v2.rest import error_response as v2_error
 
@@ -65,15 +69,20 @@ class RestServer:
     def __init__(self, core: ServingCore, options: RestOptions, host: str = "0.0.0.0", *,
                  metrics: ServerMetrics | None = None,
                  metrics_page: tuple[str, Callable[[], tuple[bytes, str]]] | None = None,
+                 status: Callable[[], dict[str, Any]] | None = None,
+                 tracing: Tracing | None = None,
+                 on_encode: EncodeObserver | None = None,
                  runner_for: Callable[[Executor], AsyncRunner] = unbatched_async,
                  v2: Callable[[AsyncRunner, Executor], V2RestHandler] | None = None) -> None:
         self._metrics_page = metrics_page  # (path, render) of the Prometheus page, if enabled
+        self._status = status  # the status page's document (status.py), if served
+        self._tracing = tracing
         self._options = options
         self._host = host
         self._executor = ThreadPoolExecutor(max_workers=max(options.num_threads, 1),
                                             thread_name_prefix="rest")
         run = runner_for(self._executor)
-        self._handler = RestHandler(core, run, self._executor, metrics)
+        self._handler = RestHandler(core, run, self._executor, metrics, on_encode)
         # the Open Inference Protocol's /v2 routes, when served
         self._v2 = v2(run, self._executor) if v2 is not None else None
         self._loop = asyncio.new_event_loop()
@@ -133,6 +142,9 @@ class RestServer:
         page = self._metrics_page
         if page is not None and path == page[0]:
             return await self._serve_metrics(target, *page)
+        if self._status is not None and request.method == "GET" and (
+                path in status_page.HTML_PATHS or path == status_page.JSON_PATH):
+            return await self._serve_status(path, self._status)
         v2 = self._v2 is not None and target.startswith("/v2") and \
             V2_PATH.fullmatch(target) is not None
         if not v2 and not _HANDLED_PATH.fullmatch(target):
@@ -146,10 +158,25 @@ class RestServer:
             return self._too_large(None)
         if request.method == "OPTIONS":
             return self._preflight(request)
+        rid = request_id(request.headers.get)
         if v2:
-            return await self._serve_v2(request.method, target, body, request.headers)
-        status, payload = await self._run(request.method, target, body, request.headers)
-        return self._response(status, payload)
+            response = await self._serve_v2(request.method, target, body, request.headers)
+        else:
+            status, payload = await self._run(request.method, target, body, request.headers,
+                                              rid)
+            response = self._response(status, payload)
+        response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+    async def _serve_status(self, path: str, status: Callable[[], dict[str, Any]]
+                            ) -> web.Response:
+        """The status page (HTML) or its document (JSON), built on the thread pool."""
+        document = await self._loop.run_in_executor(self._executor, status)
+        if path == status_page.JSON_PATH:
+            return web.Response(status=200, body=orjson.dumps(document),
+                                headers={"Content-Type": _JSON, "Cache-Control": "no-store"})
+        return web.Response(status=200, body=status_page.render(document), headers={
+            "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
 
     async def _serve_v2(self, method: str, target: str, body: bytes,
                         headers: Mapping[str, str]) -> web.Response:
@@ -186,19 +213,30 @@ class RestServer:
                               b"")
 
     async def _run(self, method: str, path: str, body: bytes,
-                   headers: Mapping[str, str]) -> tuple[int, bytes]:
+                   headers: Mapping[str, str], rid: str = "") -> tuple[int, bytes]:
         """The handler's answer, on this loop, within --rest_api_timeout_in_ms (its
         TensorFlow call on the pool or in a batch: the loop never waits for one)."""
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        token = request_context.current.set(RequestContext(deadline, header=headers.get))
+        trace = None if self._tracing is None else \
+            self._tracing.start_rest(method, path, headers.get, rid)
+        token = request_context.current.set(
+            RequestContext(deadline, header=headers.get, request_id=rid, trace=trace))
         try:
-            return await asyncio.wait_for(self._handler.process(method, path, body), timeout)
+            answer: tuple[int, bytes] = await asyncio.wait_for(
+                self._handler.process(method, path, body), timeout)
         except asyncio.TimeoutError:
-            return HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
+            answer = HTTP_STATUS[grpc.StatusCode.DEADLINE_EXCEEDED], \
                 response_json.error_json("Deadline Exceeded")
+        except asyncio.CancelledError:
+            if trace is not None:
+                trace.end(grpc.StatusCode.CANCELLED)
+            raise
         finally:
             request_context.current.reset(token)
+        if trace is not None:
+            trace.end(_status_code(answer[0]), attributes={"http.response.status_code": answer[0]})
+        return answer
 
     def _too_large(self, size: int | None) -> web.Response:
         limit = self._options.max_request_bytes
@@ -212,6 +250,14 @@ class RestServer:
         if self._options.enable_cors:
             headers.update(_CORS_HEADERS)
         return web.Response(status=status, body=payload, headers=headers)
+
+
+_STATUS_CODES = {http: code for code, http in reversed(list(HTTP_STATUS.items()))}
+
+
+def _status_code(http_status: int) -> grpc.StatusCode:
+    """The gRPC code a REST answer stands for (the first that maps to its HTTP status)."""
+    return _STATUS_CODES.get(http_status, grpc.StatusCode.UNKNOWN)
 
 
 def _path_and_query(request: web.Request) -> str:

@@ -94,6 +94,9 @@ class Router:
         if primary_deadline is not None:
             deadline = min(deadline, primary_deadline)
         runner = self._runner()
+        trace = request_context.current.get().trace
+        if trace is not None:  # --enable_tracing: the copy is a span linked to this request
+            shadow = trace.shadowed(shadow)
 
         def run() -> None:
             rollout.count_shadow(mirrored=1)

@@ -133,8 +133,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments, flags = _parse(sys.argv[1:] if argv is None else argv)
     _die_with_parent(arguments.parent_pid)
-    configure_logging(tag=f"worker {arguments.index}")
     options, _unknown = parse_options(flags)  # the supervisor has reported unknown flags
+    configure_logging(tag=f"worker {arguments.index}", log_format=options.log_format)
     from pyserving.server import metrics
     from pyserving.server.rest import server as rest
     from pyserving.server.workers.shared_config import SharedModelConfig

@@ -11,6 +11,7 @@ connection).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -245,6 +246,28 @@ def test_request_count_adds_up_over_workers(cluster: tuple[Supervisor, int, int]
     # rollout's (every request named no version, so each went through it) as TF Serving's.
     assert [request_count(rest_port) for _ in range(4)] == [
         (before[0] + sent, before[1] + sent)] * 4
+
+
+def test_status_page_counts_every_workers_requests(cluster: tuple[Supervisor, int, int]
+                                                    ) -> None:
+    """Whichever worker answers GET /status.json, its request count is the sum the metrics
+    page shows, and GET / renders."""
+    supervisor, port, rest_port = cluster
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        predict(channel)
+    expected = request_count(rest_port)[0]
+    answered = set()
+    for _ in range(6):
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/status.json",
+                                    timeout=RPC_TIMEOUT) as response:
+            document = json.loads(response.read())
+        answered.add(document["server"]["pid"])
+        (model,) = document["models"]
+        assert (model["name"], model["requests"]) == ("default", expected)
+        assert document["rollouts"]["default"]["arms"][0]["weight"] == 1
+    assert answered <= set(supervisor.worker_pids().values())
+    with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/", timeout=RPC_TIMEOUT) as page:
+        assert b"Rollout of default" in page.read()
 
 
 def test_health_is_serving_on_every_worker(cluster: tuple[Supervisor, int, int]) -> None:
