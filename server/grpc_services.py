@@ -54,8 +54,17 @@ class Rpc:
     given (TF Serving's request_count / request_latency), and catches the ServingError it
     ends with into ``status`` / ``details`` for ``context.abort``."""
 
-    __slots__ = ("_context", "_metrics", "_api", "_model", "_token", "_started", "_in_flight",
-                 "status", "details")
+    __slots__ = (
+        "_api",
+        "_context",
+        "_in_flight",
+        "_metrics",
+        "_model",
+        "_started",
+        "_token",
+        "details",
+        "status",
+    )
 
     def __init__(self, context: AnyContext, request: Any,
                  metrics: ServerMetrics | None = None, api: str = "",
@@ -69,7 +78,7 @@ class Rpc:
         self.status = grpc.StatusCode.OK
         self.details = ""
 
-    def __enter__(self) -> "Rpc":
+    def __enter__(self) -> Rpc:
         self._token = request_context.current.set(_request_context(self._context))
         if self._metrics is not None:
             self._started = time.monotonic()

@@ -11,9 +11,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import grpc
 from aiohttp import web
@@ -46,7 +46,7 @@ _share_port = False
 
 def share_port_with_other_processes() -> None:
     """``--workers N``: REST servers of this process bind with SO_REUSEPORT, as gRPC does."""
-    global _share_port
+    global _share_port  # noqa: PLW0603 (SO_REUSEPORT is for every REST server of a worker)
     _share_port = True
 
 
@@ -81,7 +81,7 @@ class RestServer:
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
-    def start(self) -> "RestServer":
+    def start(self) -> RestServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="rest-loop",
                                         daemon=True)
         self._thread.start()
