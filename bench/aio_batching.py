@@ -136,7 +136,7 @@ def aio_batched_service(core: Any, batcher: AsyncBatcher) -> Any:
                     response.model_spec.name = request.model_spec.name
                     response.model_spec.signature_name = name
                     response.model_spec.version.value = servable.version
-                    for alias, value in zip(aliases, values):
+                    for alias, value in zip(aliases, values, strict=False):
                         fill_tensor_proto(response.outputs[alias], value,
                                           dtype_enum=signature.outputs[alias].dtype or None)
                     return response

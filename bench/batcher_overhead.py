@@ -18,9 +18,9 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 DEFAULT_VARIANTS = ("batch_timeout_micros=0", "batch_timeout_micros=1000",
                     "batch_timeout_micros=0,num_batch_threads=2")

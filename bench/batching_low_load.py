@@ -53,9 +53,9 @@ def _serve(base_path: str, model_name: str, role: str, parameters: str, grpc_thr
 
     batching: dict[str, Any] = {}
     if role != "unbatched":
-        batching = dict(enable_batching=True, batching_parameters_file=parameters,
-                        batching_wait_for_full_batch=role == "always-wait",
-                        grpc_max_threads=grpc_threads)
+        batching = {"enable_batching": True, "batching_parameters_file": parameters,
+                        "batching_wait_for_full_batch": role == "always-wait",
+                        "grpc_max_threads": grpc_threads}
     options = ServerOptions(port=0, rest_api_port=_free_port(), model_base_path=base_path,
                             model_name=model_name, **batching)
     with ModelServer(options, host="127.0.0.1") as server:
@@ -178,7 +178,7 @@ def report(name: str, cells: dict[tuple, Cell], args: argparse.Namespace) -> Non
                         f"p99 {cell.percentile(0.99) * 1e3:5.2f}")[:26].rjust(26)
             print(f"{transport:9} {clients:>3} {row}")
     for transport in args.transports:
-        def ratio(clients: int, role: str, against: str) -> float:
+        def ratio(clients: int, role: str, against: str, transport: str = transport) -> float:
             base = cells[(transport, clients, against)].rate()
             return cells[(transport, clients, role)].rate() / base if base else float("nan")
 

@@ -129,7 +129,8 @@ def start_server(label: str, import_path: Path, config: Config, workload: worklo
         options["rest_api_port"] = free_port()
     spec = {"model_name": workload.model_name, "base_path": workload.base_path,
             "options": options}
-    log = open(scratch / f"{harness.log_name(label)}.log", "a", encoding="utf-8")
+    # The server process writes to it until it stops, long after this function returns.
+    log = open(scratch / f"{harness.log_name(label)}.log", "a", encoding="utf-8")  # noqa: SIM115
     env = dict(os.environ, PYTHONPATH=str(import_path), TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen([BASE_PYTHON, str(Path(__file__).resolve()), "--serve",
                                 json.dumps(spec)], stdin=subprocess.PIPE,

@@ -7,10 +7,12 @@ percentiles and the CPU each party spent meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import loadgen
 import servers
@@ -65,10 +67,8 @@ def start_servers(context: Any, specs: Sequence[tuple[str, servers.ServerSpec]],
 
 def stop_servers(running: Sequence[Running]) -> None:
     for server in running:
-        try:
+        with contextlib.suppress(OSError):
             server.conn.send("stop")
-        except OSError:
-            pass
     for server in running:
         server.process.join(10)
         if server.process.is_alive():
@@ -88,10 +88,8 @@ def start_load_processes(context: Any, count: int) -> tuple[list[Any], list[Any]
 
 def stop_load_processes(processes: Sequence[Any], conns: Sequence[Any]) -> None:
     for conn in conns:
-        try:
+        with contextlib.suppress(OSError):
             conn.send(None)
-        except OSError:
-            pass
     for process in processes:
         process.join(10)
         if process.is_alive():
@@ -122,11 +120,12 @@ def measure_cell(server: Running, load_conns: Sequence[Any], request: bytes, con
     start_at = time.perf_counter() + CONNECT_SECONDS + warmup
     shares = [concurrency // len(load_conns) + (i < concurrency % len(load_conns))
               for i in range(len(load_conns))]
-    for conn, share in zip(load_conns, shares):
+    for conn, share in zip(load_conns, shares, strict=False):
         if share:
             conn.send(loadgen.LoadSpec(f"127.0.0.1:{server.port}", server.process.pid, request,
                                        share, start_at, window))
-    result = loadgen.merge([conn.recv() for conn, share in zip(load_conns, shares) if share])
+    result = loadgen.merge([conn.recv() for conn, share in zip(load_conns, shares, strict=True)
+                            if share])
     check(server.label, result.sample_response)
     cell = to_cell(result, window)
     if cell.errors:

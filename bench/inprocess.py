@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 SPACING_US = 20  # about the Python work a Predict does around its TF call
 TF_CALL = "TF call: Servable.run(x=[[2.0]])"

@@ -119,7 +119,7 @@ def contenders(args: argparse.Namespace) -> list[Contender]:
         sync = _label("sync", tags) if "sync" in chosen else None
         if sync:
             lineup.append(Contender(sync, "sync", inter_op, args.threads))
-            lineup += [Contender(_label("sync", tags + [f"threads={n}"]), "sync", inter_op, n, sync)
+            lineup += [Contender(_label("sync", [*tags, f"threads={n}"]), "sync", inter_op, n, sync)
                        for n in args.sync_threads if n != args.threads]
         lineup += [Contender(_label(kind, tags), kind, inter_op, args.threads, sync)
                    for kind in ("aio-executor", "aio-direct") if kind in chosen]

@@ -49,10 +49,10 @@ def start_s3_server() -> tuple[subprocess.Popen, int]:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
             return process, port
-        except OSError:
+        except OSError as error:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
-                raise SystemExit("moto's S3 server did not start")
+                raise SystemExit("moto's S3 server did not start") from error
             time.sleep(0.1)
 
 
@@ -82,7 +82,7 @@ def wait_available(server, version: int, timeout: float = 120.0) -> float:
     while time.monotonic() < deadline:
         try:
             states = {s.version: s.state for s in server.manager.version_statuses(MODEL)}
-        except Exception:  # noqa: BLE001 - not known to the manager yet
+        except Exception:
             states = {}
         if states.get(version) == VersionState.AVAILABLE:
             return time.monotonic()
@@ -127,8 +127,8 @@ def main() -> None:
         # Version 1 everywhere first: each server starts up serving it.
         shutil.copytree(exported, os.path.join(local_base, "1"))
         upload(client, "bench", exported, f"{MODEL}/1")
-        common = dict(port=0, model_name=MODEL, file_system_poll_wait_seconds=POLL_SECONDS,
-                      enable_model_warmup=False)
+        common = {"port": 0, "model_name": MODEL, "file_system_poll_wait_seconds": POLL_SECONDS,
+                      "enable_model_warmup": False}
         local = ModelServer(ServerOptions(model_base_path=local_base, **common),
                             host="127.0.0.1").start()
         servers.append(local)

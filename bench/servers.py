@@ -25,10 +25,11 @@ import asyncio
 import os
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 KINDS = ("echo-sync", "echo-aio", "sync", "aio-executor", "aio-direct", "naive", "aio-batched",
          "echo-wait")
@@ -60,7 +61,7 @@ class ServerSpec:
 
 def serve(spec: ServerSpec, conn: Connection) -> None:
     """Process entry point: start the server, send ("ready", port), stop on any message."""
-    log = open(spec.log_path, "a", encoding="utf-8")
+    log = open(spec.log_path, "a", encoding="utf-8")  # noqa: SIM115 (stderr for the process's life)
     os.dup2(log.fileno(), sys.stderr.fileno())
     if spec.switch_interval:
         sys.setswitchinterval(spec.switch_interval)

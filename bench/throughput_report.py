@@ -7,7 +7,8 @@ import datetime
 import os
 import platform
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from report import cpu_model
 
@@ -133,8 +134,8 @@ def plot(results: Sequence[Any], args: argparse.Namespace, path: str) -> None:
         for label in result.labels:
             points = [(n, result.cells[label, n]) for n in levels if (label, n) in result.cells]
             colour, marker = _STYLES.get(label, (None, "x"))
-            style = dict(color=colour, marker=marker, label=label, linewidth=1.8,
-                         markersize=5)
+            style = {"color": colour, "marker": marker, "label": label, "linewidth": 1.8,
+                         "markersize": 5}
             if label not in _STYLES:
                 style.update(linestyle=":", linewidth=1.2)
             top.plot([n for n, _ in points], [c.requests_per_second for _, c in points],

@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import workloads  # noqa: E402
+import workloads
 
 # "no extra, again" is a second, identical server: how far apart two identical servers measure
 # on this machine (the noise floor of every other ratio).

@@ -17,7 +17,8 @@ import http.client
 import multiprocessing
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np

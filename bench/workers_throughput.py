@@ -186,7 +186,7 @@ def measure(server: CliServer, load_conns: list[Connection], request: bytes, con
     start_at = time.perf_counter() + harness.CONNECT_SECONDS + args.warmup
     shares = [concurrency // len(load_conns) + (i < concurrency % len(load_conns))
               for i in range(len(load_conns))]
-    for conn, share in zip(load_conns, shares):
+    for conn, share in zip(load_conns, shares, strict=False):
         conn.send(MultiLoadSpec(f"127.0.0.1:{server.port}", server.pids, request, max(share, 1),
                                 args.channels, start_at, args.seconds))
     result = loadgen.merge([conn.recv() for conn in load_conns])

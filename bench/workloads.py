@@ -53,7 +53,7 @@ class BatchedConfig:
                 f"--tensorflow_inter_op_parallelism={self.inter_op}, "
                 f"--tensorflow_intra_op_parallelism={self.intra_op}")
 
-    def with_overrides(self, text: str) -> "BatchedConfig":
+    def with_overrides(self, text: str) -> BatchedConfig:
         """``key=value,...`` over these values (keys: this class's field names)."""
         names = {spec.name for spec in fields(self)}
         changes = {}
@@ -140,7 +140,7 @@ def build_mlp(path: Path) -> None:
 
         @tf.function(input_signature=[tf.TensorSpec([None, MLP_WIDTH], tf.float32, name="x")])
         def serve(self, x: Any) -> dict[str, Any]:
-            for index, (kernel, bias) in enumerate(zip(self.kernels, self.biases)):
+            for index, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=False)):
                 x = tf.matmul(x, kernel) + bias
                 if index < MLP_LAYERS - 1:
                     x = tf.nn.relu(x)

@@ -8,8 +8,9 @@ import io
 import json
 import struct
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -97,7 +98,7 @@ class AsyncPredictionClient:
         if self._owns_channel:
             await self.channel.close()
 
-    async def __aenter__(self) -> "AsyncPredictionClient":
+    async def __aenter__(self) -> AsyncPredictionClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -8,9 +8,10 @@ of requests in flight and the results in input order.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Container, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Container, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -5,8 +5,9 @@ The sync and asyncio clients differ only in how they send a Call, so both build 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from pyserving.client import requests, results
 from pyserving.client.examples import ExampleLike

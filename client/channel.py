@@ -41,7 +41,7 @@ class TLS:
             else read_pem(self.certificate_chain))
 
 
-Credentials = Union[TLS, grpc.ChannelCredentials, None]
+Credentials = TLS | grpc.ChannelCredentials | None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pyserving.client.errors import PredictionError
 from pyserving.client.log_replay import replay
@@ -109,7 +110,7 @@ def run_to_warmup(args: argparse.Namespace) -> int:
 
 
 def run_replay(client: PredictionClient, args: argparse.Namespace) -> int:
-    if args.rate is not None and args.rate <= 0 or args.concurrency < 1:
+    if (args.rate is not None and args.rate <= 0) or args.concurrency < 1:
         print("pyserving-client: --rate and --concurrency must be positive", file=sys.stderr)
         return EXIT_USAGE
     try:

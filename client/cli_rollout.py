@@ -72,7 +72,8 @@ def render_table(status: dict[str, Any]) -> str:
         rows.append((_target(arm), _text(arm["version"]), weight, str(arm["requests"]),
                      str(arm["errors"]), _rate(arm["errors"], arm["requests"])))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+    lines += ["  ".join(cell.ljust(width)
+                        for cell, width in zip(row, widths, strict=True)).rstrip()
               for row in rows]
     shadow = status.get("shadow")
     if shadow:

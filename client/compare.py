@@ -9,8 +9,9 @@ A side is a version or a label (``version=1``, ``label=canary``), optionally wit
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class Side:
     signature: str | None = None
 
     @classmethod
-    def parse(cls, text: str, model: str) -> "Side":
+    def parse(cls, text: str, model: str) -> Side:
         """``version=N``, ``label=L``, optionally with ``,model=M`` and ``,signature=S``."""
         fields: dict[str, Any] = {"model": model}
         for item in filter(None, (part.strip() for part in text.split(","))):

@@ -6,7 +6,8 @@ A feature value is a scalar or a flat sequence (list, tuple, 1-D array): floats 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Union
+from collections.abc import Iterable, Mapping
+from typing import Any, Union
 
 import numpy as np
 

@@ -9,8 +9,9 @@ in a request log, the response it got.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 from google.protobuf import json_format

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +34,8 @@ class Classifications:
 
     def as_lists(self) -> list[list[tuple[str, float]]]:
         """TF Serving REST's shape: [[(label, score), ...], ...]."""
-        return [list(zip(labels, scores))
-                for labels, scores in zip(self.labels.tolist(), self.scores.tolist())]
+        return [list(zip(labels, scores, strict=False))
+                for labels, scores in zip(self.labels.tolist(), self.scores.tolist(), strict=False)]
 
 
 def classifications_of(result: classification_pb2.ClassificationResult) -> Classifications:
@@ -54,7 +54,7 @@ def regressions_of(result: regression_pb2.RegressionResult) -> np.ndarray:
     return np.array([r.value for r in result.regressions], dtype=np.float32)
 
 
-InferenceResult = Union[Classifications, np.ndarray]
+InferenceResult = Classifications | np.ndarray
 
 
 def multi_inference_results(response: inference_pb2.MultiInferenceResponse

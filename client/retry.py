@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Sequence, Union
+from typing import Any
 
 import grpc
 
@@ -50,7 +51,7 @@ class RetryPolicy:
         return delay
 
 
-Retries = Union[int, RetryPolicy]
+Retries = int | RetryPolicy
 
 
 def retry_policy(retries: Retries) -> RetryPolicy:

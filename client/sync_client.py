@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -107,7 +108,7 @@ class PredictionClient:
         if self._owns_channel:
             self.channel.close()
 
-    def __enter__(self) -> "PredictionClient":
+    def __enter__(self) -> PredictionClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -11,8 +11,9 @@ value in the typed field) and ``AsProtoTensorContent``.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

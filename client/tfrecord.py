@@ -10,8 +10,9 @@ The CRC32C comes from the ``crc32c`` package (hardware-accelerated where the CPU
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import crc32c
 

@@ -23,14 +23,14 @@ CALLER_GONE = "Request cancelled before it was admitted"
 class Slot:
     """One admitted request; leaving the ``with`` block frees the slot."""
 
-    __slots__ = ("_limit", "model", "context")
+    __slots__ = ("_limit", "context", "model")
 
-    def __init__(self, limit: "InFlightLimit", model: str, context: RequestContext) -> None:
+    def __init__(self, limit: InFlightLimit, model: str, context: RequestContext) -> None:
         self._limit = limit
         self.model = model
         self.context = context
 
-    def __enter__(self) -> "Slot":
+    def __enter__(self) -> Slot:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -10,8 +10,9 @@ import functools
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -74,7 +75,7 @@ class ModelServer:
     """
 
     def __init__(self, options: ServerOptions, *, host: str = "0.0.0.0",
-                 on_configured: Callable[["ModelServer"], None] | None = None,
+                 on_configured: Callable[[ModelServer], None] | None = None,
                  on_reload: AppliedObserver | None = None) -> None:
         self.options = options
         self._on_configured = on_configured
@@ -202,7 +203,7 @@ class ModelServer:
         """True from the moment the gRPC server is open until stop()."""
         return self._server is not None and not self._stopped.is_set()
 
-    def start(self) -> "ModelServer":
+    def start(self) -> ModelServer:
         """Load every model, then open the gRPC port(s); waits (without timeout) for models
         that have no version yet. Raises ServingError on failure."""
         log.info("%s", device.describe_devices())
@@ -348,7 +349,7 @@ class ModelServer:
         """Block until stop() is called."""
         self._stopped.wait()
 
-    def __enter__(self) -> "ModelServer":
+    def __enter__(self) -> ModelServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

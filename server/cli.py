@@ -7,7 +7,8 @@ import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pyserving.server import logging_setup
 from pyserving.server.options import (
@@ -43,19 +44,19 @@ def report_startup_failure(error: object) -> None:
 class ServerLifecycle:
     """Hooks around one ModelServer's life in ``run_server`` (a worker process uses them)."""
 
-    def built(self, server: "ModelServer") -> None:
+    def built(self, server: ModelServer) -> None:
         """The server exists; start() comes next."""
 
-    def configured(self, server: "ModelServer") -> None:
+    def configured(self, server: ModelServer) -> None:
         """In start(): the start-up model config is applied; the ports open next."""
 
-    def reloaded(self, config: "ModelServerConfig") -> None:
+    def reloaded(self, config: ModelServerConfig) -> None:
         """A ReloadConfig request applied ``config``; the request returns next."""
 
-    def serving(self, server: "ModelServer") -> None:
+    def serving(self, server: ModelServer) -> None:
         """start() returned: the models are loaded and the ports open."""
 
-    def stopping(self, server: "ModelServer") -> None:
+    def stopping(self, server: ModelServer) -> None:
         """A stop signal arrived; stop() comes next."""
 
 

@@ -13,8 +13,9 @@ each call through its own runner.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class ServingCore:
     def remove_answer_observer(self, observer: AnswerObserver) -> None:
         self._observers = [known for known in self._observers if known != observer]
 
-    def _admit(self, spec: model_pb2.ModelSpec) -> "_Admitted":
+    def _admit(self, spec: model_pb2.ModelSpec) -> _Admitted:
         """The servable a prediction request's spec names, counted in and admitted. Only a
         request naming no version of a model that has a rollout enters the rollout package,
         which decides its arm and whether to mirror it, once."""
@@ -121,7 +122,7 @@ class ServingCore:
                                  self.router)
         return _Admitted(acquire(self.manager, spec), None, self.in_flight)
 
-    def _serving(self, request: Any) -> "_Admitted":
+    def _serving(self, request: Any) -> _Admitted:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         if self.tracing is not None:
@@ -194,7 +195,7 @@ class ServingCore:
 
     # -- after the answer: the one place a rollout's mirror and answer observers run --------
 
-    def _answered(self, api: str, admitted: "_Admitted", request: Any, response: Any,
+    def _answered(self, api: str, admitted: _Admitted, request: Any, response: Any,
                   steps: Callable[[Servable, Any], Steps[Any]], runner: Runner) -> None:
         if admitted.route is not None and admitted.route.mirror:
             def shadow(spec: model_pb2.ModelSpec) -> Outputs:
@@ -208,7 +209,7 @@ class ServingCore:
         if self._observers:
             self._observe(Answer(api, admitted.model, admitted.version, request, response))
 
-    def _arrays_answered(self, admitted: "_Admitted", spec: model_pb2.ModelSpec,
+    def _arrays_answered(self, admitted: _Admitted, spec: model_pb2.ModelSpec,
                          read: ReadInputs, output_filter: Sequence[str],
                          outputs: list[OutputArray], signature_name: str,
                          inputs: Mapping[str, np.ndarray]) -> None:
@@ -327,7 +328,7 @@ class _Admitted:
     """``with``: an acquired servable plus its model's in-flight slot; both are freed on exit
     (the servable also when admission fails), and a routed request counts for its arm."""
 
-    __slots__ = ("_servable", "route", "_limit", "_router", "_slot")
+    __slots__ = ("_limit", "_router", "_servable", "_slot", "route")
 
     def __init__(self, servable: Servable, route: Route | None, limit: InFlightLimit,
                  router: Router | None = None) -> None:

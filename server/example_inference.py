@@ -7,7 +7,8 @@ serialized, as one DT_STRING vector, to the signature's single input.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -257,7 +258,8 @@ class ExampleInference:
         """Fill ``response`` from the fetched values of a single-signature plan."""
         spec = request.model_spec
         _set_model_spec(response.model_spec, spec.name, spec.signature_name, servable.version)
-        plan.tasks[0].fill(plan.num_examples, dict(zip(plan.fetches, values)), response.result)
+        plan.tasks[0].fill(plan.num_examples, dict(zip(plan.fetches, values, strict=True)),
+                           response.result)
         return response
 
     def _single_steps(self, servable: Servable, request: Any, method: str,
@@ -304,12 +306,12 @@ class ExampleInference:
         plan = _plan_tasks(tasks, request.input)
         run = self.runner if len(tasks) == 1 else run_unbatched
         outputs = dict(zip(plan.fetches, run(servable, tasks[0].signature, plan.feeds,
-                                             plan.fetches)))
+                                             plan.fetches), strict=False))
         num_examples = plan.num_examples
         if self._on_examples is not None:
             self._on_examples(model_name, num_examples)
         response = inference_pb2.MultiInferenceResponse()
-        for task, request_task in zip(tasks, request.tasks):
+        for task, request_task in zip(tasks, request.tasks, strict=False):
             result = response.results.add()
             if task.method == CLASSIFY_METHOD:
                 task.fill(num_examples, outputs, result.classification_result)

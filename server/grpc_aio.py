@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any, Callable, Coroutine, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 

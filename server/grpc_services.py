@@ -64,8 +64,20 @@ class Rpc:
     ends with into ``status`` / ``details`` for ``context.abort``. Every RPC gets a request
     ID (x-request-id, returned in the trailing metadata); with ``tracing`` it is a span."""
 
-    __slots__ = ("_context", "_metrics", "_api", "_model", "_token", "_started", "_in_flight",
-                 "_request", "_tracing", "_trace", "status", "details")
+    __slots__ = (
+        "_api",
+        "_context",
+        "_in_flight",
+        "_metrics",
+        "_model",
+        "_request",
+        "_started",
+        "_token",
+        "_trace",
+        "_tracing",
+        "details",
+        "status",
+    )
 
     def __init__(self, context: AnyContext, request: Any,
                  metrics: ServerMetrics | None = None, api: str = "",
@@ -81,7 +93,7 @@ class Rpc:
         self.status = grpc.StatusCode.OK
         self.details = ""
 
-    def __enter__(self) -> "Rpc":
+    def __enter__(self) -> Rpc:
         context = _request_context(self._context, self._tracing, self._api, self._request)
         self._trace = context.trace
         self._token = request_context.current.set(context)

@@ -14,7 +14,8 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -93,7 +94,7 @@ class ServingHealth:
         """Add the health and reflection services to ``server``; on a ``LoopServer``, as
         grpc.aio servicers, carrying over the statuses set so far. ``v2``: the server also
         serves inference.GRPCInferenceService, named in reflection and SERVING with it."""
-        names = SERVICE_NAMES + (V2_SERVICE_NAME,) if v2 else SERVICE_NAMES
+        names = (*SERVICE_NAMES, V2_SERVICE_NAME) if v2 else SERVICE_NAMES
         self._v2 = v2
         if isinstance(server, LoopServer):
             with self._lock:

@@ -9,7 +9,7 @@ failed load leaves nothing behind.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 from pyserving.server.apis import config_pb2
 from pyserving.server.batching.batcher import Batcher

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import grpc
 
@@ -152,7 +152,7 @@ class ModelManager:
             started = time.monotonic()
             try:
                 servable = self._loader(name, number, entry.path)
-            except Exception as unexpected:  # noqa: BLE001 - a loader bug must not wedge state
+            except Exception as unexpected:
                 error = unexpected if isinstance(unexpected, ServingError) else \
                     ServingError(grpc.StatusCode.UNKNOWN, f"{type(unexpected).__name__}: "
                                                           f"{unexpected}")
@@ -327,7 +327,7 @@ class ModelManager:
         with self._lock:
             self._closed = True
             self.monitor.stop_waiting()
-            for name, versions in self._versions.items():
+            for versions in self._versions.values():
                 for entry in versions.values():
                     entry.cancel.set()
         self._load_pool.shutdown(wait=True)

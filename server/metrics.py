@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Iterator, Mapping, Sequence
+from typing import Any, Final
 
 import grpc
 from prometheus_client import (
@@ -59,7 +60,7 @@ def _exponential(scale: float, growth: float, count: int) -> list[float]:
     limits = [scale]
     for _ in range(count - 1):
         limits.append(limits[-1] * growth)  # multiplied in turn, as TF computes them
-    return limits + [float("inf")]
+    return [*limits, float("inf")]
 
 
 _LATENCY_BUCKETS = _exponential(10, 1.8, 33)  # microseconds, ~20 minutes
@@ -77,7 +78,7 @@ _multiprocess_dir: str | None = None
 def use_multiprocess_dir(path: str) -> None:
     """Make this process one of several whose metrics add up (``--workers N``): values go to
     files in ``path`` and every page reads all of them. Call before any ServerMetrics."""
-    global _multiprocess_dir
+    global _multiprocess_dir  # noqa: PLW0603 (prometheus-client reads it process-wide)
     # prometheus-client reads the directory from the environment when it creates a file.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
     values.ValueClass = values.MultiProcessValue()

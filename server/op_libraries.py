@@ -94,8 +94,8 @@ def load_op_libraries(custom_op_libraries: str = "") -> list[str]:
     ServingError that fails start-up; a package that is installed but fails to import is
     logged and skipped (the models that need it fail to load, with the hint)."""
     active = [package for package in map(_import_package, OP_PACKAGES) if package]
-    for path in filter(None, (part.strip() for part in custom_op_libraries.split(","))):
-        active.append(_load_library(os.path.abspath(path)))
+    paths = filter(None, (part.strip() for part in custom_op_libraries.split(",")))
+    active.extend(_load_library(os.path.abspath(path)) for path in paths)
     log.info("op libraries beyond core TensorFlow: %s", "; ".join(active) or "none")
     return active
 

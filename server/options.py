@@ -12,8 +12,9 @@ import dataclasses
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 
 def _flag(default: Any, help_text: str) -> Any:
@@ -167,7 +168,7 @@ class ServerOptions:
         # for a MetaGraphDef tagged "serve" and ""); the tag set holds each tag once.
         return tuple(dict.fromkeys(self.saved_model_tags.split(",")))
 
-    def replace(self, **changes: Any) -> "ServerOptions":
+    def replace(self, **changes: Any) -> ServerOptions:
         return dataclasses.replace(self, **changes)
 
 

@@ -7,7 +7,8 @@ saved_model::GetInputValues, in the same order.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -197,7 +198,7 @@ class Predictor:
         values = yield from self._execute(servable, model, plan)
         outputs = plan.signature.outputs
         return [(alias, value, outputs[alias].dtype)
-                for alias, value in zip(plan.aliases, values)]
+                for alias, value in zip(plan.aliases, values, strict=False)]
 
     def respond(self, servable: Servable, request: predict_pb2.PredictRequest,
                 plan: PredictPlan, values: list[np.ndarray]) -> predict_pb2.PredictResponse:
@@ -209,7 +210,7 @@ class Predictor:
         spec.version.value = servable.version
         outputs = response.outputs
         signature_outputs = plan.signature.outputs
-        for alias, value in zip(plan.aliases, values):
+        for alias, value in zip(plan.aliases, values, strict=False):
             fill_tensor_proto(outputs[alias], value, as_content=self._as_tensor_content,
                               dtype_enum=signature_outputs[alias].dtype or None)
         return response

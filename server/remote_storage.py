@@ -26,7 +26,8 @@ import shutil
 import tempfile
 import threading
 import urllib.parse
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import grpc
 
@@ -191,7 +192,7 @@ class RemoteStorage:
         except PermissionError as error:
             raise ServingError(grpc.StatusCode.PERMISSION_DENIED,
                                f"{url}: access denied ({error})") from None
-        except Exception as error:  # noqa: BLE001 - botocore, aiohttp, gcsfs: all mean "down"
+        except Exception as error:
             raise unavailable(f"{url}: {type(error).__name__}: {error}") from None
 
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 import itertools
 import os
 import re
-from typing import Callable
+from collections.abc import Callable
 
 HEADER = "x-request-id"
 _MAX_LENGTH = 128
 # What a caller's ID may hold: it goes into log lines, so no spaces, quotes or control codes.
-_TOKEN = re.compile(r"[A-Za-z0-9._:/+=@-]{1,%d}" % _MAX_LENGTH)
+_TOKEN = re.compile(rf"[A-Za-z0-9._:/+=@-]{{1,{_MAX_LENGTH}}}")
 
 
 def _reset() -> None:
-    global _prefix, _counter
+    global _prefix, _counter  # noqa: PLW0603 (one sequence per process, new after a fork)
     _prefix = os.urandom(6).hex() + "-"
     _counter = itertools.count(1)
 

@@ -11,8 +11,9 @@ import asyncio
 import contextvars
 import threading
 import time
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Awaitable, Callable, Generator, Mapping, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class Servable:
             if self._retired and not self._in_flight:
                 self._usage.notify_all()
 
-    def __enter__(self) -> "Servable":
+    def __enter__(self) -> Servable:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -109,7 +110,7 @@ class Acquirer(Protocol):
     """What hands out counted-in servables (the ModelManager)."""
 
     def acquire(self, name: str, version: int | None = None,
-                label: str | None = None) -> "Servable": ...
+                label: str | None = None) -> Servable: ...
 
 
 def acquire(manager: Acquirer, spec: model_pb2.ModelSpec) -> Servable:

@@ -13,9 +13,9 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for_all
-from typing import Callable
 
 from pyserving.server.config import ModelConfig, VersionDirectory
 from pyserving.server.errors import ServingError, invalid_argument, io_error
@@ -200,7 +200,7 @@ def _specific_versions_present(model: ModelConfig) -> list[VersionDirectory] | N
     paths = [os.path.join(model.base_path, str(version)) for version in versions]
     if not all(os.access(path, os.F_OK) for path in paths):
         return None
-    return [VersionDirectory(version, path) for version, path in zip(versions, paths)]
+    return [VersionDirectory(version, path) for version, path in zip(versions, paths, strict=False)]
 
 
 def _apply_policy(model: ModelConfig, available: list[VersionDirectory]

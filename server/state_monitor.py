@@ -14,8 +14,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
 
 from pyserving.server.errors import ServingError, not_found, unavailable
 from pyserving.server.version_policy import VersionState

@@ -10,7 +10,8 @@ import os
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pyserving.server.errors import ServingError
 from pyserving.server.manager import ModelEvent, ModelManager

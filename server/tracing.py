@@ -28,7 +28,8 @@ import dataclasses
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import grpc
 
@@ -81,9 +82,9 @@ _GETTER = _HeaderGetter()
 class RequestTrace:
     """The span of one request and what its children need."""
 
-    __slots__ = ("tracing", "span", "context", "span_context")
+    __slots__ = ("context", "span", "span_context", "tracing")
 
-    def __init__(self, tracing: "Tracing", span: Any) -> None:
+    def __init__(self, tracing: Tracing, span: Any) -> None:
         from opentelemetry import trace
 
         self.tracing = tracing
@@ -216,8 +217,8 @@ class Tracing:
         trace.span.set_attributes(attributes)
         return admitted
 
-    def _note_servable(self, trace: RequestTrace, servable: "Servable",
-                       signature: "SignatureDef") -> None:
+    def _note_servable(self, trace: RequestTrace, servable: Servable,
+                       signature: SignatureDef) -> None:
         name = next((key for key, value in servable.signatures.items() if value is signature),
                     None)
         attributes: dict[str, Any] = {"pyserving.model.name": servable.name,
@@ -226,10 +227,10 @@ class Tracing:
             attributes["pyserving.signature"] = name
         trace.span.set_attributes(attributes)
 
-    def traced_runner(self, runner: "Runner", *, batched: bool) -> "Runner":
+    def traced_runner(self, runner: Runner, *, batched: bool) -> Runner:
         """``runner`` noting the servable on the request span; unbatched, each call is a
         ``run`` span (batched, the batcher's observer makes the batch's spans)."""
-        def run(servable: "Servable", signature: "SignatureDef", feeds: Any,
+        def run(servable: Servable, signature: SignatureDef, feeds: Any,
                 fetches: Any) -> Any:
             trace = request_context.current.get().trace
             if trace is None:
@@ -249,9 +250,9 @@ class Tracing:
 
         return run
 
-    def traced_async_runner(self, runner: "AsyncRunner", *, batched: bool) -> "AsyncRunner":
+    def traced_async_runner(self, runner: AsyncRunner, *, batched: bool) -> AsyncRunner:
         """``traced_runner`` for an event-loop transport's awaited runner."""
-        async def run(servable: "Servable", signature: "SignatureDef", feeds: Any,
+        async def run(servable: Servable, signature: SignatureDef, feeds: Any,
                       fetches: Any) -> Any:
             trace = request_context.current.get().trace
             if trace is None:
@@ -271,7 +272,7 @@ class Tracing:
 
         return run
 
-    def observe_batch_run(self, batch: "BatchRun") -> None:
+    def observe_batch_run(self, batch: BatchRun) -> None:
         """Batcher observer: each traced request's ``batch_queue`` span, and the batch's
         ``run`` span linked to every request span in it (a child of the first)."""
         from opentelemetry.trace import Link

@@ -15,8 +15,8 @@ here as well: nothing in this module holds a lock, a thread or a clock.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Callable, Collection, Mapping
 
 
 class VersionState(enum.IntEnum):

@@ -10,8 +10,8 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import pytest
@@ -60,7 +60,7 @@ def testdata_model(tmp_path: Path) -> Callable[..., str]:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[..., "object"]]:
+def serve() -> Iterator[Callable[..., object]]:
     """Start in-process ModelServers on free loopback ports; all are stopped after the test."""
     from pyserving.server import ModelServer, ServerOptions
 

@@ -51,7 +51,7 @@ def _pool(dtype: np.dtype) -> list:
     floats = [0.0, -0.0, 1.5, -2.25, math.inf, -math.inf, math.nan, float(info.max),
               float(info.min), float(info.tiny), 1 / 3]
     if dtype.kind == "c":
-        return [complex(a, b) for a, b in zip(floats, reversed(floats))]
+        return [complex(a, b) for a, b in zip(floats, reversed(floats), strict=False)]
     return floats
 
 

@@ -4,7 +4,7 @@ fake_loader.h: no TensorFlow, so manager, source and batcher tests run in millis
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import grpc
 import numpy as np

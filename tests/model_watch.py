@@ -4,6 +4,7 @@ went through (TF Serving's order: START, LOADING, AVAILABLE, UNLOADING, END)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ class PredictLoad:
             if list(response.outputs["y"].float_val) != [3.0]:
                 client.errors.append(f"wrong output {response.outputs['y']}")
 
-    def __enter__(self) -> "PredictLoad":
+    def __enter__(self) -> PredictLoad:
         for thread in self._threads:
             thread.start()
         return self
@@ -93,7 +94,8 @@ class PredictLoad:
         wait_until(lambda: all(version in c.versions for c in self.clients),
                    f"every client to be served version {version}")
         counts = [len(c.versions) for c in self.clients]
-        wait_until(lambda: all(len(c.versions) >= n + 3 for c, n in zip(self.clients, counts)),
+        wait_until(lambda: all(len(c.versions) >= n + 3
+                               for c, n in zip(self.clients, counts, strict=True)),
                    "more responses")
 
     @property
@@ -137,5 +139,5 @@ class StatusWatcher:
         """Each version moved forward through START, LOADING, AVAILABLE, UNLOADING, END; only
         after END may it start again (a new load of the same version)."""
         for (model, version), states in self.seen.items():
-            for before, after in zip(states, states[1:]):
+            for before, after in itertools.pairwise(states):
                 assert after > before or before == END, (model, version, states)

@@ -160,7 +160,7 @@ def export_tf2_half_plus_two(export_dir: Path) -> None:
 
     # A tensor default is saved as the signature's `defaults` (TF 2.14+), as in TF Serving's export.
     @tf.function(input_signature=[tf.TensorSpec([1], tf.float32, name="x")])
-    def serving_default(x: tf.Tensor = tf.constant([0.0])) -> dict[str, tf.Tensor]:
+    def serving_default(x: tf.Tensor = tf.constant([0.0])) -> dict[str, tf.Tensor]:  # noqa: B008
         return {"y": module.a * x + module.b}
 
     @tf.function(input_signature=[examples])

@@ -24,7 +24,7 @@ made-up names.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 QUIET_SECONDS = 0.1  # how long a model must not see two requests at once to count as idle
 
@@ -34,7 +34,7 @@ class ModelTraffic:
     tasks queued (``queued``), its queues waiting on a born-alone batch (``lone``) and when the
     peak was last reset (by the batcher, under its lock)."""
 
-    __slots__ = ("requests", "queued", "lone", "peak", "peak_since", "_look_again")
+    __slots__ = ("_look_again", "lone", "peak", "peak_since", "queued", "requests")
 
     def __init__(self, look_again: Callable[[], None]) -> None:
         self.requests: deque[None] = deque()

@@ -21,6 +21,7 @@ semantics are TF Serving's. ``wait_for_full_batch`` restores TF Serving's wait e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import os
@@ -28,8 +29,9 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from typing import Awaitable, Callable, NamedTuple, Sequence, TypeVar
+from typing import NamedTuple, TypeVar
 
 import grpc
 import numpy as np
@@ -83,8 +85,17 @@ _UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
 class _Task:
     """One request (or one part of a split request) waiting for its batch."""
 
-    __slots__ = ("feeds", "size", "context", "enqueued", "outputs", "error", "_done", "future",
-                 "loop")
+    __slots__ = (
+        "_done",
+        "context",
+        "enqueued",
+        "error",
+        "feeds",
+        "future",
+        "loop",
+        "outputs",
+        "size",
+    )
 
     def __init__(self, feeds: list[np.ndarray], size: int,
                  context: request_context.RequestContext,
@@ -175,10 +186,8 @@ def _wake(tasks: Sequence[_Task]) -> None:
         elif task.loop is not None:
             by_loop.setdefault(task.loop, []).append(task)
     for loop, waiting in by_loop.items():
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop closed: its callers are gone
             loop.call_soon_threadsafe(_resolve, waiting)
-        except RuntimeError:  # the loop closed: its callers are gone
-            pass
 
 
 def _resolve(tasks: list[_Task]) -> None:

@@ -7,6 +7,7 @@ wrapper types as in TF Serving), compiled by `make protos`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -78,7 +79,7 @@ def queue_options(options: BatchingOptions) -> BatchingOptions:
             raise invalid_argument("Last entry in allowed_batch_sizes must match "
                                    f"max_batch_size; last entry was {sizes[-1]}; expected "
                                    f"{options.max_batch_size}")
-        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+        if any(b <= a for a, b in itertools.pairwise(sizes)) or sizes[0] < 1:
             raise invalid_argument("allowed_batch_sizes entries must be monotonically "
                                    "increasing")
     # TF Serving's size_t QueueOptions wrap a negative size around to ~2**64, a limit nobody

@@ -16,5 +16,13 @@ from pyserving.server.request_log.records import (
 )
 from pyserving.server.request_log.settings import LogSettings
 
-__all__ = ["ArraysPredict", "CLASSIFY", "LogSettings", "ModelRequestLog", "MULTI_INFERENCE",
-           "PREDICT", "REGRESS", "RequestLog"]
+__all__ = [
+    "CLASSIFY",
+    "MULTI_INFERENCE",
+    "PREDICT",
+    "REGRESS",
+    "ArraysPredict",
+    "LogSettings",
+    "ModelRequestLog",
+    "RequestLog",
+]

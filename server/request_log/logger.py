@@ -5,7 +5,8 @@ server adds while some model logs and removes when none does, so a server withou
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pyserving.server.request_log.records import (
     CLASSIFY,
@@ -25,7 +26,7 @@ KINDS = {"Predict": PREDICT, "Classify": CLASSIFY, "Regress": REGRESS,
 class ModelRequestLog:
     """One model's sampler: ``offer`` each answered request; a sampled one is queued."""
 
-    __slots__ = ("settings", "file", "_writer", "_rate", "_random")
+    __slots__ = ("_random", "_rate", "_writer", "file", "settings")
 
     def __init__(self, settings: LogSettings, writer: RequestLogWriter) -> None:
         self.settings = settings

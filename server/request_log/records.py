@@ -4,7 +4,8 @@ on the request's."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ class ArraysPredict:
     """A REST Predict as the core saw it (arrays, not protos); ``requests()`` makes the
     PredictRequest/PredictResponse pair it is equivalent to, for sampled requests only."""
 
-    __slots__ = ("spec", "version", "signature_name", "inputs", "outputs")
+    __slots__ = ("inputs", "outputs", "signature_name", "spec", "version")
 
     def __init__(self, spec: model_pb2.ModelSpec, version: int, signature_name: str,
                  inputs: Mapping[str, np.ndarray],

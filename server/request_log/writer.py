@@ -17,12 +17,14 @@ and reason, and counted; the next record tries a new file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import deque
-from typing import IO, Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import IO, Any, Protocol
 
 from pyserving.client.tfrecord import frame
 from pyserving.server.request_log.records import prediction_log
@@ -235,10 +237,8 @@ class RequestLogWriter:
         handle, file.handle = file.handle, None
         self._files.discard(file)
         if handle is not None:
-            try:
+            with contextlib.suppress(OSError):
                 handle.close()
-            except OSError:
-                pass
 
     def _fail(self, file: LogFile, more: int, error: OSError) -> None:
         """A write or flush failed: the records not yet on disk are lost."""

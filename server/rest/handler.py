@@ -7,8 +7,9 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 import grpc

@@ -9,8 +9,9 @@ mixed JSON types) get a 400, never a crash.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from enum import Enum
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import grpc
 import numpy as np

@@ -11,9 +11,10 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import grpc
 import orjson
@@ -50,7 +51,7 @@ _share_port = False
 
 def share_port_with_other_processes() -> None:
     """``--workers N``: REST servers of this process bind with SO_REUSEPORT, as gRPC does."""
-    global _share_port
+    global _share_port  # noqa: PLW0603 (SO_REUSEPORT is for every REST server of a worker)
     _share_port = True
 
 
@@ -90,7 +91,7 @@ class RestServer:
         self._thread: threading.Thread | None = None
         self.port: int | None = None
 
-    def start(self) -> "RestServer":
+    def start(self) -> RestServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="rest-loop",
                                         daemon=True)
         self._thread.start()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from pyserving.client.protos.pyserving import rollout_pb2
 from pyserving.server.config import parse_proto_text_file

@@ -15,11 +15,13 @@ let shadows run whenever fewer requests were in flight kept only 0.74x.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -73,10 +75,8 @@ class ShadowRunner:
                 break
             if item is not None:
                 item[1]()
-        try:
-            self._jobs.put_nowait(None)
-        except queue.Full:  # a submit raced the drain; the thread ends at the next item
-            pass
+        with contextlib.suppress(queue.Full):  # a submit raced the drain; the thread ends
+            self._jobs.put_nowait(None)           # at the next item
 
     def stop(self, timeout: float | None = None) -> None:
         """``close``, then wait (at most ``timeout`` seconds) for the running job to return."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from pyserving.server.rollout.plan import DEFAULT_SHADOW_BUDGET
 

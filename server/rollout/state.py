@@ -19,8 +19,9 @@ import logging
 import math
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from pyserving.server.rollout.plan import ArmPlan, RolloutPlan, Target
 from pyserving.server.rollout.shadow_budget import ShadowBudget

@@ -6,8 +6,9 @@ shared with TF Serving's Predict) and deadlines apply as they do to Predict."""
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,7 @@ def _check_input(model: str, tensor: InferInput, info: Any) -> None:
     if info.tensor_shape.unknown_rank:
         return
     if len(wanted) != len(tensor.shape) or any(
-            want not in (-1, got) for want, got in zip(wanted, tensor.shape)):
+            want not in (-1, got) for want, got in zip(wanted, tensor.shape, strict=False)):
         raise invalid_argument(f"unexpected shape for input '{tensor.name}' for model "
                                f"'{model}'. Expected {_shape_text(wanted)}, got "
                                f"{_shape_text(tensor.shape)}")

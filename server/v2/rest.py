@@ -9,8 +9,9 @@ import contextlib
 import logging
 import re
 import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 from urllib.parse import parse_qs, unquote
 
 import grpc
@@ -146,8 +147,8 @@ class V2RestHandler:
                                "binary_data_output")
         binary: dict[str, bool] = {}
         if "outputs" in document:
-            for output in _array(document["outputs"], "outputs"):
-                output = _object(output, "outputs")
+            for item in _array(document["outputs"], "outputs"):
+                output = _object(item, "outputs")
                 output_name = output.get("name")
                 if not isinstance(output_name, str):
                     raise invalid_argument("Unable to parse 'name'")

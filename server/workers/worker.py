@@ -18,8 +18,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from pyserving.server.cli import ServerLifecycle, configure_logging, run_server
 from pyserving.server.errors import ServingError
@@ -41,7 +42,7 @@ class WorkerLifecycle(ServerLifecycle):
     with the other workers."""
 
     def __init__(self, record: ReadinessRecord, index: int,
-                 shared_config: "SharedModelConfig") -> None:
+                 shared_config: SharedModelConfig) -> None:
         self._record = record
         self._index = index
         self._pid = os.getpid()
@@ -50,16 +51,16 @@ class WorkerLifecycle(ServerLifecycle):
         self._generation = 0  # of the shared config this worker serves
         self._failed_generation = 0  # the last one that failed here, logged once
 
-    def built(self, server: "ModelServer") -> None:
+    def built(self, server: ModelServer) -> None:
         server.health.set_peers_ready(False)
         threading.Thread(target=self._follow_peers, args=(server,), name="worker-peers",
                          daemon=True).start()
 
-    def configured(self, server: "ModelServer") -> None:
+    def configured(self, server: ModelServer) -> None:
         # A restarted worker catches up with the others before it takes connections.
         self._follow_config(server)
 
-    def reloaded(self, config: "ModelServerConfig") -> None:
+    def reloaded(self, config: ModelServerConfig) -> None:
         try:
             self._generation = self._shared_config.publish(config)
         except OSError as error:
@@ -68,24 +69,24 @@ class WorkerLifecycle(ServerLifecycle):
             return
         log.info("model config of reload %d shared with the other workers", self._generation)
 
-    def serving(self, server: "ModelServer") -> None:
+    def serving(self, server: ModelServer) -> None:
         self._record.mark_ready(self._index, self._pid)
         threading.Thread(target=self._follow_configs, args=(server,), name="worker-config",
                          daemon=True).start()
 
-    def stopping(self, server: "ModelServer") -> None:
+    def stopping(self, server: ModelServer) -> None:
         self._stopped.set()
         self._record.clear(self._index, self._pid)
 
-    def _follow_peers(self, server: "ModelServer") -> None:
+    def _follow_peers(self, server: ModelServer) -> None:
         while not self._stopped.wait(POLL_SECONDS):
             server.health.set_peers_ready(self._record.all_ready())
 
-    def _follow_configs(self, server: "ModelServer") -> None:
+    def _follow_configs(self, server: ModelServer) -> None:
         while not self._stopped.wait(CONFIG_POLL_SECONDS):
             self._follow_config(server)
 
-    def _follow_config(self, server: "ModelServer") -> None:
+    def _follow_config(self, server: ModelServer) -> None:
         """Apply the shared config if it is newer than this worker's (a failure is retried)."""
         try:
             latest = self._shared_config.newer_than(self._generation)

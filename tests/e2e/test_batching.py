@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -204,7 +205,7 @@ def test_concurrent_requests_share_calls_and_get_exactly_their_own_rows(batching
 
     rows_per_call: dict[int, int] = {}
     batch_per_call: dict[int, int] = {}
-    for x, result in zip(inputs, results):
+    for x, result in zip(inputs, results, strict=False):
         np.testing.assert_array_equal(result["y"], x * 10)
         assert len(set(result["call"].tolist())) == 1 and len(set(result["batch"].tolist())) == 1
         call = int(result["call"][0])
@@ -246,7 +247,7 @@ def test_waiting_requests_hold_no_thread_so_batches_outgrow_grpc_max_threads(
     stub = stub_for(server, channel_to)
     inputs = [rows_of(caller, 1) for caller in range(16)]
     results = predict_all(stub, [request_for(x) for x in inputs])
-    for x, result in zip(inputs, results):
+    for x, result in zip(inputs, results, strict=False):
         np.testing.assert_array_equal(result["y"], x * 10)
     assert max(int(result["batch"][0]) for result in results) > 2
 
@@ -516,7 +517,7 @@ def test_inputs_of_different_shapes_are_not_concatenated(batching_server, channe
     stub = stub_for(batching_server("batch_timeout_micros { value: 200000 }\n"), channel_to)
     wide, narrow, also_wide = [[1, 2, 3]], [[5, 6], [7, 8], [9, 10]], [[4, 5, 6]]
     results = predict_all(stub, [request_for(x, "ragged") for x in (wide, narrow, also_wide)])
-    for x, result, batch in zip((wide, narrow, also_wide), results, (2, 3, 2)):
+    for x, result, batch in zip((wide, narrow, also_wide), results, (2, 3, 2), strict=False):
         np.testing.assert_array_equal(result["echo"], x)
         np.testing.assert_array_equal(result["row_sum"], np.sum(x, axis=1))
         assert result["batch"].tolist() == [batch] * len(x)
@@ -545,7 +546,7 @@ def test_failing_request_fails_alone(batching_server, channel_to, caplog):
     inputs = [rows_of(caller, 2) for caller in range(4)]
     inputs[2] = -inputs[2] - 1
     futures = [stub.Predict.future(request_for(x), TIMEOUT) for x in inputs]
-    for caller, (x, future) in enumerate(zip(inputs, futures)):
+    for caller, (x, future) in enumerate(zip(inputs, futures, strict=False)):
         if caller == 2:
             assert future.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "x must be non-negative" in future.details()
@@ -579,7 +580,7 @@ def test_classify_and_regress_are_batched_per_caller(testdata_model, serve, tmp_
     stub = stub_for(server, channel_to)
     values = [[10.0 * caller + i for i in range(1 + caller % 3)] for caller in range(8)]
     classify, regress = [], []
-    for caller, xs in enumerate(values):
+    for xs in values:
         request = classification_pb2.ClassificationRequest()
         request.model_spec.name = "default"
         request.model_spec.signature_name = "classify_x_to_y"
@@ -590,7 +591,7 @@ def test_classify_and_regress_are_batched_per_caller(testdata_model, serve, tmp_
         request.model_spec.signature_name = "regress_x_to_y"
         request.input.example_list.examples.extend(examples_of(xs))
         regress.append(stub.Regress.future(request, TIMEOUT))
-    for xs, classified, regressed in zip(values, classify, regress):
+    for xs, classified, regressed in zip(values, classify, regress, strict=False):
         expected = [x / 2 + 2 for x in xs]
         scores = [c.classes[0].score for c in classified.result().result.classifications]
         assert scores == expected

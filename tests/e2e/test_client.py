@@ -7,8 +7,8 @@ import asyncio
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import ml_dtypes

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 import textwrap
 import venv
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest

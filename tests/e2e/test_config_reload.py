@@ -13,8 +13,8 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import grpc
 import pytest
@@ -560,7 +560,7 @@ def test_model_config_reload_with_zero_poll_period(config_file: tuple[Path, str,
 
 def test_a_polled_config_file_that_is_refused_keeps_the_old_config(
         config_file: tuple[Path, str, str], serve, channel_to):
-    path, two, three = config_file
+    path, _two, three = config_file
     server = serve(model_config_file=str(path), model_config_file_poll_wait_seconds=1)
     stub = PredictionStub(channel_to(server.grpc_target))
     polls = server.configurator.file_polls

@@ -57,7 +57,7 @@ def test_gpu_pinned_model_serves_through_soft_placement(testdata_model, serve, c
 
 
 def test_session_and_per_pool_parallelism_together_are_rejected():
-    with pytest.raises(ServingError, match="You cannot configure all."):
+    with pytest.raises(ServingError, match=r"You cannot configure all\."):
         session_config(ServerOptions(tensorflow_session_parallelism=2,
                                      tensorflow_intra_op_parallelism=2,
                                      tensorflow_inter_op_parallelism=2))

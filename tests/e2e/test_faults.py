@@ -162,7 +162,7 @@ def test_failing_op_fails_only_its_request_unbatched(serve, channel_to, checked_
     stub = Stub(channel_to(server.grpc_target))
     inputs = [[1.0, 2.0], [float("nan")], [3.0], [float("inf"), 1.0], [4.0, 5.0, 6.0]]
     futures = [stub.Predict.future(checked_request(x), TIMEOUT) for x in inputs]
-    for x, future in zip(inputs, futures):
+    for x, future in zip(inputs, futures, strict=False):
         if np.all(np.isfinite(x)):
             np.testing.assert_array_equal(
                 ndarray_from_tensor_proto(future.result().outputs["y"]), np.array(x) * 2)

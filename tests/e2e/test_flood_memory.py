@@ -12,9 +12,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -44,7 +44,7 @@ class Usage:
     threads: int
 
     @classmethod
-    def of(cls, pid: int) -> "Usage":
+    def of(cls, pid: int) -> Usage:
         status = Path(f"/proc/{pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         return cls(int(fields["VmRSS"].split()[0]) * 1024, int(fields["Threads"]))
@@ -64,7 +64,7 @@ class PeakUsage(threading.Thread):
             now = Usage.of(self.pid)
             self.peak = Usage(max(self.peak.rss, now.rss), max(self.peak.threads, now.threads))
 
-    def __enter__(self) -> "PeakUsage":
+    def __enter__(self) -> PeakUsage:
         self.start()
         return self
 

@@ -7,7 +7,8 @@ classifier.cc, regressor.cc, multi_inference.cc, util.cc and server_core.cc retu
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest

@@ -15,7 +15,8 @@ import time
 import tracemalloc
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import numpy as np

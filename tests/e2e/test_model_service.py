@@ -7,7 +7,7 @@ expected signatures from TF Serving's own REST metadata responses for these mode
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 import pytest

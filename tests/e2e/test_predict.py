@@ -7,8 +7,8 @@ basic_manager.cc, and from TensorFlow's saved_model::GetInputValues and Tensor::
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import grpc
 import numpy as np

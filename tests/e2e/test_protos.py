@@ -16,8 +16,8 @@ import pytest
 from support import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-from generate_protos import embedded_descriptor  # noqa: E402
-from proto_printer import proto_source  # noqa: E402
+from generate_protos import embedded_descriptor
+from proto_printer import proto_source
 
 PROTOS = REPO / "protos"
 CLIENT_PROTOS = REPO / "client" / "protos"
@@ -107,8 +107,8 @@ def test_committed_files_are_what_make_protos_generates(tmp_path):
 
 
 def test_generated_modules_embed_the_installed_descriptors_byte_for_byte():
-    import tensorflow_serving.apis.model_service_pb2  # noqa: F401
-    import tensorflow_serving.apis.prediction_log_pb2  # noqa: F401
+    import tensorflow_serving.apis.model_service_pb2
+    import tensorflow_serving.apis.prediction_log_pb2
     import tensorflow_serving.apis.prediction_service_pb2  # noqa: F401
     from google.protobuf import descriptor_pool
 
@@ -121,8 +121,8 @@ def test_generated_modules_embed_the_installed_descriptors_byte_for_byte():
 
 
 def test_protos_compile_with_protoc_to_the_installed_descriptors(tmp_path):
-    import tensorflow_serving.apis.model_service_pb2  # noqa: F401
-    import tensorflow_serving.apis.prediction_log_pb2  # noqa: F401
+    import tensorflow_serving.apis.model_service_pb2
+    import tensorflow_serving.apis.prediction_log_pb2
     import tensorflow_serving.apis.prediction_service_pb2  # noqa: F401
     from google.protobuf import descriptor_pool
 

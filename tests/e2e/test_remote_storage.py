@@ -11,8 +11,8 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 import grpc
@@ -185,7 +185,7 @@ def upload_version(bucket: Bucket, version: int, only: tuple[str, ...] = ()) -> 
 def test_s3_new_version_swaps_in_and_a_deleted_one_falls_back(s3_bucket, serve_remote,
                                                               tmp_path):
     upload_version(s3_bucket, 123)
-    server, channel = serve_remote(model_base_path=f"{s3_bucket.url}/half_plus_two")
+    _server, channel = serve_remote(model_base_path=f"{s3_bucket.url}/half_plus_two")
     watcher = StatusWatcher(channel)
     with PredictLoad(channel, predict_request(), clients=4) as load:
         load.wait_for_version(123)
@@ -209,7 +209,7 @@ def test_gcs_config_file_in_the_bucket_and_polling(gcs_bucket, serve_remote, tmp
     gcs_bucket.put("models.config", (
         'model_config_list { config { name: "default" model_platform: "tensorflow" '
         f'base_path: "{gcs_bucket.url}/half_plus_two" }} }}\n').encode())
-    server, channel = serve_remote(model_config_file=f"{gcs_bucket.url}/models.config")
+    _server, channel = serve_remote(model_config_file=f"{gcs_bucket.url}/models.config")
     watcher = StatusWatcher(channel)
     with PredictLoad(channel, predict_request(), clients=4) as load:
         load.wait_for_version(123)
@@ -224,7 +224,7 @@ def test_gcs_config_file_in_the_bucket_and_polling(gcs_bucket, serve_remote, tmp
 def test_a_half_uploaded_version_is_retried_and_never_served(s3_bucket, serve_remote,
                                                              tmp_path, caplog):
     upload_version(s3_bucket, 123)
-    server, channel = serve_remote(model_base_path=f"{s3_bucket.url}/half_plus_two",
+    _server, channel = serve_remote(model_base_path=f"{s3_bucket.url}/half_plus_two",
                                    **RETRIES)
     watcher = StatusWatcher(channel)
     with PredictLoad(channel, predict_request(), clients=4) as load:
@@ -253,7 +253,7 @@ def test_storage_outage_keeps_serving_and_polling_recovers(s3_server, s3_bucket,
                                                            caplog):
     upload_version(s3_bucket, 123)
     base = f"{s3_bucket.url}/half_plus_two"
-    server, channel = serve_remote(model_base_path=base)
+    _server, channel = serve_remote(model_base_path=base)
     watcher = StatusWatcher(channel)
     with PredictLoad(channel, predict_request(), clients=4) as load:
         load.wait_for_version(123)
@@ -283,7 +283,7 @@ def test_start_up_waits_for_an_unreachable_bucket(s3_server, s3_bucket, caplog):
         try:
             server.start()
             started.set()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:
             failed.append(error)
 
     thread = threading.Thread(target=start)
@@ -305,7 +305,7 @@ def test_reload_config_moves_a_model_into_a_bucket(s3_bucket, serve_remote, tmp_
     upload_version(s3_bucket, 124)
     local = tmp_path / "local"
     shutil.copytree(TWO_VERSIONS / "00000123", local / "123")
-    server, channel = serve_remote(model_base_path=str(local))
+    _server, channel = serve_remote(model_base_path=str(local))
     request = model_management_pb2.ReloadConfigRequest()
     model = request.config.model_config_list.config.add(
         name="default", base_path=f"{s3_bucket.url}/half_plus_two", model_platform="tensorflow")
@@ -413,7 +413,7 @@ def test_a_version_failed_mid_upload_loads_once_its_files_change(s3_bucket, serv
     failed until a restart; now a later listing with different files loads it."""
     caplog.set_level(logging.INFO, logger="pyserving.server.app")
     upload_version(s3_bucket, 123)
-    server, channel = serve_remote(model_base_path=f"{s3_bucket.url}/half_plus_two",
+    _server, channel = serve_remote(model_base_path=f"{s3_bucket.url}/half_plus_two",
                                    max_num_load_retries=0)
     watcher = StatusWatcher(channel)
     watcher.wait_for({123: AVAILABLE})

@@ -7,8 +7,9 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -131,7 +132,7 @@ def test_answered_requests_are_logged_over_grpc_and_rest(logged_server, channel_
     records = read_logs(folder)
     assert [record.WhichOneof("log_type") for record in records] == \
         [kind for kind, _, _ in sent] + ["predict_log"]
-    for record, (kind, request, response) in zip(records, sent):
+    for record, (kind, request, response) in zip(records, sent, strict=False):
         entry = getattr(record, kind)
         assert entry.request == request
         assert entry.response == response

@@ -12,8 +12,9 @@ import stat
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -687,7 +688,7 @@ def test_measure_large_float_predict_rest_vs_grpc(server: Any) -> None:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
         def rest_call() -> None:
-            status, payload, _ = call(server.rest_port, "/v1/models/multi:predict", body)
+            status, _payload, _ = call(server.rest_port, "/v1/models/multi:predict", body)
             assert status == 200
 
         def grpc_call() -> None:

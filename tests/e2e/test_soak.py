@@ -25,9 +25,9 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -79,7 +79,7 @@ class Usage:
     rss_kb: int
 
     @classmethod
-    def of(cls, pid: int) -> "Usage":
+    def of(cls, pid: int) -> Usage:
         status = Path(f"/proc/{pid}/status").read_text()
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         return cls(threads=int(fields["Threads"]), fds=len(os.listdir(f"/proc/{pid}/fd")),
@@ -144,7 +144,7 @@ class Swapper(threading.Thread):
         try:
             while not self.stop.is_set():
                 self.swap()
-        except BaseException as error:  # noqa: BLE001 - reported by the test
+        except BaseException as error:
             self.error = error
         finally:
             self.client.close()

@@ -5,12 +5,14 @@ batch queue depths and recent load errors; opened in a real headless Chromium (D
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -61,10 +63,8 @@ def predict(server: ModelServer, count: int, model: str = "m") -> None:
     with grpc.insecure_channel(server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for _ in range(count):
-            try:
+            with contextlib.suppress(grpc.RpcError):
                 stub.Predict(request, TIMEOUT)
-            except grpc.RpcError:
-                pass
 
 
 def get(server: ModelServer, path: str) -> tuple[int, str, bytes]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import grpc
 import pytest
@@ -110,8 +110,8 @@ def test_tls_client_trusting_the_ca_predicts(tls_server: Callable, certificates:
 
 def test_tls_refuses_a_plaintext_client(tls_server: Callable):
     server = tls_server()
-    with grpc.insecure_channel(server.grpc_target) as channel:
-        with pytest.raises(grpc.RpcError) as caught:
+    with grpc.insecure_channel(server.grpc_target) as channel, \
+            pytest.raises(grpc.RpcError) as caught:
             grpc_predict(channel)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     refused(server.grpc_target, None)

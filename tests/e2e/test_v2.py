@@ -199,7 +199,7 @@ def test_grpc_infer_echoes_id_and_answers_raw_outputs(server):
     response = ModelInfer_serving(server)
     assert (response.model_name, response.model_version, response.id) == ("m", "2", "g1")
     outputs = {output.name: raw for output, raw in
-               zip(response.outputs, response.raw_output_contents)}
+               zip(response.outputs, response.raw_output_contents, strict=False)}
     assert np.frombuffer(outputs["doubled"], "<f4").tolist() == [2, 4, 6]
     assert np.frombuffer(outputs["k_out"], "<i8").tolist() == [6]
 

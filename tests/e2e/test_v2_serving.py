@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -64,7 +65,7 @@ def v2_grpc(channel: grpc.Channel, x: np.ndarray) -> dict[str, np.ndarray]:
         request, TIMEOUT)
     dtypes = {"FP32": "<f4", "INT32": "<i4", "INT64": "<i8"}
     return {o.name: np.frombuffer(raw, dtypes[o.datatype]).reshape(list(o.shape))
-            for o, raw in zip(response.outputs, response.raw_output_contents)}
+            for o, raw in zip(response.outputs, response.raw_output_contents, strict=False)}
 
 
 def tf_serving_grpc(channel: grpc.Channel, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -99,7 +100,7 @@ def test_mixed_v2_and_tf_serving_traffic_each_get_their_own_rows(
     finally:
         channel.close()
     apis_per_call: dict[int, set[int]] = {}
-    for caller, (x, result) in enumerate(zip(inputs, results)):
+    for caller, (x, result) in enumerate(zip(inputs, results, strict=False)):
         np.testing.assert_array_equal(np.asarray(result["y"], np.float32), x * 10)
         call = int(result["call"][0])
         apis_per_call.setdefault(call, set()).add(caller % 4)

@@ -12,8 +12,8 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import grpc
 import pytest
@@ -396,8 +396,8 @@ def warmup_metrics(server: ModelServer) -> dict[tuple[str, str], float]:
     """(metric, status) -> value of the records-read counter and the latency sample count."""
     body, _ = server.metrics.render()
     found = {}
-    for (name, labels), value in metrics_page_samples(body.decode()).items():
-        labels = dict(labels)
+    for (name, label_pairs), value in metrics_page_samples(body.decode()).items():
+        labels = dict(label_pairs)
         if name in (":tensorflow:serving:model_warmup_records_read",
                     ":tensorflow:serving:model_warmup_latency_count"):
             assert labels["model_path"] == str(counter_path(server))

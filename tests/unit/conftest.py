@@ -4,7 +4,7 @@ seconds (`python -m pytest tests/unit`)."""
 from __future__ import annotations
 
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

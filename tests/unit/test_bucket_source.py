@@ -10,8 +10,9 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -156,7 +157,7 @@ def test_a_version_that_failed_mid_upload_is_retried_when_its_files_change(tmp_p
         cache.fetch("m", 2, url)
     cache.note_failure(url)
     assert not cache.changed_since_failure(url)  # the same files: no point trying again
-    bucket.files = bucket.files + (("saved_model.pb", 4, "b"),)
+    bucket.files = (*bucket.files, ("saved_model.pb", 4, "b"))
     assert cache.changed_since_failure(url)
     assert not cache.changed_since_failure(url)  # once per change
     assert Path(cache.fetch("m", 2, url), "saved_model.pb").exists()

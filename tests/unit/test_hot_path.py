@@ -18,7 +18,7 @@ from pyserving.client.tensors import make_tensor_proto, ndarray_from_tensor_prot
 from pyserving.server import servable as servable_module
 from pyserving.server.apis import predict_pb2, tensor_pb2
 from pyserving.server.core import Answer, ServingCore
-from pyserving.server.errors import not_found
+from pyserving.server.errors import ServingError, not_found
 from pyserving.server.example_inference import ExampleInference
 from pyserving.server.predict import Predictor
 from pyserving.server.rollout.router import Router
@@ -95,7 +95,7 @@ def test_failed_requests_are_not_observed():
     core = core_for(fake_servable("m"))
     heard: list[Answer] = []
     core.add_answer_observer(heard.append)
-    with pytest.raises(Exception):
+    with pytest.raises(ServingError, match="x must be non-negative"):
         core.predict(predict_request([-1.0]))  # the fake model refuses negative input
     assert heard == []
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 import numpy as np
@@ -48,7 +49,7 @@ def in_thread(call: Callable[[], Any], timeout: float = WAIT) -> Any:
     def run() -> None:
         try:
             outcome.append(("value", call()))
-        except BaseException as error:  # noqa: BLE001 - handed to the caller
+        except BaseException as error:
             outcome.append(("error", error))
 
     thread = threading.Thread(target=run, daemon=True)
@@ -274,10 +275,10 @@ def _settles(condition: Callable[[], bool]) -> bool:
 
 
 def test_budget_and_timeout_are_fields_of_the_shadow_with_defaults():
-    router, route = _routed(SHADOWED % "")
+    _, route = _routed(SHADOWED % "")
     shadow = route.rollout.plan.shadow
     assert shadow is not None and (shadow.budget, shadow.timeout_seconds) == (0.1, 5.0)
-    router, route = _routed(SHADOWED % "budget: 0.5 timeout_seconds: 2")
+    _router, route = _routed(SHADOWED % "budget: 0.5 timeout_seconds: 2")
     shadow = route.rollout.plan.shadow
     assert shadow is not None and (shadow.budget, shadow.timeout_seconds) == (0.5, 2.0)
     for field, message in (("budget: 0", "shadow.budget: must be in (0, 1], got 0.0"),

@@ -5,7 +5,7 @@ run outside the manager's lock."""
 from __future__ import annotations
 
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 import pytest

@@ -4,8 +4,8 @@ callback (TF Serving's file_system_storage_path_source.cc and core/source.h)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
