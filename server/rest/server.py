@@ -138,7 +138,7 @@ class RestServer:
         self._thread.join()
         self._thread = None
         self._loop.close()
-        self._executor.shutdown(wait=join_pool, cancel_futures=True)
+        self._executor.shutdown(wait=join_pool)
 
     def join_pool(self) -> None:
         """Wait for the pool's threads (after ``stop(join_pool=False)``)."""
