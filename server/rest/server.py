@@ -126,8 +126,7 @@ class RestServer:
         if self._thread is None:
             return
         if self._runner is not None:
-            cleanup = asyncio.run_coroutine_threadsafe(
-                self._runner.cleanup(), self._loop)
+            cleanup = asyncio.run_coroutine_threadsafe(self._close(self._runner), self._loop)
             # aiohttp waits the grace for the handlers, then as long again for the cancelled ones
             limit = 2 * self._options.shutdown_grace_seconds + 5
             try:
@@ -139,6 +138,16 @@ class RestServer:
         self._thread = None
         self._loop.close()
         self._executor.shutdown(wait=join_pool)
+
+    @staticmethod
+    async def _close(runner: web.AppRunner) -> None:
+        await runner.cleanup()
+        # a connection whose request was cancelled may still be ending: end it before the loop
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=1.0)
 
     def join_pool(self) -> None:
         """Wait for the pool's threads (after ``stop(join_pool=False)``)."""
