@@ -126,7 +126,7 @@ class RestServer:
         if self._thread is None:
             return
         if self._runner is not None:
-            cleanup = asyncio.run_coroutine_threadsafe(self._close(self._runner), self._loop)
+            cleanup = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
             # aiohttp waits the grace for the handlers, then as long again for the cancelled ones
             limit = 2 * self._options.shutdown_grace_seconds + 5
             try:
@@ -136,18 +136,16 @@ class RestServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._thread = None
-        self._loop.close()
-        self._executor.shutdown(wait=join_pool)
-
-    @staticmethod
-    async def _close(runner: web.AppRunner) -> None:
-        await runner.cleanup()
-        # a connection whose request was cancelled may still be ending: end it before the loop
-        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        # A connection whose request was cancelled may still be ending: let it end, and the
+        # callbacks that close sockets run, before the loop closes (as asyncio.run does).
+        left = asyncio.all_tasks(self._loop)
         for task in left:
             task.cancel()
         if left:
-            await asyncio.wait(left, timeout=1.0)
+            self._loop.run_until_complete(asyncio.wait(left, timeout=1.0))
+        self._loop.run_until_complete(asyncio.sleep(0))
+        self._loop.close()
+        self._executor.shutdown(wait=join_pool)
 
     def join_pool(self) -> None:
         """Wait for the pool's threads (after ``stop(join_pool=False)``)."""
