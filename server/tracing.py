@@ -27,9 +27,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import unquote
 
 import grpc
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 
 INSTRUMENTATION = "pyserving.server"
 DEFAULT_SERVICE_NAME = "pyserving"
+V2_SERVICE = "inference.GRPCInferenceService"  # spans with pyserving.protocol=v2
 T = TypeVar("T")
 
 
@@ -172,24 +175,34 @@ class Tracing:
         return RequestTrace(self, span)
 
     def start_grpc(self, service: str, method: str, request: Any,
-                   header: Callable[[str], str | None], request_id: str) -> RequestTrace:
-        """The span of a TF Serving gRPC call, named as OpenTelemetry names RPC spans."""
-        spec = _model_spec(request)
-        return self.start_request(f"{service}/{method}", header, attributes={
+                   header: Callable[[str], str | None], request_id: str,
+                   model: str | None = None) -> RequestTrace:
+        """The span of a gRPC call, named as OpenTelemetry names RPC spans
+        (``{rpc.service}/{rpc.method}``); ``model`` names the model of a request without a
+        ``model_spec`` (V2's)."""
+        spec = _model_spec(request) if model is None else None
+        attributes = {
             "rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
-            "pyserving.api": method, "pyserving.model.name": spec.name if spec else "",
-            "pyserving.signature": spec.signature_name if spec else "",
-            "pyserving.request_id": request_id})
+            "pyserving.api": method,
+            "pyserving.model.name": model if spec is None else spec.name,
+            "pyserving.signature": "" if spec is None else spec.signature_name,
+            "pyserving.request_id": request_id}
+        if service == V2_SERVICE:
+            attributes["pyserving.protocol"] = "v2"
+        return self.start_request(f"{service}/{method}", header, attributes=attributes)
 
     def start_rest(self, method: str, path: str, header: Callable[[str], str | None],
                    request_id: str) -> RequestTrace:
-        """The span of a REST request (``POST /v1/models/{model}:predict``)."""
-        model, api = _rest_route(path)
-        route = "/v1/models/{model}" + (f":{api.lower()}" if api else "") if model else path
-        return self.start_request(f"{method} {route}", header, attributes={
+        """The span of a REST request (``POST /v1/models/{model}:predict``,
+        ``POST /v2/models/{model}/infer``), named by its route."""
+        model, api, route = _rest_route(path)
+        attributes = {
             "http.request.method": method, "url.path": path, "http.route": route,
-            "pyserving.api": api or "", "pyserving.model.name": model,
-            "pyserving.request_id": request_id})
+            "pyserving.api": api, "pyserving.model.name": model,
+            "pyserving.request_id": request_id}
+        if route.startswith("/v2"):
+            attributes["pyserving.protocol"] = "v2"
+        return self.start_request(f"{method} {route}", header, attributes=attributes)
 
     def admission(self, admit: Callable[[Any], A], spec: Any) -> A:
         """``admit(spec)`` (resolve the version, route through a rollout, take an in-flight
@@ -322,18 +335,30 @@ def _model_spec(request: Any) -> Any:
     return spec
 
 
-def _rest_route(path: str) -> tuple[str, str | None]:
-    """(model name, API) of a /v1/models path; ("", None) for other paths."""
-    if not path.startswith("/v1/models/"):
-        return "", None
-    rest = path[len("/v1/models/"):].split("?", 1)[0]
-    api = None
-    if ":" in rest:
-        rest, verb = rest.rsplit(":", 1)
-        api = verb.capitalize()
-    elif rest.endswith("/metadata"):
-        api = "GetModelMetadata"
-    return rest.split("/", 1)[0], api
+_V2_MODEL_PATH = re.compile(r"/v2/models/([^/?#]+)(/versions/[^/?#]+)?(?:/([a-z_/]+))?")
+_V2_APIS = {None: "ModelMetadata", "infer": "ModelInfer", "ready": "ModelReady"}
+
+
+def _rest_route(path: str) -> tuple[str, str, str]:
+    """(model name, API, route) of a /v1 or /v2 models path; ("", "", path) for others."""
+    path = path.split("?", 1)[0]
+    if path.startswith("/v1/models/"):
+        rest, colon, verb = path[len("/v1/models/"):].partition(":")
+        name, *tail = rest.split("/")
+        route, api = "/v1/models/{model}", verb.capitalize()
+        if len(tail) >= 2 and tail[0] in ("versions", "labels"):
+            route += f"/{tail[0]}/{{{tail[0][:-1]}}}"
+            tail = tail[2:]
+        if tail == ["metadata"]:
+            route, api = route + "/metadata", "GetModelMetadata"
+        return name, api, route + colon + verb
+    match = _V2_MODEL_PATH.fullmatch(path)
+    if match is None:
+        return "", "", path
+    verb = match.group(3)
+    route = "/v2/models/{model}" + ("/versions/{version}" if match.group(2) else "") + \
+        (f"/{verb}" if verb else "")
+    return unquote(match.group(1)), _V2_APIS.get(verb, ""), route
 
 
 def _exporters(names: Iterable[str]) -> list[Any]:
