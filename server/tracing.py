@@ -83,35 +83,43 @@ _GETTER = _HeaderGetter()
 
 
 class RequestTrace:
-    """The span of one request and what its children need."""
+    """The span of one request and what its children need. Attributes learnt on the way
+    (version, routing, signature) gather in ``attributes`` and go on the span once, at
+    ``end``; children are made after the fact, with their start and end times
+    (``finished``): each costs one ``start_span`` and one ``end``."""
 
-    __slots__ = ("context", "span", "span_context", "tracing")
+    __slots__ = ("attributes", "context", "span", "span_context", "tracer", "tracing")
 
     def __init__(self, tracing: Tracing, span: Any) -> None:
-        from opentelemetry import trace
-
         self.tracing = tracing
+        self.tracer = tracing.tracer
         self.span = span
-        self.context = trace.set_span_in_context(span)  # the parent of its children
+        self.context = tracing.set_span_in_context(span)  # the parent of its children
         self.span_context = span.get_span_context()
+        self.attributes: dict[str, Any] = {}
 
-    def child(self, name: str, started: float | None = None,
-              attributes: Mapping[str, Any] | None = None) -> Any:
-        """A child span, begun now or at ``started`` (time.monotonic()); the caller ends it."""
-        return self.tracing.tracer.start_span(
-            name, context=self.context, attributes=attributes,
-            start_time=None if started is None else _epoch_ns(started))
+    def finished(self, name: str, started_ns: int, ended_ns: int,
+                 attributes: Mapping[str, Any] | None = None,
+                 error: BaseException | None = None) -> None:
+        """A child span that began and ended at these instants (ns since the epoch)."""
+        span = self.tracer.start_span(name, self.context, attributes=attributes,
+                                      start_time=started_ns)
+        if error is not None:
+            span.set_status(_error_status(error))
+        span.end(ended_ns)
 
     def end(self, code: grpc.StatusCode, message: str = "",
             attributes: Mapping[str, Any] | None = None) -> None:
         """End the request's span with its outcome (TF Serving's status code)."""
-        from opentelemetry.trace import Status, StatusCode
-
         span = self.span
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        gathered = self.attributes
+        gathered["rpc.grpc.status_code"] = code.value[0]
         if attributes:
-            span.set_attributes(attributes)
+            gathered.update(attributes)
+        span.set_attributes(gathered)
         if code != grpc.StatusCode.OK:
+            from opentelemetry.trace import Status, StatusCode
+
             span.set_status(Status(StatusCode.ERROR, f"{code.name}: {message}"))
         span.end()
 
@@ -146,31 +154,37 @@ class RequestTrace:
         return traced
 
 
-def _ended(span: Any, error: BaseException | None) -> None:
-    if error is not None:
-        from opentelemetry.trace import Status, StatusCode
+def _error_status(error: BaseException) -> Any:
+    from opentelemetry.trace import Status, StatusCode
 
-        code = error.code.name if isinstance(error, ServingError) else type(error).__name__
-        span.set_status(Status(StatusCode.ERROR, code))
-    span.end()
+    return Status(StatusCode.ERROR,
+                  error.code.name if isinstance(error, ServingError) else type(error).__name__)
+
+
+def _epoch_clock() -> Callable[[float], int]:
+    """ns since the epoch of ``time.monotonic()`` instants (one clock reading for many)."""
+    offset = time.time_ns() - int(time.monotonic() * 1e9)
+    return lambda instant: offset + int(instant * 1e9)
 
 
 class Tracing:
     """The server's tracer and propagator, and the hooks that make request spans' children."""
 
     def __init__(self, provider: Any, propagator: Any) -> None:
+        from opentelemetry.trace import SpanKind, set_span_in_context
+
         self.provider = provider
         self.tracer = provider.get_tracer(INSTRUMENTATION)
+        self.set_span_in_context = set_span_in_context
         self._propagator = propagator
+        self._kinds = {kind.name: kind for kind in SpanKind}
 
     def start_request(self, name: str, header: Callable[[str], str | None], *,
                       kind: str = "SERVER", attributes: Mapping[str, Any]) -> RequestTrace:
         """The span of a request arriving with ``header`` (its ``traceparent`` continues the
         caller's trace), as the transport names it."""
-        from opentelemetry.trace import SpanKind
-
         parent = self._propagator.extract(carrier=header, getter=_GETTER)
-        span = self.tracer.start_span(name, context=parent, kind=SpanKind[kind],
+        span = self.tracer.start_span(name, context=parent, kind=self._kinds[kind],
                                       attributes=attributes)
         return RequestTrace(self, span)
 
@@ -185,8 +199,9 @@ class Tracing:
             "rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
             "pyserving.api": method,
             "pyserving.model.name": model if spec is None else spec.name,
-            "pyserving.signature": "" if spec is None else spec.signature_name,
             "pyserving.request_id": request_id}
+        if spec is not None and spec.signature_name:  # else once the signature is known
+            attributes["pyserving.signature"] = spec.signature_name
         if service == V2_SERVICE:
             attributes["pyserving.protocol"] = "v2"
         return self.start_request(f"{service}/{method}", header, attributes=attributes)
@@ -211,34 +226,32 @@ class Tracing:
         trace = context.trace
         if trace is None:  # warmup, a shadow without a primary span
             return admit(spec)
-        span = trace.child("admission")
-        error: BaseException | None = None
+        started = time.time_ns()
         try:
             admitted = admit(spec)
-        except BaseException as raised:
-            error = raised
+        except BaseException as error:
+            trace.finished("admission", started, time.time_ns(), error=error)
             raise
-        finally:
-            _ended(span, error)
-        attributes: dict[str, Any] = {"pyserving.model.version": admitted.version}
+        trace.finished("admission", started, time.time_ns())
+        attributes = trace.attributes
+        attributes["pyserving.model.version"] = admitted.version
         route = admitted.route
         if route is not None:
             key = route.rollout.plan.sticky_metadata_key
             sticky = bool(key) and context.header(key.lower()) is not None
-            attributes.update({"pyserving.rollout.arm": route.arm.name,
-                               "pyserving.rollout.routing": "sticky" if sticky else "random"})
-        trace.span.set_attributes(attributes)
+            attributes["pyserving.rollout.arm"] = route.arm.name
+            attributes["pyserving.rollout.routing"] = "sticky" if sticky else "random"
         return admitted
 
     def _note_servable(self, trace: RequestTrace, servable: Servable,
                        signature: SignatureDef) -> None:
-        name = next((key for key, value in servable.signatures.items() if value is signature),
-                    None)
-        attributes: dict[str, Any] = {"pyserving.model.name": servable.name,
-                                      "pyserving.model.version": servable.version}
-        if name is not None:
-            attributes["pyserving.signature"] = name
-        trace.span.set_attributes(attributes)
+        attributes = trace.attributes
+        attributes["pyserving.model.name"] = servable.name
+        attributes["pyserving.model.version"] = servable.version
+        for key, value in servable.signatures.items():
+            if value is signature:
+                attributes["pyserving.signature"] = key
+                break
 
     def traced_runner(self, runner: Runner, *, batched: bool) -> Runner:
         """``runner`` noting the servable on the request span; unbatched, each call is a
@@ -251,15 +264,16 @@ class Tracing:
             self._note_servable(trace, servable, signature)
             if batched:
                 return runner(servable, signature, feeds, fetches)
-            span = trace.child("run", attributes={"pyserving.batch.size": _rows(feeds)})
-            error: BaseException | None = None
+            started = time.time_ns()
             try:
-                return runner(servable, signature, feeds, fetches)
-            except BaseException as raised:
-                error = raised
+                outputs = runner(servable, signature, feeds, fetches)
+            except BaseException as error:
+                trace.finished("run", started, time.time_ns(),
+                               {"pyserving.batch.size": _rows(feeds)}, error)
                 raise
-            finally:
-                _ended(span, error)
+            ended = time.time_ns()
+            trace.finished("run", started, ended, {"pyserving.batch.size": _rows(feeds)})
+            return outputs
 
         return run
 
@@ -273,15 +287,16 @@ class Tracing:
             self._note_servable(trace, servable, signature)
             if batched:
                 return await runner(servable, signature, feeds, fetches)
-            span = trace.child("run", attributes={"pyserving.batch.size": _rows(feeds)})
-            error: BaseException | None = None
+            started = time.time_ns()
             try:
-                return await runner(servable, signature, feeds, fetches)
-            except BaseException as raised:
-                error = raised
+                outputs = await runner(servable, signature, feeds, fetches)
+            except BaseException as error:
+                trace.finished("run", started, time.time_ns(),
+                               {"pyserving.batch.size": _rows(feeds)}, error)
                 raise
-            finally:
-                _ended(span, error)
+            ended = time.time_ns()
+            trace.finished("run", started, ended, {"pyserving.batch.size": _rows(feeds)})
+            return outputs
 
         return run
 
@@ -294,26 +309,27 @@ class Tracing:
                   if context.trace is not None]
         if not traces:
             return
-        started = _epoch_ns(batch.started)
+        epoch_ns = _epoch_clock()
+        started = epoch_ns(batch.started)
         for trace, enqueued in traces:
-            trace.child("batch_queue", enqueued).end(end_time=started)
+            trace.finished("batch_queue", epoch_ns(enqueued), started)
         first = traces[0][0]
         span = self.tracer.start_span(
-            "run", context=first.context, start_time=started,
+            "run", first.context, start_time=started,
             links=[Link(trace.span_context) for trace, _ in traces],
             attributes={"pyserving.model.name": batch.model,
                         "pyserving.batch.size": batch.size,
                         "pyserving.batch.padded_size": batch.padded,
                         "pyserving.batch.padding": batch.padded - batch.size,
                         "pyserving.batch.requests": len(batch.requests)})
-        span.end(end_time=started + int(batch.seconds * 1e9))
+        span.end(started + int(batch.seconds * 1e9))
 
     def observe_encode(self, model: str, api: str, started: float, seconds: float) -> None:
         """Encode observer: the outputs-to-response step of the current request as a span."""
         trace = request_context.current.get().trace
         if trace is not None:
-            span = trace.child("encode", started, {"pyserving.api": api})
-            span.end(end_time=_epoch_ns(started) + int(seconds * 1e9))
+            began = _epoch_ns(started)
+            trace.finished("encode", began, began + int(seconds * 1e9))
 
     def shutdown(self) -> None:
         """Export what is buffered and stop the exporter."""
@@ -384,6 +400,39 @@ def _exporters(names: Iterable[str]) -> list[Any]:
     return exporters
 
 
+# The batch span processor's sizes unless OTEL_BSP_MAX_QUEUE_SIZE / ..._EXPORT_BATCH_SIZE set
+# them: a server makes 4-5 spans a request, so the SDK's 2048-span queue fills in a fraction
+# of a second under load and drops spans; larger export batches make fewer export calls.
+_QUEUE_SIZE, _EXPORT_BATCH_SIZE = 16384, 2048
+
+
+def _batch_processor(exporter: Any) -> Any:
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    if "OTEL_BSP_MAX_QUEUE_SIZE" in os.environ or \
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" in os.environ:
+        return BatchSpanProcessor(exporter)
+    return BatchSpanProcessor(exporter, max_queue_size=_QUEUE_SIZE,
+                              max_export_batch_size=_EXPORT_BATCH_SIZE)
+
+
+def _hashed_once(resource: Any) -> Any:
+    """``resource``, hashing once: the OTLP encoder groups every span it exports by resource,
+    and a Resource's hash is a sorted JSON dump of its attributes (about a tenth of the
+    encoder's time per span, measured)."""
+    from opentelemetry.sdk.resources import Resource
+
+    class HashedOnce(Resource):
+        def __init__(self, attributes: Any, schema_url: str | None = None) -> None:
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    return HashedOnce(resource.attributes, resource.schema_url)
+
+
 def build_tracing(enabled: bool) -> Tracing | None:
     """The server's Tracing from the OTEL_* environment when ``enabled``, else None;
     INVALID_ARGUMENT when OpenTelemetry is not installed or the environment asks for what
@@ -394,7 +443,6 @@ def build_tracing(enabled: bool) -> Tracing | None:
         from opentelemetry.propagate import get_global_textmap
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError as error:
         raise invalid_argument(f"--enable_tracing needs OpenTelemetry ({error}): install "
                                "pyserving[tracing]") from None
@@ -404,9 +452,9 @@ def build_tracing(enabled: bool) -> Tracing | None:
     resource = Resource.create()
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
-    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    provider = TracerProvider(resource=_hashed_once(resource), shutdown_on_exit=False)
     for exporter in exporters:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(_batch_processor(exporter))
     log.info("tracing on: service %s, exporting to %s", resource.attributes[SERVICE_NAME],
              ", ".join(names) or "nowhere")
     return Tracing(provider, get_global_textmap())
