@@ -85,28 +85,26 @@ _GETTER = _HeaderGetter()
 class RequestTrace:
     """The span of one request and what its children need. Attributes learnt on the way
     (version, routing, signature) gather in ``attributes`` and go on the span once, at
-    ``end``; children are made after the fact, with their start and end times
-    (``finished``): each costs one ``start_span`` and one ``end``."""
+    ``end``; children are recorded after the fact, with their start and end times
+    (``finished``), and only when the request's span is sampled."""
 
-    __slots__ = ("attributes", "context", "span", "span_context", "tracer", "tracing")
+    __slots__ = ("attributes", "context", "recording", "span", "span_context", "tracing")
 
     def __init__(self, tracing: Tracing, span: Any) -> None:
         self.tracing = tracing
-        self.tracer = tracing.tracer
         self.span = span
         self.context = tracing.set_span_in_context(span)  # the parent of its children
         self.span_context = span.get_span_context()
+        self.recording: bool = span.is_recording()
         self.attributes: dict[str, Any] = {}
 
     def finished(self, name: str, started_ns: int, ended_ns: int,
                  attributes: Mapping[str, Any] | None = None,
                  error: BaseException | None = None) -> None:
         """A child span that began and ended at these instants (ns since the epoch)."""
-        span = self.tracer.start_span(name, self.context, attributes=attributes,
-                                      start_time=started_ns)
-        if error is not None:
-            span.set_status(_error_status(error))
-        span.end(ended_ns)
+        if self.recording:
+            self.tracing.record(name, self.span_context, started_ns, ended_ns, attributes,
+                                error)
 
     def end(self, code: grpc.StatusCode, message: str = "",
             attributes: Mapping[str, Any] | None = None) -> None:
@@ -170,14 +168,42 @@ def _epoch_clock() -> Callable[[float], int]:
 class Tracing:
     """The server's tracer and propagator, and the hooks that make request spans' children."""
 
-    def __init__(self, provider: Any, propagator: Any) -> None:
-        from opentelemetry.trace import SpanKind, set_span_in_context
+    def __init__(self, provider: Any, propagator: Any, processors: Sequence[Any]) -> None:
+        """``processors``: the span processors added to ``provider`` (children go to them)."""
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanContext, SpanKind, set_span_in_context
 
         self.provider = provider
         self.tracer = provider.get_tracer(INSTRUMENTATION)
         self.set_span_in_context = set_span_in_context
         self._propagator = propagator
         self._kinds = {kind.name: kind for kind in SpanKind}
+        self._processors = tuple(processors)
+        self._readable_span = ReadableSpan
+        self._span_context = SpanContext
+        self._new_span_id = provider.id_generator.generate_span_id
+        self._resource = provider.resource
+        self._scope = InstrumentationScope(INSTRUMENTATION)
+
+    def record(self, name: str, parent: Any, started_ns: int, ended_ns: int,
+               attributes: Mapping[str, Any] | None = None,
+               error: BaseException | None = None, links: Sequence[Any] = ()) -> None:
+        """A finished child of the sampled span ``parent`` (a SpanContext), handed to the
+        span processors as the SDK hands a span that ends. Made directly as the SDK's
+        ReadableSpan rather than through ``Tracer.start_span`` + ``end``: a quarter of the
+        cost (sampler, limits, locks, a second copy at ``end``; measured 6.7 against 26.5 us
+        a span). Every built-in sampler samples a sampled span's child (parent-based, or by
+        the same trace ID), so the child needs no sampling of its own."""
+        context = self._span_context(parent.trace_id, self._new_span_id(), False,
+                                     parent.trace_flags, parent.trace_state)
+        span = self._readable_span(
+            name=name, context=context, parent=parent, resource=self._resource,
+            attributes=attributes or {}, links=links, start_time=started_ns,
+            end_time=ended_ns, instrumentation_scope=self._scope,
+            **({} if error is None else {"status": _error_status(error)}))
+        for processor in self._processors:
+            processor.on_end(span)
 
     def start_request(self, name: str, header: Callable[[str], str | None], *,
                       kind: str = "SERVER", attributes: Mapping[str, Any]) -> RequestTrace:
@@ -306,23 +332,20 @@ class Tracing:
         from opentelemetry.trace import Link
 
         traces = [(context.trace, enqueued) for context, enqueued in batch.requests
-                  if context.trace is not None]
+                  if context.trace is not None and context.trace.recording]
         if not traces:
             return
         epoch_ns = _epoch_clock()
         started = epoch_ns(batch.started)
         for trace, enqueued in traces:
             trace.finished("batch_queue", epoch_ns(enqueued), started)
-        first = traces[0][0]
-        span = self.tracer.start_span(
-            "run", first.context, start_time=started,
-            links=[Link(trace.span_context) for trace, _ in traces],
-            attributes={"pyserving.model.name": batch.model,
-                        "pyserving.batch.size": batch.size,
-                        "pyserving.batch.padded_size": batch.padded,
-                        "pyserving.batch.padding": batch.padded - batch.size,
-                        "pyserving.batch.requests": len(batch.requests)})
-        span.end(started + int(batch.seconds * 1e9))
+        self.record("run", traces[0][0].span_context, started,
+                    started + int(batch.seconds * 1e9),
+                    {"pyserving.model.name": batch.model, "pyserving.batch.size": batch.size,
+                     "pyserving.batch.padded_size": batch.padded,
+                     "pyserving.batch.padding": batch.padded - batch.size,
+                     "pyserving.batch.requests": len(batch.requests)},
+                    links=[Link(trace.span_context) for trace, _ in traces])
 
     def observe_encode(self, model: str, api: str, started: float, seconds: float) -> None:
         """Encode observer: the outputs-to-response step of the current request as a span."""
@@ -453,8 +476,9 @@ def build_tracing(enabled: bool) -> Tracing | None:
     if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=_hashed_once(resource), shutdown_on_exit=False)
-    for exporter in exporters:
-        provider.add_span_processor(_batch_processor(exporter))
+    processors = [_batch_processor(exporter) for exporter in exporters]
+    for processor in processors:
+        provider.add_span_processor(processor)
     log.info("tracing on: service %s, exporting to %s", resource.attributes[SERVICE_NAME],
              ", ".join(names) or "nowhere")
-    return Tracing(provider, get_global_textmap())
+    return Tracing(provider, get_global_textmap(), processors)

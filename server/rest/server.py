@@ -185,9 +185,10 @@ class RestServer:
         assert self._v2 is not None
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        # a span for the routes that name a model (infer, metadata, ready), not for probes
-        trace = None if self._tracing is None or not target.startswith("/v2/models/") else \
-            self._tracing.start_rest(method, target, headers.get, rid)
+        # spans for inference and model metadata, as for TF Serving's API; not for probes
+        trace = None if self._tracing is None or not target.startswith("/v2/models/") or \
+            target.endswith("/ready") else self._tracing.start_rest(method, target,
+                                                                    headers.get, rid)
         token = request_context.current.set(
             RequestContext(deadline, header=headers.get, request_id=rid, trace=trace))
         try:

@@ -152,7 +152,7 @@ def test_rest_infer_with_tritonclient_continues_the_callers_trace(serve, testdat
                                                        "x-request-id": "triton-1"})
         assert answer.as_numpy("y").tolist() == [[3.5]]
         assert client.get_model_metadata("default", model_version="123")["name"] == "default"
-        assert client.is_server_ready()
+        assert client.is_server_ready() and client.is_model_ready("default")
     finally:
         client.close()
     (span,) = collector.wait_for(REST_INFER, trace_id=TRACE_ID)
@@ -167,8 +167,8 @@ def test_rest_infer_with_tritonclient_continues_the_callers_trace(serve, testdat
     assert_request_children_in_order(collector, span)
     (metadata,) = collector.wait_for("GET /v2/models/{model}/versions/{version}")
     assert attributes(metadata)["pyserving.api"] == "ModelMetadata"
-    # health probes are not traced
-    assert not [s for s in collector.spans if "health" in s.name]
+    # readiness probes are not traced
+    assert not [s for s in collector.spans if "health" in s.name or "ready" in s.name]
 
 
 def test_rest_errors_and_request_ids(serve, testdata_model, collector):
