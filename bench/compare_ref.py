@@ -290,6 +290,8 @@ def main() -> None:
                         "tiny-batched, mlp, mlp-batched) and profile it with py-spy: a "
                         "flamegraph SVG (--profile-out) and the top frames")
     parser.add_argument("--profile-out", default="profile.svg")
+    parser.add_argument("--native", action="store_true",
+                        help="with --profile: sample native frames too (gRPC's Cython, TF)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(),
                                                         "pyserving-compare-ref"))
     args = parser.parse_args()
@@ -410,7 +412,9 @@ def profile(args: Any, config: Config, import_path: Path) -> None:
             for output, fmt in ((args.profile_out, "flamegraph"), (str(raw), "raw")):
                 spy = subprocess.Popen([py_spy, "record", "--pid", str(server.process.pid),
                                         "--duration", str(int(seconds)), "--rate", "250",
-                                        "--nonblocking", "--format", fmt, "--output", output],
+                                        "--format", fmt, "--output", output,
+                                        # native stacks need the process stopped to read
+                                        *(["--native"] if args.native else ["--nonblocking"])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 window = argparse.Namespace(**{**vars(args), "seconds": seconds - 0.5,
                                                "warmup": 0.3})

@@ -21,9 +21,10 @@ from collections.abc import Callable, Hashable
 
 # Calls of each mode measured before a signature's mode is chosen (they alternate).
 SAMPLES = 8
-# A signature whose fastest call in the caller's thread took this long or more stays on the pool:
 # TensorFlow cannot stop a graph running in the caller's thread at the request's deadline
-# (RunOptions.timeout_in_ms), so only short graphs run there.
+# (RunOptions.timeout_in_ms), so only short graphs run there: a signature whose fastest call
+# there took this long or more stays on the pool, and a call there that takes longer sends its
+# signature back to be measured again.
 CALLER_MAX_SECONDS = 0.005
 
 
@@ -43,6 +44,11 @@ class RunModes:
     def chosen(self, key: Hashable) -> bool | None:
         """The mode chosen for ``key`` (True: the caller's thread), None while measuring."""
         return self._chosen.get(key)
+
+    def took(self, key: Hashable, seconds: float) -> None:
+        """A call of ``key`` in the caller's thread took ``seconds``: too long, measure again."""
+        if seconds > CALLER_MAX_SECONDS:
+            self._chosen.pop(key, None)
 
     def next_mode(self, key: Hashable) -> bool:
         """The mode of ``key``'s next measured call: they alternate, caller's thread second."""
