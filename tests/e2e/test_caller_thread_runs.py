@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slow_models import slow_model  # noqa: F401 (fixture)
 
 from pyserving.server import request_context
 from pyserving.server.apis import config_pb2
@@ -18,6 +17,7 @@ from pyserving.server.errors import ServingError
 from pyserving.server.run_mode import SAMPLES
 from pyserving.server.saved_model import load_servable, measures_run_mode
 from pyserving.server.servable import Servable
+from slow_models import slow_model  # noqa: F401 (fixture)
 
 X = np.array([[1.0], [2.0], [5.0]], dtype=np.float32)
 
