@@ -272,3 +272,19 @@ def test_a_rollout_routes_v2_requests_on_their_spans_and_their_shadow_is_linked(
             wait_until(lambda: "run" in collector.children(shadow), "the shadow's run span")
     finally:
         server.stop(grace=None)
+
+
+def test_a_caller_that_does_not_sample_gets_no_spans_and_others_still_do(
+        serve, testdata_model, channel_to, collector):
+    server = serve(model_base_path=testdata_model(MODEL), enable_tracing=True)
+    stub = v2_stub(channel_to(server.grpc_target))
+    unsampled = f"00-{'1' * 32}-{PARENT_ID}-00"
+    answer, call = stub.ModelInfer.with_call(infer_request(1.0), timeout=TIMEOUT,
+                                             metadata=(("traceparent", unsampled),))
+    assert y_of(answer) == 2.5 and dict(call.trailing_metadata())["x-request-id"]
+    stub.ModelInfer(infer_request(2.0), timeout=TIMEOUT,
+                    metadata=(("traceparent", TRACEPARENT),))
+    (span,) = collector.wait_for(MODEL_INFER, trace_id=TRACE_ID)
+    assert_request_children_in_order(collector, span)
+    server.stop()  # flushes whatever is buffered
+    assert {s.trace_id.hex() for s in collector.spans} == {TRACE_ID}
