@@ -17,9 +17,10 @@ encoding (``observe_encode``) and a shadow copy as its own span linked to the pr
 (``RequestTrace.shadowed``). Without tracing none of this runs: the transports test
 ``tracing is None`` once per request and the core ``self.tracing is None`` once.
 
-A new transport (e.g. the V2 API) calls ``Tracing.start_request`` at its edge, puts the trace
-in its ``RequestContext`` and calls ``RequestTrace.end`` with the outcome; every child span
-then follows from the core's hooks.
+A transport calls ``Tracing.start_request`` (``start_grpc``, ``start_rest``) at its edge, puts
+the trace in its ``RequestContext`` and calls ``RequestTrace.end`` with the outcome; every
+child span then follows from the core's hooks. TF Serving's API and V2's (gRPC through
+``Rpc(..., service=...)``, REST in ``rest/server.py``) do.
 """
 
 from __future__ import annotations
@@ -88,12 +89,11 @@ class RequestTrace:
     ``end``; children are recorded after the fact, with their start and end times
     (``finished``), and only when the request's span is sampled."""
 
-    __slots__ = ("attributes", "context", "recording", "span", "span_context", "tracing")
+    __slots__ = ("attributes", "recording", "span", "span_context", "tracing")
 
     def __init__(self, tracing: Tracing, span: Any) -> None:
         self.tracing = tracing
         self.span = span
-        self.context = tracing.set_span_in_context(span)  # the parent of its children
         self.span_context = span.get_span_context()
         self.recording: bool = span.is_recording()
         self.attributes: dict[str, Any] = {}
@@ -172,11 +172,10 @@ class Tracing:
         """``processors``: the span processors added to ``provider`` (children go to them)."""
         from opentelemetry.sdk.trace import ReadableSpan
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-        from opentelemetry.trace import SpanContext, SpanKind, set_span_in_context
+        from opentelemetry.trace import SpanContext, SpanKind
 
         self.provider = provider
         self.tracer = provider.get_tracer(INSTRUMENTATION)
-        self.set_span_in_context = set_span_in_context
         self._propagator = propagator
         self._kinds = {kind.name: kind for kind in SpanKind}
         self._processors = tuple(processors)

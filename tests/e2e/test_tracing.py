@@ -197,6 +197,7 @@ def test_rest_errors_and_generated_request_ids(serve, testdata_model, collector)
         urllib.request.urlopen(request, timeout=10)
     assert raised.value.code == 404
     request_id = raised.value.headers["X-Request-Id"]
+    raised.value.close()  # its socket, before the next test
     assert request_id and " " not in request_id
     (span,) = collector.wait_for("POST /v1/models/{model}:predict")
     assert attributes(span)["http.response.status_code"] == 404
