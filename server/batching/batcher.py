@@ -8,9 +8,11 @@ gets its own slice of every output. A failing batch is re-run request by request
 input never fails its batch-mates.
 
 Callers wait either in their thread (``run``) or as an asyncio future (``run_async``, the
-grpc.aio path): a finished batch wakes each event loop once for all of its requests. Batches
-always run on the batch threads: running fast ones on the event loop instead measured 0.84-0.93x
-the requests/s on a model whose batches take over 1 ms (bench/README.md).
+event-loop transports): a finished batch wakes each event loop once for all of its requests.
+Batches run on the batch threads: running every fast one on the event loop instead measured
+0.84-0.93x the requests/s on a model whose batches take over 1 ms (bench/README.md). The one
+exception is a lone batch (below) of a signature measured fast (``inline.py``): the coroutine
+whose request closed it runs it on its own loop, through the same steps as a batch thread.
 
 Unlike TF Serving, a batch opened by a lone request (no other request to its model in flight)
 closes as soon as every request in flight to the model has joined it (``arrivals.py``): it
@@ -45,6 +47,7 @@ from pyserving.server.batching.config import (
     queue_options,
     read_batching_parameters,
 )
+from pyserving.server.batching.inline import CallTimes
 from pyserving.server.batching.padding import pad_to_common_shape, round_up
 from pyserving.server.errors import (
     ServingError,
@@ -177,8 +180,10 @@ async def _within_deadline(awaitable: Awaitable[T], context: request_context.Req
         raise _late() from None
 
 
-def _wake(tasks: Sequence[_Task]) -> None:
-    """Hand finished tasks to their callers: threads one by one, each event loop once."""
+def _wake(tasks: Sequence[_Task], here: asyncio.AbstractEventLoop | None = None) -> None:
+    """Hand finished tasks to their callers: threads one by one, each event loop once (the
+    loop ``here``, whose thread runs this, at once). A task made for neither (the one whose
+    caller ran the batch) is left to its caller."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Task]] = {}
     for task in tasks:
         if task._done is not None:
@@ -186,6 +191,9 @@ def _wake(tasks: Sequence[_Task]) -> None:
         elif task.loop is not None:
             by_loop.setdefault(task.loop, []).append(task)
     for loop, waiting in by_loop.items():
+        if loop is here:
+            _resolve(waiting)
+            continue
         with contextlib.suppress(RuntimeError):  # the loop closed: its callers are gone
             loop.call_soon_threadsafe(_resolve, waiting)
 
@@ -225,6 +233,7 @@ class _Queue:
         self.open_size = 0
         self.open_since = 0.0
         self.alone = False  # the first batch opened with nothing else in flight to the model
+        self.times = CallTimes()  # whether its lone batches run on the caller's loop
 
     def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker, now: float
                     ) -> tuple[list[_Task], bool]:
@@ -297,9 +306,14 @@ class _Queue:
             return None
         if self.open_size >= self.options.execution_batch_size:
             return 0.0
-        if self.alone and self.traffic is not None and self.traffic.all_queued():
+        if self.closes_early():
             return self.open_since
         return self.open_since + self.options.batch_timeout_micros / 1e6
+
+    def closes_early(self) -> bool:
+        """The first batch was opened by a lone request and every request in flight to the
+        model joined it: waiting cannot fill it."""
+        return self.alone and self.traffic is not None and self.traffic.all_queued()
 
     def take(self, now: float) -> list[_Task]:
         batch = self.batches.popleft()
@@ -356,22 +370,27 @@ class Batcher:
         if planned is None:
             return servable.run(feeds, fetches)
         context = request_context.current.get()
-        tasks = self._enqueue(planned, lambda part, rows: _Task(part, rows, context))
+        tasks, _ = self._enqueue(planned, lambda part, rows: _Task(part, rows, context))
         if len(tasks) == 1:
             return tasks[0].wait()
         return _joined([task.wait() for task in tasks])
 
     async def run_async(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                         fetches: Sequence[str], executor: Executor) -> list[np.ndarray]:
-        """``run`` for a coroutine: waits as a future; unbatchable calls run on ``executor``."""
+        """``run`` for a coroutine: waits as a future; unbatchable calls run on ``executor``.
+        A lone batch of a signature measured fast that this request closes runs here, on the
+        loop (``inline.py``)."""
         loop = asyncio.get_running_loop()
         planned = self._plan(servable, signature, feeds, fetches)
         if planned is None:
             return await loop.run_in_executor(executor, contextvars.copy_context().run,
                                               servable.run, feeds, fetches)
         context = request_context.current.get()
-        tasks = self._enqueue(planned,
-                              lambda part, rows: _Task(part, rows, context, loop.create_future()))
+        tasks, mine = self._enqueue(
+            planned, lambda part, rows: _Task(part, rows, context, loop.create_future()),
+            caller_may_run=True)
+        if mine is not None:
+            return self._run_here(*mine, tasks[0], loop)
         if len(tasks) == 1:
             return await tasks[0].wait_async()
         return _joined(await _within_deadline(
@@ -393,18 +412,33 @@ class Batcher:
                tuple((a.dtype.str, a.ndim if pad else a.shape[1:]) for _, a in feeds))
         return _Plan(key, options, [array for _, array in feeds], size)
 
-    def _enqueue(self, plan: _Plan, make: TaskMaker) -> list[_Task]:
+    def _enqueue(self, plan: _Plan, make: TaskMaker, caller_may_run: bool = False
+                 ) -> tuple[list[_Task], tuple[_Queue, list[_Task]] | None]:
         """Add a request to its queue as one task or more, made by ``make``, and tell the
         batch threads. Finding the queue and adding to it is one step under the lock: a queue
-        forgotten in between would hold its tasks where no batch thread looks."""
+        forgotten in between would hold its tasks where no batch thread looks. With
+        ``caller_may_run``, a lone batch of a fast signature the request closed as one task
+        is taken off its queue here, for the caller to run: (queue, batch), else None."""
         with self._lock:
             if self._stopped:  # no batch thread would look at it any more
                 raise unavailable(STOPPED)
             queue = self._queue(plan)
-            tasks, moved = queue.add_request(plan.arrays, plan.size, make, self._now())
+            now = self._now()
+            tasks, moved = queue.add_request(plan.arrays, plan.size, make, now)
+            if caller_may_run and queue.times.fast and len(tasks) == 1 \
+                    and len(queue.batches) == 1 and queue.closes_early():
+                return tasks, (queue, queue.take(now))
             if moved:  # else the batch threads' current wait still holds
                 self._lock.notify(len(tasks))
-            return tasks
+            return tasks, None
+
+    def _run_here(self, queue: _Queue, batch: list[_Task], mine: _Task,
+                  loop: asyncio.AbstractEventLoop) -> list[np.ndarray]:
+        """Run a batch taken off its queue in the caller's thread (on ``loop``), exactly as a
+        batch thread would; the caller's own task is answered by return, the others woken."""
+        mine.future = mine.loop = None
+        self._execute(queue, batch, loop)
+        return mine.result()
 
     def _look_again(self) -> None:
         """A request to a model with a born-alone batch left without joining it, and every
@@ -490,13 +524,16 @@ class Batcher:
                    if at is not None]
         return max(min(pending) - self._now(), 0.0) if pending else None
 
-    def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
+    def _execute(self, queue: _Queue, batch: list[_Task],
+                 here: asyncio.AbstractEventLoop | None = None) -> None:
+        """Run a batch taken off ``queue`` and wake its callers: on a batch thread, or on the
+        event loop ``here`` when a caller runs its lone batch itself."""
         live: list[_Task] = []
         dropped: list[_Task] = []
         for task in batch:
             task.error = task.dropped()
             (live if task.error is None else dropped).append(task)
-        _wake(dropped)
+        _wake(dropped, here)
         if not live:
             return
         started = self._now()
@@ -505,18 +542,23 @@ class Batcher:
         except ServingError as error:
             if len(live) == 1:
                 live[0].error = error
-                _wake(live)
+                _wake(live, here)
                 return
             log.info("batch of %d failed (%s); running its requests one by one", len(live), error)
             for task in live:
-                self._execute(queue, [task])
+                self._execute(queue, [task], here)
             return
         except Exception as error:  # a bug must not leave callers waiting forever
             log.exception("batch of %d failed", len(live))
             for task in live:
                 task.error = internal(f"Batch failed: {error}")
-            _wake(live)
+            _wake(live, here)
             return
+        seconds = self._now() - started
+        if here is not None:
+            queue.times.ran_inline(seconds)
+        elif len(live) == 1:
+            queue.times.ran_on_thread(seconds)
         start = 0
         for task in live:
             task.outputs = [output[start:start + task.size] for output in outputs]
@@ -526,12 +568,11 @@ class Batcher:
             for observer in self._observers:
                 observer(queue.servable.name, start, padded, waits)
         if self._run_observers:
-            run = BatchRun(queue.servable.name, start, padded, started,
-                           self._now() - started,
+            run = BatchRun(queue.servable.name, start, padded, started, seconds,
                            [(task.context, task.enqueued) for task in live])
             for run_observer in self._run_observers:
                 run_observer(run)
-        _wake(live)
+        _wake(live, here)
 
     def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[list[np.ndarray], int]:
         size = sum(task.size for task in tasks)
