@@ -45,8 +45,12 @@ def _free_port() -> int:
 
 def _serve(base_path: str, model_name: str, role: str, parameters: str, grpc_threads: int,
            conn: Any) -> None:
-    """Process entry point: a ModelServer; sends (grpc port, rest port), stops on a message."""
+    """Process entry point: a ModelServer; sends (grpc port, rest port), then answers each
+    "batches" message with the batches run since the last one as (rows, ran on the event
+    loop) pairs; stops on "stop"."""
     import logging
+    import threading
+    from collections import deque
 
     logging.disable(logging.WARNING)
     from pyserving.server import ModelServer, ServerOptions
@@ -59,14 +63,33 @@ def _serve(base_path: str, model_name: str, role: str, parameters: str, grpc_thr
     options = ServerOptions(port=0, rest_api_port=_free_port(), model_base_path=base_path,
                             model_name=model_name, **batching)
     with ModelServer(options, host="127.0.0.1") as server:
+        batches: deque[tuple[int, bool]] = deque()  # appends are atomic: no lock per batch
+        if server.batcher is not None:
+            server.batcher.add_run_observer(lambda run: batches.append(
+                (run.size, not threading.current_thread().name.startswith("batch-"))))
         conn.send((server.port, server.rest_port))
-        conn.recv()
+        while conn.recv() == "batches":
+            taken = []
+            while batches:
+                taken.append(batches.popleft())
+            conn.send(taken)
 
 
 @dataclass
 class Cell:
     rates: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    batches: list[tuple[int, bool]] = field(default_factory=list)  # (rows, on the loop)
+
+    def batch_shape(self) -> str:
+        """Rows per batch, the share of one-row batches and of batches run on the loop."""
+        if not self.batches:
+            return ""
+        count = len(self.batches)
+        rows = sum(size for size, _ in self.batches) / count
+        ones = sum(1 for size, _ in self.batches if size == 1) / count
+        inline = sum(1 for _, on_loop in self.batches if on_loop) / count
+        return f"{rows:4.1f} rows/batch, {ones:4.0%} of 1 row, {inline:4.0%} on the loop"
 
     def rate(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
@@ -155,10 +178,15 @@ def measure_model(name: str, workdir: Path, args: argparse.Namespace) -> dict[tu
                             if transport == "grpc" else \
                             _rest_load(rest_port, body, workload.model_name, clients,
                                        args.seconds)
+                        conn = conns[SERVERS.index(role)]
+                        conn.send("batches")
+                        conn.recv()  # the warm-up's and earlier cells' batches
                         done, latencies = asyncio.run(load)
+                        conn.send("batches")
                         cell = cells.setdefault((transport, clients, role), Cell())
                         cell.rates.append(done / args.seconds)
                         cell.latencies.extend(latencies)
+                        cell.batches.extend(conn.recv())
     finally:
         for conn in conns:
             conn.send("stop")
@@ -177,6 +205,10 @@ def report(name: str, cells: dict[tuple, Cell], args: argparse.Namespace) -> Non
                 row += (f"{cell.rate():9.0f} req/s p50 {cell.percentile(0.5) * 1e3:5.2f} "
                         f"p99 {cell.percentile(0.99) * 1e3:5.2f}")[:26].rjust(26)
             print(f"{transport:9} {clients:>3} {row}")
+            for role in SERVERS[1:]:
+                shape = cells[(transport, clients, role)].batch_shape()
+                if shape:
+                    print(f"{'':13} {role:>11}: {shape}")
     for transport in args.transports:
         def ratio(clients: int, role: str, against: str, transport: str = transport) -> float:
             base = cells[(transport, clients, against)].rate()

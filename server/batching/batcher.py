@@ -234,6 +234,7 @@ class _Queue:
         self.open_since = 0.0
         self.alone = False  # the first batch opened with nothing else in flight to the model
         self.times = CallTimes()  # whether its lone batches run on the caller's loop
+        self.reserved = False  # a caller will take its lone batch: not for the batch threads
 
     def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker, now: float
                     ) -> tuple[list[_Task], bool]:
@@ -306,9 +307,14 @@ class _Queue:
             return None
         if self.open_size >= self.options.execution_batch_size:
             return 0.0
+        timeout = self.open_since + self.options.batch_timeout_micros / 1e6
         if self.closes_early():
-            return self.open_since
-        return self.open_since + self.options.batch_timeout_micros / 1e6
+            return timeout if self.reserved else self.open_since
+        return timeout
+
+    def lone_ready(self) -> bool:
+        """The first batch is the only one and closes early (``closes_early``)."""
+        return len(self.batches) == 1 and self.closes_early()
 
     def closes_early(self) -> bool:
         """The first batch was opened by a lone request and every request in flight to the
@@ -318,6 +324,7 @@ class _Queue:
     def take(self, now: float) -> list[_Task]:
         batch = self.batches.popleft()
         self._set_alone(False)
+        self.reserved = False
         if self.traffic is not None:
             self.traffic.taken(len(batch), now)
         if not self.batches:
@@ -379,18 +386,21 @@ class Batcher:
                         fetches: Sequence[str], executor: Executor) -> list[np.ndarray]:
         """``run`` for a coroutine: waits as a future; unbatchable calls run on ``executor``.
         A lone batch of a signature measured fast that this request closes runs here, on the
-        loop (``inline.py``)."""
+        loop (``inline.py``), after one turn of the loop: requests the transport already
+        holds get in, and join it or show that the model is under load."""
         loop = asyncio.get_running_loop()
         planned = self._plan(servable, signature, feeds, fetches)
         if planned is None:
             return await loop.run_in_executor(executor, contextvars.copy_context().run,
                                               servable.run, feeds, fetches)
         context = request_context.current.get()
-        tasks, mine = self._enqueue(
+        tasks, queue = self._enqueue(
             planned, lambda part, rows: _Task(part, rows, context, loop.create_future()),
             caller_may_run=True)
-        if mine is not None:
-            return self._run_here(*mine, tasks[0], loop)
+        if queue is not None:
+            batch = await self._take_lone(queue, tasks[0])
+            if batch is not None:
+                return self._run_here(queue, batch, tasks[0], loop)
         if len(tasks) == 1:
             return await tasks[0].wait_async()
         return _joined(await _within_deadline(
@@ -413,24 +423,50 @@ class Batcher:
         return _Plan(key, options, [array for _, array in feeds], size)
 
     def _enqueue(self, plan: _Plan, make: TaskMaker, caller_may_run: bool = False
-                 ) -> tuple[list[_Task], tuple[_Queue, list[_Task]] | None]:
+                 ) -> tuple[list[_Task], _Queue | None]:
         """Add a request to its queue as one task or more, made by ``make``, and tell the
         batch threads. Finding the queue and adding to it is one step under the lock: a queue
         forgotten in between would hold its tasks where no batch thread looks. With
-        ``caller_may_run``, a lone batch of a fast signature the request closed as one task
-        is taken off its queue here, for the caller to run: (queue, batch), else None."""
+        ``caller_may_run``, when the request closed a lone batch of a fast signature as one
+        task, the batch threads are not told, and its queue is returned for the caller to
+        ``_take_lone`` (else None)."""
         with self._lock:
             if self._stopped:  # no batch thread would look at it any more
                 raise unavailable(STOPPED)
             queue = self._queue(plan)
-            now = self._now()
-            tasks, moved = queue.add_request(plan.arrays, plan.size, make, now)
+            tasks, moved = queue.add_request(plan.arrays, plan.size, make, self._now())
             if caller_may_run and queue.times.fast and len(tasks) == 1 \
-                    and len(queue.batches) == 1 and queue.closes_early():
-                return tasks, (queue, queue.take(now))
+                    and queue.lone_ready():
+                queue.reserved = True
+                return tasks, queue
             if moved:  # else the batch threads' current wait still holds
                 self._lock.notify(len(tasks))
             return tasks, None
+
+    async def _take_lone(self, queue: _Queue, mine: _Task) -> list[_Task] | None:
+        """After one turn of the event loop, the lone batch holding ``mine`` taken off its
+        queue for the caller to run, if it still closes early and no one took it; else None
+        and the batch threads are told (it waits as any batch, or ran already). The turn is
+        what tells one client from many: on a loop that runs every batch inline a request
+        is never in flight beside another one, so the requests waiting in the transport
+        would otherwise never be counted."""
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            mine.awaitable().cancel()  # dropped from its batch
+            self._release(queue)
+            raise
+        with self._lock:
+            if queue.lone_ready() and mine in queue.batches[0] and not self._stopped:
+                return queue.take(self._now())
+        self._release(queue)
+        return None
+
+    def _release(self, queue: _Queue) -> None:
+        """Leave a reserved lone batch to the batch threads."""
+        with self._lock:
+            queue.reserved = False
+            self._lock.notify()
 
     def _run_here(self, queue: _Queue, batch: list[_Task], mine: _Task,
                   loop: asyncio.AbstractEventLoop) -> list[np.ndarray]:
@@ -604,6 +640,10 @@ class Batcher:
                     "Batched output tensor's 0th dimension does not equal the sum of the 0th "
                     "dimension sizes of the input tensors")
         return outputs, padded
+
+    def add_run_observer(self, observer: BatchRunObserver) -> None:
+        """Tell ``observer`` of each batch that runs from now on (benches, embedders)."""
+        self._run_observers = [*self._run_observers, observer]
 
     def queue_depths(self) -> dict[str, int]:
         """Tasks (requests, or their parts when split) waiting in each model's queues."""

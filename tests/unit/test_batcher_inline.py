@@ -133,6 +133,44 @@ def test_a_fast_signature_s_lone_batch_runs_on_the_loop_once_measured(batcher, c
     assert clock.now() == START
 
 
+def test_a_request_the_loop_already_holds_joins_the_lone_batch(batcher, clock, observed):
+    model = ThreadNotingModel(clock)
+    servable = servable_of(batcher, model)
+    one_after_another(batcher, servable, INLINE_AFTER)
+
+    async def two_at_once() -> list[list[float]]:  # as two requests a transport read at once
+        return list(await asyncio.gather(lone(batcher, servable, [1.0]),
+                                         lone(batcher, servable, [2.0])))
+
+    assert asyncio.run(two_at_once()) == [[2.0], [4.0]]
+    assert model.calls[-1] == [1.0, 2.0]  # the second joined during the first's turn
+    assert model.threads[-1] == threading.get_ident()
+    assert observed.batches[-1] == ("model", 2, 2, [0.0, 0.0])
+    traffic = batcher.traffic.of("model")
+    assert traffic.peak == 2  # seen as load: the next batches wait as in TF Serving
+    assert (len(traffic.requests), traffic.queued, traffic.lone) == (0, 0, 0)
+    assert not traffic.alone()
+
+
+def test_a_lone_request_cancelled_during_its_turn_is_dropped(batcher, clock):
+    model = ThreadNotingModel(clock)
+    servable = servable_of(batcher, model)
+    one_after_another(batcher, servable, INLINE_AFTER)
+
+    async def cancelled() -> None:
+        call = asyncio.ensure_future(lone(batcher, servable, [1.0]))
+        await asyncio.sleep(0)  # it queued and is taking its turn
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(cancelled())
+    traffic = batcher.traffic.of("model")
+    wait_until(lambda: traffic.queued == 0, "the cancelled request to leave its queue")
+    assert len(model.calls) == INLINE_AFTER  # never run
+    assert one_after_another(batcher, servable, 1) == [[0.0]]
+
+
 def test_a_slow_signature_s_lone_batch_stays_on_the_batch_thread(batcher, clock):
     model = ThreadNotingModel(clock, seconds=2 * INLINE_MAX_SECONDS)
     servable = servable_of(batcher, model)
