@@ -641,6 +641,12 @@ class Batcher:
                     "dimension sizes of the input tensors")
         return outputs, padded
 
+    def runs_lone_batches_inline(self, model: str) -> bool:
+        """Whether some signature of ``model`` runs its lone batches on the caller's loop."""
+        with self._lock:
+            return any(queue.times.fast for queue in self._queue_list
+                       if queue.servable.name == model)
+
     def add_run_observer(self, observer: BatchRunObserver) -> None:
         """Tell ``observer`` of each batch that runs from now on (benches, embedders)."""
         self._run_observers = [*self._run_observers, observer]
