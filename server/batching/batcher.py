@@ -248,7 +248,7 @@ class _Queue:
             task = make([array[start:start + part] for array in arrays] if len(sizes) > 1
                         else arrays, part)
             task.enqueued = now
-            self._add(task)
+            self._add(task, now)
             tasks.append(task)
             start += part
         return tasks, self.ready_at() != before
@@ -278,7 +278,7 @@ class _Queue:
         sizes += [limit] * (left // limit) + ([left % limit] if left % limit else [])
         return sizes
 
-    def _add(self, task: _Task) -> None:
+    def _add(self, task: _Task, now: float) -> None:
         if self.open_size + task.size > self.options.execution_batch_size:
             self.batches.append([])
             self.open_size = 0
@@ -286,7 +286,7 @@ class _Queue:
         if not self.batches[-1]:
             self.open_since = task.enqueued
             if self.traffic is not None and len(self.batches) == 1:
-                self._set_alone(self.traffic.alone())
+                self._set_alone(self.traffic.alone(now))
         self.batches[-1].append(task)
         self.open_size += task.size
         if self.traffic is not None:
@@ -326,7 +326,7 @@ class _Queue:
         self._set_alone(False)
         self.reserved = False
         if self.traffic is not None:
-            self.traffic.taken(len(batch), now)
+            self.traffic.taken(len(batch))
         if not self.batches:
             self.batches.append([])
             self.open_size = 0
@@ -354,7 +354,8 @@ class Batcher:
         self.options = options
         self._clock = clock
         self._now = clock.now
-        self.traffic = None if wait_for_full_batch else arrivals.Traffic(self._look_again)
+        self.traffic = None if wait_for_full_batch else \
+            arrivals.Traffic(self._look_again, self._now)
         self._observers = list(observers)
         self._run_observers = list(run_observers)
         self._per_model = per_model_parameters

@@ -147,9 +147,9 @@ def test_a_request_the_loop_already_holds_joins_the_lone_batch(batcher, clock, o
     assert model.threads[-1] == threading.get_ident()
     assert observed.batches[-1] == ("model", 2, 2, [0.0, 0.0])
     traffic = batcher.traffic.of("model")
-    assert traffic.peak == 2  # seen as load: the next batches wait as in TF Serving
+    assert traffic.busy_at == START  # seen as load: the next batches wait as in TF Serving
     assert (len(traffic.requests), traffic.queued, traffic.lone) == (0, 0, 0)
-    assert not traffic.alone()
+    assert not traffic.alone(clock.now())
 
 
 def test_a_lone_request_cancelled_during_its_turn_is_dropped(batcher, clock):
