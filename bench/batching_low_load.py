@@ -45,8 +45,13 @@ def _free_port() -> int:
 
 def _serve(base_path: str, model_name: str, role: str, parameters: str, grpc_threads: int,
            conn: Any) -> None:
-    """Process entry point: a ModelServer; sends (grpc port, rest port), stops on a message."""
+    """Process entry point: a ModelServer; sends (grpc port, rest port), then answers each
+    "batches" message with the batches run since the last one as (rows, ran on the event
+    loop) pairs and the process's CPU seconds so far; stops on "stop"."""
     import logging
+    import resource
+    import threading
+    from collections import deque
 
     logging.disable(logging.WARNING)
     from pyserving.server import ModelServer, ServerOptions
@@ -59,14 +64,39 @@ def _serve(base_path: str, model_name: str, role: str, parameters: str, grpc_thr
     options = ServerOptions(port=0, rest_api_port=_free_port(), model_base_path=base_path,
                             model_name=model_name, **batching)
     with ModelServer(options, host="127.0.0.1") as server:
+        batches: deque[tuple[int, bool]] = deque()  # appends are atomic: no lock per batch
+        if server.batcher is not None:
+            server.batcher.add_run_observer(lambda run: batches.append(
+                (run.size, not threading.current_thread().name.startswith("batch-"))))
         conn.send((server.port, server.rest_port))
-        conn.recv()
+        while conn.recv() == "batches":
+            taken = []
+            while batches:
+                taken.append(batches.popleft())
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            conn.send((taken, usage.ru_utime + usage.ru_stime))
 
 
 @dataclass
 class Cell:
     rates: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    batches: list[tuple[int, bool]] = field(default_factory=list)  # (rows, on the loop)
+    cpu_seconds: float = 0.0  # the server process's, over its rounds
+    requests: int = 0
+
+    def cpu_per_request(self) -> float:
+        return self.cpu_seconds / self.requests if self.requests else float("nan")
+
+    def batch_shape(self) -> str:
+        """Rows per batch, the share of one-row batches and of batches run on the loop."""
+        if not self.batches:
+            return ""
+        count = len(self.batches)
+        rows = sum(size for size, _ in self.batches) / count
+        ones = sum(1 for size, _ in self.batches if size == 1) / count
+        inline = sum(1 for _, on_loop in self.batches if on_loop) / count
+        return f"{rows:4.1f} rows/batch, {ones:4.0%} of 1 row, {inline:4.0%} on the loop"
 
     def rate(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
@@ -155,10 +185,20 @@ def measure_model(name: str, workdir: Path, args: argparse.Namespace) -> dict[tu
                             if transport == "grpc" else \
                             _rest_load(rest_port, body, workload.model_name, clients,
                                        args.seconds)
+                        conn = conns[SERVERS.index(role)]
+                        conn.send("batches")
+                        _, cpu_before = conn.recv()  # drops earlier cells' batches
                         done, latencies = asyncio.run(load)
+                        conn.send("batches")
                         cell = cells.setdefault((transport, clients, role), Cell())
                         cell.rates.append(done / args.seconds)
                         cell.latencies.extend(latencies)
+                        batches, cpu_after = conn.recv()
+                        cell.batches.extend(batches)
+                        # the warm-up's requests are not counted but used CPU: an estimate
+                        cell.cpu_seconds += (cpu_after - cpu_before) * args.seconds / (
+                            args.seconds + min(0.2, args.seconds / 4))
+                        cell.requests += done
     finally:
         for conn in conns:
             conn.send("stop")
@@ -177,6 +217,10 @@ def report(name: str, cells: dict[tuple, Cell], args: argparse.Namespace) -> Non
                 row += (f"{cell.rate():9.0f} req/s p50 {cell.percentile(0.5) * 1e3:5.2f} "
                         f"p99 {cell.percentile(0.99) * 1e3:5.2f}")[:26].rjust(26)
             print(f"{transport:9} {clients:>3} {row}")
+            for role in SERVERS:
+                cell = cells[(transport, clients, role)]
+                print(f"{'':13} {role:>11}: {cell.cpu_per_request() * 1e6:5.0f} us server CPU "
+                      f"per request{'; ' if cell.batches else ''}{cell.batch_shape()}")
     for transport in args.transports:
         def ratio(clients: int, role: str, against: str, transport: str = transport) -> float:
             base = cells[(transport, clients, against)].rate()
@@ -189,8 +233,11 @@ def report(name: str, cells: dict[tuple, Cell], args: argparse.Namespace) -> Non
                   f"{was:.2f}x) {'PASS' if value >= 0.9 else 'MISS'} (>= 0.9)")
         for clients in (n for n in args.concurrency if n > 1):
             value = ratio(clients, "batched", "always-wait")
+            cpu = cells[(transport, clients, "batched")].cpu_per_request() \
+                / cells[(transport, clients, "always-wait")].cpu_per_request()
             print(f"{name} {transport} @{clients}: batched/always-wait {value:.3f}x "
-                  f"{'PASS' if value >= 0.98 else 'MISS'} (>= 0.98)")
+                  f"{'PASS' if value >= 0.98 else 'MISS'} (>= 0.98); server CPU per request "
+                  f"{cpu:.3f}x")
         if 32 in args.concurrency:
             p99 = cells[(transport, 32, "batched")].percentile(0.99)
             before = cells[(transport, 32, "always-wait")].percentile(0.99)

@@ -12,12 +12,13 @@ pre-serialised Predict; aiohttp clients for REST).
 Workloads (32 clients unless ``--concurrency``): the tiny model (half_plus_two) and an MLP of 4
 Dense layers of 1024, each unbatched (server defaults) and batched (``--enable_batching`` with
 bench/workloads.py's DEFAULT_BATCHING), gRPC Predict; REST TF Serving JSON, 1 row, on the
-unbatched tiny server; and a bare grpc.aio echo server on the same stubs (the transport's
-floor). The servers of one workload run at once and are measured ABAB-interleaved (the order
-rotated every round); the table shows medians over rounds. The TF call's own CPU per request
-(``Servable.run`` on one row, back to back, in this process) is measured in the same run, and
-with it the ceiling of the unbatched tiny model: a request cannot cost the server less than
-the echo server's CPU plus the TF call's.
+unbatched tiny server; and, per workload, a bare grpc.aio echo server on the same stubs
+answering that workload's request (the transport's floor). The servers of one workload run at
+once and are measured ABAB-interleaved (the order rotated every round); the table shows
+medians over rounds. TensorFlow's own CPU per row (``Servable.run`` back to back in this
+process: one row for an unbatched row of the table, a full batch for a batched one) is
+measured in the same run, and with it each row's ceiling: a request cannot cost less than the
+echo server's request plus its row's TensorFlow CPU, in series.
 """
 
 from __future__ import annotations
@@ -252,13 +253,15 @@ def rest_cell(conn: Any, server: Server, body: bytes, args: Any) -> harness.Cell
     return harness.to_cell(result, args.seconds)
 
 
-def tf_cpu_us(model: workloads.InProcessModel, seconds: float) -> float:
-    """Process CPU per back-to-back Servable.run on one row (fastest of 3 blocks)."""
+def tf_cpu_us(model: workloads.InProcessModel, seconds: float, rows: int = 1) -> float:
+    """Process CPU per row of back-to-back Servable.run calls on ``rows`` rows (fastest of 3
+    blocks): one row for an unbatched server, a full batch for a batched one."""
     import numpy as np
 
     with model.servable() as servable:
         signature = servable.signatures["serving_default"]
-        feeds = [(signature.inputs["x"].name, np.asarray(model.workload.row))]
+        batch = np.repeat(np.asarray(model.workload.row), rows, axis=0)
+        feeds = [(signature.inputs["x"].name, batch)]
         fetches = [signature.outputs["y"].name]
         for _ in range(20):
             servable.run(feeds, fetches)
@@ -268,7 +271,7 @@ def tf_cpu_us(model: workloads.InProcessModel, seconds: float) -> float:
             while time.perf_counter() - wall0 < seconds / 3:
                 servable.run(feeds, fetches)
                 calls += 1
-            best = min(best, (time.process_time() - cpu0) / calls * 1e6)
+            best = min(best, (time.process_time() - cpu0) / calls / rows * 1e6)
     return best
 
 
@@ -290,6 +293,8 @@ def main() -> None:
                         "tiny-batched, mlp, mlp-batched) and profile it with py-spy: a "
                         "flamegraph SVG (--profile-out) and the top frames")
     parser.add_argument("--profile-out", default="profile.svg")
+    parser.add_argument("--native", action="store_true",
+                        help="with --profile: sample native frames too (gRPC's Cython, TF)")
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(),
                                                         "pyserving-compare-ref"))
     args = parser.parse_args()
@@ -325,8 +330,8 @@ def select_configs(text: str) -> list[Config]:
 @dataclass
 class Table:
     rows: dict[str, dict[str, Samples]] = field(default_factory=dict)  # row -> variant -> cells
-    tf_cpu_us: dict[str, float] = field(default_factory=dict)  # workload -> TF call CPU
-    echo: Samples = field(default_factory=Samples)
+    tf_cpu_us: dict[str, float] = field(default_factory=dict)  # row -> TF CPU per row
+    echo: dict[str, Samples] = field(default_factory=dict)  # workload -> echo server cells
 
 
 def run(args: Any, variants: dict[str, Path], configs: list[Config], scratch: Path,
@@ -341,7 +346,10 @@ def run(args: Any, variants: dict[str, Path], configs: list[Config], scratch: Pa
             workload = workloads.prepare(workload_name, scratch / "models")
             model = workloads.InProcessModel(workload, inter_op=0)
             reference = model.reference()
-            table.tf_cpu_us[workload_name] = tf_cpu_us(model, 1.5)
+            for config in (c for c in configs if c.workload == workload_name):
+                rows = workloads.DEFAULT_BATCHING[workload_name].max_batch_size \
+                    if config.batched else 1
+                table.tf_cpu_us[config.name] = tf_cpu_us(model, 1.5, rows)
             model.stop()
             check = workloads.response_checker(reference)
             for config in (c for c in configs if c.workload == workload_name):
@@ -361,11 +369,12 @@ def measure_config(args: Any, variants: dict[str, Path], config: Config,
     running = [start_server(f"{label} {config.name}", path, config, workload, scratch)
                for label, path in variants.items()]
     echo = None
-    if config.workload == "tiny" and not config.batched:
+    if config.workload not in table.echo:  # the transport's floor for this workload's request
         spec = servers.ServerSpec("echo-aio", workload.base_path, workload.model_name, 8, 0,
                                   reference.canned_response, str(scratch / "echo.log"))
         echo = harness.start_servers(multiprocessing.get_context("spawn"), [("echo", spec)])[0]
     rows = table.rows.setdefault(config.name, {label: Samples() for label in variants})
+    echo_cells = table.echo.setdefault(config.workload, Samples()) if echo is not None else None
     rest_rows = table.rows.setdefault(REST_ROW, {label: Samples() for label in variants}) \
         if config.rest else None
     labels = list(variants)
@@ -376,8 +385,8 @@ def measure_config(args: Any, variants: dict[str, Path], config: Config,
             order = running[shift:] + running[:shift]
             for label, server in ((labels[running.index(s)], s) for s in order):
                 rows[label].add(grpc_cell(load_conns, server, workload.request, args, check))
-                if echo is not None and server is order[0]:
-                    table.echo.add(harness.measure_cell(echo, load_conns, workload.request,
+                if echo is not None and echo_cells is not None and server is order[0]:
+                    echo_cells.add(harness.measure_cell(echo, load_conns, workload.request,
                                                         args.concurrency, args.seconds,
                                                         args.warmup, check))
                 if rest_rows is not None:
@@ -410,7 +419,9 @@ def profile(args: Any, config: Config, import_path: Path) -> None:
             for output, fmt in ((args.profile_out, "flamegraph"), (str(raw), "raw")):
                 spy = subprocess.Popen([py_spy, "record", "--pid", str(server.process.pid),
                                         "--duration", str(int(seconds)), "--rate", "250",
-                                        "--nonblocking", "--format", fmt, "--output", output],
+                                        "--format", fmt, "--output", output,
+                                        # native stacks need the process stopped to read
+                                        *(["--native"] if args.native else ["--nonblocking"])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 window = argparse.Namespace(**{**vars(args), "seconds": seconds - 0.5,
                                                "warmup": 0.3})
@@ -458,12 +469,12 @@ def print_table(args: Any, refs: list[str], table: Table, elapsed: float) -> Non
     head = "| workload | " + " | ".join(f"{c} req/s" for c in columns)
     head += " | " + " | ".join(f"{TREE}/{r}" for r in refs)
     head += " | " + " | ".join(f"p99 ms {c}" for c in columns)
-    head += f" | srv CPU us/req {TREE} | TF CPU us/req | {TREE}/echo |"
+    head += f" | srv CPU us/req {TREE} | TF CPU us/row | {TREE}/echo |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    echo_rps = table.echo.median("rps")
-    if table.echo.rps:
-        print(f"| bare grpc.aio echo | {echo_rps:,.0f} |" + " |" * (head.count("|") - 3))
+    for workload, echo in table.echo.items():
+        print(f"| bare grpc.aio echo ({workload} request) | {echo.median('rps'):,.0f} |"
+              + " |" * (head.count("|") - 3))
     for row, cells in table.rows.items():
         rps = {c: cells[c].median("rps") for c in columns}
         line = f"| {row} | " + " | ".join(f"{rps[c]:,.0f}" for c in columns)
@@ -471,33 +482,39 @@ def print_table(args: Any, refs: list[str], table: Table, elapsed: float) -> Non
         line += " | " + " | ".join(f"{cells[c].median('p99'):.1f}" for c in columns)
         line += f" | {cells[TREE].median('cpu_us'):.0f}"
         workload = "mlp" if row.startswith("MLP") else "tiny"
-        tf_cpu = table.tf_cpu_us.get(workload)
-        unbatched = "unbatched" in row
-        line += f" | {tf_cpu:.0f}" if tf_cpu and unbatched else " | "
-        line += f" | {rps[TREE] / echo_rps:.2f}x |" if table.echo.rps and row.startswith(
-            "tiny") else " | |"
+        tf_cpu = table.tf_cpu_us.get(row)
+        line += f" | {tf_cpu:.0f}" if tf_cpu else " | "
+        echo = table.echo.get(workload)
+        line += f" | {rps[TREE] / echo.median('rps'):.2f}x |" \
+            if echo is not None and row != REST_ROW else " | |"
         print(line)
         errors = {c: cells[c].errors for c in columns if cells[c].errors}
         if errors:
             print(f"  errors in {row}: {errors}")
-    print_ceiling(table, echo_rps)
+    print_ceilings(table)
     print(f"(total run time {elapsed:.0f} s)")
 
 
-def print_ceiling(table: Table, echo_rps: float) -> None:
-    """The unbatched tiny model cannot beat one echo request plus one TF call of CPU."""
-    tf_cpu = table.tf_cpu_us.get("tiny")
-    cells = table.rows.get(CONFIGS[0].name)
-    if not (tf_cpu and table.echo.rps and cells):
-        return
-    echo_cpu = table.echo.median("cpu_us")
-    ceiling = 1e6 / (1e6 / echo_rps + tf_cpu)
-    tree = cells[TREE].median("rps")
-    print(f"\nCeiling, tiny unbatched: echo {echo_rps:,.0f} req/s ({echo_cpu:.0f} us of server "
-          f"CPU per request)\n  + the TF call's {tf_cpu:.0f} us CPU in series -> "
-          f"1 / (1/{echo_rps:,.0f} + {tf_cpu:.0f} us) = {ceiling:,.0f} req/s;\n"
-          f"  {TREE} reaches {tree:,.0f} = {tree / ceiling:.2f} of it "
-          f"({tree / echo_rps:.2f}x echo)")
+def print_ceilings(table: Table) -> None:
+    """A request cannot cost less than the echo server's request of the same workload plus
+    its row's share of TensorFlow's CPU (one row alone unbatched, a full batch's per-row cost
+    batched), in series: 1 / (1/echo + TF per row)."""
+    lines = []
+    for config in CONFIGS:
+        echo, tf_cpu = table.echo.get(config.workload), table.tf_cpu_us.get(config.name)
+        cells = table.rows.get(config.name)
+        if echo is None or not tf_cpu or cells is None:
+            continue
+        echo_rps = echo.median("rps")
+        ceiling = 1e6 / (1e6 / echo_rps + tf_cpu)
+        tree = cells[TREE].median("rps")
+        lines.append(f"  {config.name}: 1 / (1/{echo_rps:,.0f} + {tf_cpu:.0f} us) = "
+                     f"{ceiling:,.0f} req/s; {TREE} reaches {tree:,.0f} = {tree / ceiling:.2f} "
+                     f"of it ({tree / echo_rps:.2f}x echo; echo {echo.median('cpu_us'):.0f} us "
+                     "of server CPU per request)")
+    if lines:
+        print("\nCeilings (echo of the workload's request + TF CPU per row, in series):")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

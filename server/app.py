@@ -250,7 +250,7 @@ class ModelServer:
         add_services(server, self.core, prediction)
         if self.v2 is not None:
             add_service(server, GRPCInferenceService(
-                self.v2, server_metadata(), run, self.metrics))
+                self.v2, server_metadata(), run, self.metrics, self.tracing, self._on_encode))
         self.health.serve_on(server, v2=self.v2 is not None)
         # --port=0 disables TCP when a socket path is given (as in TF Serving); alone, it
         # binds a free port, which embedding applications and tests read from .port.
@@ -288,7 +288,8 @@ class ModelServer:
                 status=self.status.document, tracing=self.tracing,
                 on_encode=self._on_encode, runner_for=self._async_runner,
                 v2=functools.partial(V2RestHandler, self.v2, server_metadata(),
-                                     metrics=self.metrics) if self.v2 is not None else None
+                                     metrics=self.metrics, on_encode=self._on_encode)
+                if self.v2 is not None else None
             ).start()
         except ServingError as error:
             log.error("%s", error.message)

@@ -34,15 +34,15 @@ def status_message(message: str) -> str:
 AnyContext = Union[grpc.ServicerContext, "grpc.aio.ServicerContext[Any, Any]"]
 
 
-def _request_context(context: AnyContext, tracing: Tracing | None, method: str,
-                     request: Any) -> RequestContext:
+def _request_context(context: AnyContext, tracing: Tracing | None, service: str,
+                     method: str, request: Any, model: str | None) -> RequestContext:
     remaining = context.time_remaining()
     deadline = None if remaining is None else time.monotonic() + remaining
     header = functools.partial(_metadata_value, context)
     rid = request_id(header)
     context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
     trace = None if tracing is None else \
-        tracing.start_grpc(PREDICTION_SERVICE, method, request, header, rid)
+        tracing.start_grpc(service, method, request, header, rid, model)
     # grpc.aio's contexts cannot tell whether the caller left (a coroutine is cancelled).
     is_active = getattr(context, "is_active", None)
     return RequestContext(deadline, is_active, header, rid, trace) if is_active else \
@@ -62,7 +62,8 @@ class Rpc:
     request context (deadline, liveness), counts the request and its latency when ``api`` is
     given (TF Serving's request_count / request_latency), and catches the ServingError it
     ends with into ``status`` / ``details`` for ``context.abort``. Every RPC gets a request
-    ID (x-request-id, returned in the trailing metadata); with ``tracing`` it is a span."""
+    ID (x-request-id, returned in the trailing metadata); with ``tracing`` it is a span named
+    ``{service}/{api}``."""
 
     __slots__ = (
         "_api",
@@ -70,7 +71,9 @@ class Rpc:
         "_in_flight",
         "_metrics",
         "_model",
+        "_model_name",
         "_request",
+        "_service",
         "_started",
         "_token",
         "_trace",
@@ -81,12 +84,15 @@ class Rpc:
 
     def __init__(self, context: AnyContext, request: Any,
                  metrics: ServerMetrics | None = None, api: str = "",
-                 tracing: Tracing | None = None, model: str | None = None) -> None:
+                 tracing: Tracing | None = None, model: str | None = None,
+                 service: str = PREDICTION_SERVICE) -> None:
         self._context = context
         self._metrics = metrics if api else None
         self._api = api
         self._request = request
         self._tracing = tracing
+        self._service = service
+        self._model_name = model
         # ``model``: the model's name for a request without a model_spec (V2's)
         self._model = "" if self._metrics is None else \
             request.model_spec.name if model is None else model
@@ -94,7 +100,8 @@ class Rpc:
         self.details = ""
 
     def __enter__(self) -> Rpc:
-        context = _request_context(self._context, self._tracing, self._api, self._request)
+        context = _request_context(self._context, self._tracing, self._service, self._api,
+                                   self._request, self._model_name)
         self._trace = context.trace
         self._token = request_context.current.set(context)
         if self._metrics is not None:

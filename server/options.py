@@ -81,7 +81,9 @@ class ServerOptions:
                                                     "every session.")
     tensorflow_intra_op_parallelism: int = _flag(0, "Threads used to parallelise one op "
                                                     "(0 = auto).")
-    tensorflow_inter_op_parallelism: int = _flag(0, "Ops that may run at once (0 = auto).")
+    tensorflow_inter_op_parallelism: int = _flag(
+        0, "Ops that may run at once (0 = auto: TensorFlow's pool, and a short graph measured "
+           "faster in the calling thread runs there; -1 = every graph in the calling thread).")
     use_alts_credentials: bool = _flag(False, "Use Google ALTS credentials.")
     ssl_config_file: str = _flag("", "Text-format SSLConfig (PEM server_key, server_cert, "
                                      "custom_ca; client_verify): serve gRPC over TLS, or mutual "

@@ -27,6 +27,7 @@ from pyserving.server.apis import config_pb2, meta_graph_pb2
 from pyserving.server.errors import ServingError, from_tensorflow, internal, not_found
 from pyserving.server.op_libraries import with_op_hint
 from pyserving.server.rollout.verdict import model_failure
+from pyserving.server.run_mode import RunModes
 from pyserving.server.servable import Servable, SignatureDef
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,11 @@ class SavedModel:
     """A loaded MetaGraphDef: its session runs signatures' tensors; thread-safe."""
 
     def __init__(self, graph: tf.Graph, session: tf.compat.v1.Session,
-                 meta_graph: meta_graph_pb2.MetaGraphDef) -> None:
+                 meta_graph: meta_graph_pb2.MetaGraphDef,
+                 run_modes: RunModes | None = None) -> None:
         self.meta_graph = meta_graph
+        # None: the operator sized the inter-op pool (or chose -1): TensorFlow's own mode
+        self.run_modes = run_modes
         self.signatures: dict[str, SignatureDef] = dict(meta_graph.signature_def)
         self._graph = graph
         self._session = session
@@ -69,7 +73,27 @@ class SavedModel:
         caller went away is not run at all."""
         feed_dict = {self._endpoint(name): value for name, value in feeds}
         fetch_list = [self._endpoint(name) for name in fetches]
-        options = run_options_for(request_context.current.get())
+        modes = self.run_modes
+        if modes is None:
+            return self._run(feed_dict, fetch_list, False)
+        key = tuple(fetches)
+        in_caller = modes.chosen(key)
+        if in_caller is False:
+            return self._run(feed_dict, fetch_list, False)
+        measured = in_caller is None
+        if measured:
+            in_caller = modes.next_mode(key)
+        started = modes.clock()
+        outputs = self._run(feed_dict, fetch_list, bool(in_caller))
+        if measured:
+            modes.record(key, bool(in_caller), modes.clock() - started)
+        else:
+            modes.took(key, modes.clock() - started)
+        return outputs
+
+    def _run(self, feed_dict: dict[object, np.ndarray], fetch_list: list[object],
+             in_caller: bool) -> list[np.ndarray]:
+        options = run_options_for(request_context.current.get(), in_caller)
         try:
             # Session.run's Python layer rejects feeds whose shape differs from the
             # placeholder's; TF Serving does not check shapes, so go to TF_SessionRun directly.
@@ -77,7 +101,7 @@ class SavedModel:
         except tf.errors.OpError as error:
             raise model_failure(from_tensorflow(error)) from None
         finally:
-            if options is not None:
+            if options is not None and options is not _IN_CALLER:
                 pywrap_tf_session.TF_DeleteBuffer(options)
 
     def close(self) -> None:
@@ -91,12 +115,20 @@ CALLER_GONE = "Request cancelled before the TensorFlow run started"
 _MAX_TIMEOUT_MS = 2**31 - 1  # TF Serving's DeadlineToTimeoutMillis saturates at INT_MAX
 
 
-def run_options_for(context: request_context.RequestContext) -> object | None:
+# RunOptions running the graph in the calling thread (run_mode.py), shared by every call
+# without a deadline: TensorFlow only reads it.
+_IN_CALLER = pywrap_tf_session.TF_NewBufferFromString(
+    config_pb2.RunOptions(inter_op_thread_pool=-1).SerializeToString())
+
+
+def run_options_for(context: request_context.RequestContext,
+                    in_caller: bool = False) -> object | None:
     """A TF_Buffer of RunOptions bounding the run by the request's deadline (the caller
-    deletes it), None without a deadline; raises when the request should not run at all."""
+    deletes it unless it is ``_IN_CALLER``), in the calling thread when ``in_caller``; None
+    for TensorFlow's defaults; raises when the request should not run at all."""
     if context.deadline is None:
         if context.is_active():
-            return None
+            return _IN_CALLER if in_caller else None
         raise ServingError(grpc.StatusCode.CANCELLED, CALLER_GONE)
     remaining_ms = (context.deadline - time.monotonic()) * 1000
     if remaining_ms <= 0:
@@ -104,9 +136,10 @@ def run_options_for(context: request_context.RequestContext) -> object | None:
     if not context.is_active():
         raise ServingError(grpc.StatusCode.CANCELLED, CALLER_GONE)
     if remaining_ms >= _MAX_TIMEOUT_MS:  # gRPC reports "no deadline" as centuries away
-        return None
+        return _IN_CALLER if in_caller else None
     # At least 1 ms: TensorFlow reads a timeout of 0 as "none".
-    options = config_pb2.RunOptions(timeout_in_ms=max(math.ceil(remaining_ms), 1))
+    options = config_pb2.RunOptions(timeout_in_ms=max(math.ceil(remaining_ms), 1),
+                                    inter_op_thread_pool=-1 if in_caller else 0)
     return pywrap_tf_session.TF_NewBufferFromString(options.SerializeToString())
 
 
@@ -163,7 +196,15 @@ def _load_saved_model(name: str, version: int, path: str, tags: Sequence[str],
         session.close()
         raise _load_error(path, tags, error) from None
     graph.finalize()
-    return Servable(name, version, path, SavedModel(graph, session, meta_graph))
+    modes = RunModes() if measures_run_mode(session_config) else None
+    return Servable(name, version, path, SavedModel(graph, session, meta_graph, modes))
+
+
+def measures_run_mode(config: config_pb2.ConfigProto) -> bool:
+    """Whether TensorFlow's inter-op pool was left to it (run_mode.py may then run short
+    graphs in the calling thread): no size, no named pools, no global pools."""
+    return config.inter_op_parallelism_threads == 0 and \
+        not config.session_inter_op_thread_pool and not config.use_per_session_threads
 
 
 def _load_error(path: str, tags: Sequence[str], error: Exception) -> ServingError:

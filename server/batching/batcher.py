@@ -8,9 +8,11 @@ gets its own slice of every output. A failing batch is re-run request by request
 input never fails its batch-mates.
 
 Callers wait either in their thread (``run``) or as an asyncio future (``run_async``, the
-grpc.aio path): a finished batch wakes each event loop once for all of its requests. Batches
-always run on the batch threads: running fast ones on the event loop instead measured 0.84-0.93x
-the requests/s on a model whose batches take over 1 ms (bench/README.md).
+event-loop transports): a finished batch wakes each event loop once for all of its requests.
+Batches run on the batch threads: running every fast one on the event loop instead measured
+0.84-0.93x the requests/s on a model whose batches take over 1 ms (bench/README.md). The one
+exception is a lone batch (below) of a signature measured fast (``inline.py``): the coroutine
+whose request closed it runs it on its own loop, through the same steps as a batch thread.
 
 Unlike TF Serving, a batch opened by a lone request (no other request to its model in flight)
 closes as soon as every request in flight to the model has joined it (``arrivals.py``): it
@@ -21,19 +23,15 @@ semantics are TF Serving's. ``wait_for_full_batch`` restores TF Serving's wait e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import os
 import threading
-import time
 import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
-import grpc
 import numpy as np
 
 from pyserving.server import request_context
@@ -46,6 +44,8 @@ from pyserving.server.batching.config import (
     read_batching_parameters,
 )
 from pyserving.server.batching.padding import pad_to_common_shape, round_up
+from pyserving.server.batching.queue import QUEUE_FULL, BatchQueue
+from pyserving.server.batching.tasks import Task, TaskMaker, wake, within_deadline
 from pyserving.server.errors import (
     ServingError,
     failed_precondition,
@@ -75,129 +75,11 @@ class BatchRun(NamedTuple):
 
 
 BatchRunObserver = Callable[[BatchRun], None]
-QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+__all__ = ["QUEUE_FULL", "STOPPED", "BatchRun", "Batcher", "Feeds"]
 STOPPED = "The batch scheduler is stopped: the server is shutting down"
 
-T = TypeVar("T")
+LONE_TURNS = 3  # turns of the event loop a lone batch gives to requests the transport holds
 _UNPREPARED = BatchingOptions()  # marks a version ``prepare`` has not seen
-
-
-class _Task:
-    """One request (or one part of a split request) waiting for its batch."""
-
-    __slots__ = (
-        "_done",
-        "context",
-        "enqueued",
-        "error",
-        "feeds",
-        "future",
-        "loop",
-        "outputs",
-        "size",
-    )
-
-    def __init__(self, feeds: list[np.ndarray], size: int,
-                 context: request_context.RequestContext,
-                 future: asyncio.Future[list[np.ndarray]] | None = None) -> None:
-        self.feeds = feeds
-        self.size = size
-        self.context = context
-        self.enqueued = 0.0  # on the batcher's clock, set by its queue
-        self.outputs: list[np.ndarray] | None = None  # set, or ``error``, before the wake-up
-        self.error: ServingError | None = None
-        # A thread waits on ``_done``; a coroutine awaits ``future`` on ``loop``.
-        self.future = future
-        self.loop: asyncio.AbstractEventLoop | None
-        self._done: threading.Lock | None
-        if future is None:
-            self.loop = None
-            self._done = threading.Lock()  # held until the batch thread releases it
-            self._done.acquire()
-        else:
-            self.loop = future.get_loop()
-            self._done = None
-
-    def wait(self) -> list[np.ndarray]:
-        """The task's outputs, waiting at most until the request's deadline."""
-        assert self._done is not None, "made without a future: run, not run_async"
-        left = _seconds_left(self.context)
-        if not self._done.acquire(timeout=-1 if left is None else left):
-            raise _late()
-        return self.result()
-
-    def result(self) -> list[np.ndarray]:
-        """The outputs of a finished task, or the error it ended with raised."""
-        if self.error is not None:
-            raise self.error
-        assert self.outputs is not None
-        return self.outputs
-
-    def awaitable(self) -> asyncio.Future[list[np.ndarray]]:
-        assert self.future is not None, "made with a future: run_async, not run"
-        return self.future
-
-    async def wait_async(self) -> list[np.ndarray]:
-        """``wait`` for a coroutine; a task given up on is dropped from its batch."""
-        return await _within_deadline(self.awaitable(), self.context)
-
-    def dropped(self) -> ServingError | None:
-        """Why the task must not run any more (deadline passed, caller gone), else None."""
-        if self.context.expired():
-            return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                "Deadline exceeded before the batch ran")
-        if (self.future is not None and self.future.cancelled()) \
-                or not self.context.is_active():
-            return ServingError(grpc.StatusCode.CANCELLED, "Request cancelled before the batch ran")
-        return None
-
-
-TaskMaker = Callable[[list[np.ndarray], int], _Task]  # a request's arrays and rows -> its task
-
-
-def _seconds_left(context: request_context.RequestContext) -> float | None:
-    """Seconds until the request's deadline (at least 0), or None without one."""
-    if context.deadline is None:
-        return None
-    return max(context.deadline - time.monotonic(), 0.0)
-
-
-def _late() -> ServingError:
-    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                        "Deadline exceeded while waiting for the batch")
-
-
-async def _within_deadline(awaitable: Awaitable[T], context: request_context.RequestContext
-                           ) -> T:
-    """Await ``awaitable`` until the request's deadline; cancel it then (its tasks are
-    dropped from their batch: ``_Task.dropped``)."""
-    try:
-        return await asyncio.wait_for(awaitable, _seconds_left(context))
-    except asyncio.TimeoutError:
-        raise _late() from None
-
-
-def _wake(tasks: Sequence[_Task]) -> None:
-    """Hand finished tasks to their callers: threads one by one, each event loop once."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Task]] = {}
-    for task in tasks:
-        if task._done is not None:
-            task._done.release()
-        elif task.loop is not None:
-            by_loop.setdefault(task.loop, []).append(task)
-    for loop, waiting in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop closed: its callers are gone
-            loop.call_soon_threadsafe(_resolve, waiting)
-
-
-def _resolve(tasks: list[_Task]) -> None:
-    for task in tasks:
-        future = task.awaitable()
-        if not future.done():
-            if task.error is not None:
-                future.set_exception(task.error)
-            else:
-                future.set_result(task.result())
 
 
 class _Plan(NamedTuple):
@@ -208,114 +90,6 @@ class _Plan(NamedTuple):
     options: BatchingOptions
     arrays: list[np.ndarray]
     size: int
-
-
-class _Queue:
-    """Tasks for one signature of one servable, grouped into batches of at most max size."""
-
-    def __init__(self, servable: Servable, feed_names: tuple[str, ...],
-                 fetches: tuple[str, ...], options: BatchingOptions,
-                 traffic: arrivals.ModelTraffic | None) -> None:
-        self.servable = servable
-        self.feed_names = feed_names
-        self.fetches = fetches
-        self.options = options
-        self.traffic = traffic  # None: always wait, as TF Serving
-        self.batches: deque[list[_Task]] = deque([[]])
-        self.open_size = 0
-        self.open_since = 0.0
-        self.alone = False  # the first batch opened with nothing else in flight to the model
-
-    def add_request(self, arrays: list[np.ndarray], size: int, make: TaskMaker, now: float
-                    ) -> tuple[list[_Task], bool]:
-        """Enqueue one request, split as TF's SharedBatchScheduler splits it, all or none (the
-        scheduler lock is held): its tasks, and True when that moved the queue's ready time,
-        so a batch thread must look again."""
-        sizes = self._part_sizes(size)
-        before = self.ready_at()
-        tasks, start = [], 0
-        for part in sizes:
-            task = make([array[start:start + part] for array in arrays] if len(sizes) > 1
-                        else arrays, part)
-            task.enqueued = now
-            self._add(task)
-            tasks.append(task)
-            start += part
-        return tasks, self.ready_at() != before
-
-    def _part_sizes(self, size: int) -> list[int]:
-        """The rows of each part of a request, or UNAVAILABLE with TF's text (shared_batch_
-        scheduler.h ValidateBatchTaskQueueCapacity and SplitInputBatchIntoSubtasks)."""
-        limit, enqueued = self.options.execution_batch_size, len(self.batches)
-        allowed, open_size = self.options.max_enqueued_batches, self.open_size
-        if not self.options.enable_large_batch_splitting:
-            if open_size + size > limit and enqueued >= allowed:
-                raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{QUEUE_FULL}; currently "
-                                   f"{enqueued} batches enqueued and max_enqueued_batches is "
-                                   f"{allowed}")
-            return [size]
-        capacity = (allowed - enqueued) * limit + limit - open_size
-        if size > capacity:
-            raise ServingError(grpc.StatusCode.UNAVAILABLE, f"{QUEUE_FULL}; task size is {size} "
-                               f"but scheduling capacity is only {capacity} (num_enqueued_"
-                               f"batches={enqueued}, max_enqueued_batches={allowed}, open_batch_"
-                               f"size={open_size}, max_execution_batch_size={limit})")
-        remaining = limit - open_size
-        if size <= remaining:
-            return [size]
-        sizes = [remaining] if remaining > 0 else []
-        left = size - sum(sizes)
-        sizes += [limit] * (left // limit) + ([left % limit] if left % limit else [])
-        return sizes
-
-    def _add(self, task: _Task) -> None:
-        if self.open_size + task.size > self.options.execution_batch_size:
-            self.batches.append([])
-            self.open_size = 0
-            self._set_alone(False)
-        if not self.batches[-1]:
-            self.open_since = task.enqueued
-            if self.traffic is not None and len(self.batches) == 1:
-                self._set_alone(self.traffic.alone())
-        self.batches[-1].append(task)
-        self.open_size += task.size
-        if self.traffic is not None:
-            self.traffic.queued += 1
-
-    def _set_alone(self, alone: bool) -> None:
-        if alone != self.alone and self.traffic is not None:
-            self.alone = alone
-            self.traffic.lone += 1 if alone else -1
-
-    def ready_at(self) -> float | None:
-        """When the first batch may run: now if it is closed or full, else at its timeout;
-        or, when a lone request opened it and every request in flight to its model has
-        joined, since it opened (waiting cannot fill it)."""
-        if len(self.batches) > 1:
-            return 0.0
-        if not self.batches[0]:
-            return None
-        if self.open_size >= self.options.execution_batch_size:
-            return 0.0
-        if self.alone and self.traffic is not None and self.traffic.all_queued():
-            return self.open_since
-        return self.open_since + self.options.batch_timeout_micros / 1e6
-
-    def take(self, now: float) -> list[_Task]:
-        batch = self.batches.popleft()
-        self._set_alone(False)
-        if self.traffic is not None:
-            self.traffic.taken(len(batch), now)
-        if not self.batches:
-            self.batches.append([])
-            self.open_size = 0
-        return batch
-
-    def idle(self) -> bool:
-        return len(self.batches) == 1 and not self.batches[0]
-
-    def waiting(self) -> int:
-        return sum(len(batch) for batch in self.batches)
 
 
 class Batcher:
@@ -333,15 +107,16 @@ class Batcher:
         self.options = options
         self._clock = clock
         self._now = clock.now
-        self.traffic = None if wait_for_full_batch else arrivals.Traffic(self._look_again)
+        self.traffic = None if wait_for_full_batch else \
+            arrivals.Traffic(self._look_again, self._now)
         self._observers = list(observers)
         self._run_observers = list(run_observers)
         self._per_model = per_model_parameters
         self._model_options: weakref.WeakKeyDictionary[Servable, BatchingOptions | None] = \
             weakref.WeakKeyDictionary()
         self._lock = threading.Condition()
-        self._queues: dict[tuple, _Queue] = {}
-        self._queue_list: list[_Queue] = []  # the same queues, scanned on every wake-up
+        self._queues: dict[tuple, BatchQueue] = {}
+        self._queue_list: list[BatchQueue] = []  # the same queues, scanned on every wake-up
         self._stopped = False
         self._threads = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
                          for i in range(options.num_batch_threads)]
@@ -356,25 +131,33 @@ class Batcher:
         if planned is None:
             return servable.run(feeds, fetches)
         context = request_context.current.get()
-        tasks = self._enqueue(planned, lambda part, rows: _Task(part, rows, context))
+        tasks, _ = self._enqueue(planned, lambda part, rows: Task(part, rows, context))
         if len(tasks) == 1:
             return tasks[0].wait()
         return _joined([task.wait() for task in tasks])
 
     async def run_async(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
                         fetches: Sequence[str], executor: Executor) -> list[np.ndarray]:
-        """``run`` for a coroutine: waits as a future; unbatchable calls run on ``executor``."""
+        """``run`` for a coroutine: waits as a future; unbatchable calls run on ``executor``.
+        A lone batch of a signature measured fast that this request closes runs here, on the
+        loop (``inline.py``), after ``LONE_TURNS`` turns of the loop: requests the transport
+        already holds get in, and join it or show that the model is under load."""
         loop = asyncio.get_running_loop()
         planned = self._plan(servable, signature, feeds, fetches)
         if planned is None:
             return await loop.run_in_executor(executor, contextvars.copy_context().run,
                                               servable.run, feeds, fetches)
         context = request_context.current.get()
-        tasks = self._enqueue(planned,
-                              lambda part, rows: _Task(part, rows, context, loop.create_future()))
+        tasks, queue = self._enqueue(
+            planned, lambda part, rows: Task(part, rows, context, loop.create_future()),
+            caller_may_run=True)
+        if queue is not None:
+            batch = await self._take_lone(queue, tasks[0])
+            if batch is not None:
+                return self._run_here(queue, batch, tasks[0], loop)
         if len(tasks) == 1:
             return await tasks[0].wait_async()
-        return _joined(await _within_deadline(
+        return _joined(await within_deadline(
             asyncio.gather(*(task.awaitable() for task in tasks)), context))
 
     def _plan(self, servable: Servable, signature: SignatureDef, feeds: Feeds,
@@ -393,18 +176,62 @@ class Batcher:
                tuple((a.dtype.str, a.ndim if pad else a.shape[1:]) for _, a in feeds))
         return _Plan(key, options, [array for _, array in feeds], size)
 
-    def _enqueue(self, plan: _Plan, make: TaskMaker) -> list[_Task]:
+    def _enqueue(self, plan: _Plan, make: TaskMaker, caller_may_run: bool = False
+                 ) -> tuple[list[Task], BatchQueue | None]:
         """Add a request to its queue as one task or more, made by ``make``, and tell the
         batch threads. Finding the queue and adding to it is one step under the lock: a queue
-        forgotten in between would hold its tasks where no batch thread looks."""
+        forgotten in between would hold its tasks where no batch thread looks. With
+        ``caller_may_run``, when the request closed a lone batch of a fast signature as one
+        task, the batch threads are not told, and its queue is returned for the caller to
+        ``_take_lone`` (else None)."""
         with self._lock:
             if self._stopped:  # no batch thread would look at it any more
                 raise unavailable(STOPPED)
             queue = self._queue(plan)
             tasks, moved = queue.add_request(plan.arrays, plan.size, make, self._now())
+            if caller_may_run and queue.times.fast and len(tasks) == 1 \
+                    and queue.lone_ready():
+                queue.reserved = True
+                return tasks, queue
             if moved:  # else the batch threads' current wait still holds
                 self._lock.notify(len(tasks))
-            return tasks
+            return tasks, None
+
+    async def _take_lone(self, queue: BatchQueue, mine: Task) -> list[Task] | None:
+        """After ``LONE_TURNS`` turns of the event loop, the lone batch holding ``mine``, taken
+        off its queue for the caller to run, if it still closes early and no one took it; else
+        None and the batch threads are told (it waits as any batch, or ran already). The turns
+        are what tell one client from many: on a loop that runs every batch inline a request
+        is never in flight beside another one, so the requests waiting in the transport
+        would otherwise never be counted (a gRPC call takes a few turns from its arrival to
+        its handler: with one turn, at 8 clients 26-39% of batches still ran one row on the
+        loop; with three, 2%)."""
+        try:
+            for _ in range(LONE_TURNS):
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            mine.awaitable().cancel()  # dropped from its batch
+            self._release(queue)
+            raise
+        with self._lock:
+            if queue.lone_ready() and mine in queue.batches[0] and not self._stopped:
+                return queue.take(self._now())
+        self._release(queue)
+        return None
+
+    def _release(self, queue: BatchQueue) -> None:
+        """Leave a reserved lone batch to the batch threads."""
+        with self._lock:
+            queue.reserved = False
+            self._lock.notify()
+
+    def _run_here(self, queue: BatchQueue, batch: list[Task], mine: Task,
+                  loop: asyncio.AbstractEventLoop) -> list[np.ndarray]:
+        """Run a batch taken off its queue in the caller's thread (on ``loop``), exactly as a
+        batch thread would; the caller's own task is answered by return, the others woken."""
+        mine.future = mine.loop = None
+        self._execute(queue, batch, loop)
+        return mine.result()
 
     def _look_again(self) -> None:
         """A request to a model with a born-alone batch left without joining it, and every
@@ -436,13 +263,13 @@ class Batcher:
             options = self._model_options.get(servable)
         return options
 
-    def _queue(self, plan: _Plan) -> _Queue:
+    def _queue(self, plan: _Plan) -> BatchQueue:
         """The queue of a plan's key, made on first use (the lock is held)."""
         queue = self._queues.get(plan.key)
         if queue is None:
             servable, names, fetches, _ = plan.key
             traffic = None if self.traffic is None else self.traffic.track(servable.name)
-            queue = self._queues[plan.key] = _Queue(servable, names, fetches, plan.options,
+            queue = self._queues[plan.key] = BatchQueue(servable, names, fetches, plan.options,
                                                     traffic)
             self._queue_list.append(queue)
         return queue
@@ -459,7 +286,7 @@ class Batcher:
                 batch = queue.take(self._now())
             self._execute(queue, batch)
 
-    def _next_ready(self) -> _Queue | None:
+    def _next_ready(self) -> BatchQueue | None:
         """The queue whose first batch has been ready longest (the lock is held)."""
         now = self._now()
         best, best_at = None, None
@@ -490,13 +317,16 @@ class Batcher:
                    if at is not None]
         return max(min(pending) - self._now(), 0.0) if pending else None
 
-    def _execute(self, queue: _Queue, batch: list[_Task]) -> None:
-        live: list[_Task] = []
-        dropped: list[_Task] = []
+    def _execute(self, queue: BatchQueue, batch: list[Task],
+                 here: asyncio.AbstractEventLoop | None = None) -> None:
+        """Run a batch taken off ``queue`` and wake its callers: on a batch thread, or on the
+        event loop ``here`` when a caller runs its lone batch itself."""
+        live: list[Task] = []
+        dropped: list[Task] = []
         for task in batch:
             task.error = task.dropped()
             (live if task.error is None else dropped).append(task)
-        _wake(dropped)
+        wake(dropped, here)
         if not live:
             return
         started = self._now()
@@ -505,18 +335,23 @@ class Batcher:
         except ServingError as error:
             if len(live) == 1:
                 live[0].error = error
-                _wake(live)
+                wake(live, here)
                 return
             log.info("batch of %d failed (%s); running its requests one by one", len(live), error)
             for task in live:
-                self._execute(queue, [task])
+                self._execute(queue, [task], here)
             return
         except Exception as error:  # a bug must not leave callers waiting forever
             log.exception("batch of %d failed", len(live))
             for task in live:
                 task.error = internal(f"Batch failed: {error}")
-            _wake(live)
+            wake(live, here)
             return
+        seconds = self._now() - started
+        if here is not None:
+            queue.times.ran_inline(seconds)
+        elif len(live) == 1:
+            queue.times.ran_on_thread(seconds)
         start = 0
         for task in live:
             task.outputs = [output[start:start + task.size] for output in outputs]
@@ -526,14 +361,13 @@ class Batcher:
             for observer in self._observers:
                 observer(queue.servable.name, start, padded, waits)
         if self._run_observers:
-            run = BatchRun(queue.servable.name, start, padded, started,
-                           self._now() - started,
+            run = BatchRun(queue.servable.name, start, padded, started, seconds,
                            [(task.context, task.enqueued) for task in live])
             for run_observer in self._run_observers:
                 run_observer(run)
-        _wake(live)
+        wake(live, here)
 
-    def _run_batch(self, queue: _Queue, tasks: list[_Task]) -> tuple[list[np.ndarray], int]:
+    def _run_batch(self, queue: BatchQueue, tasks: list[Task]) -> tuple[list[np.ndarray], int]:
         size = sum(task.size for task in tasks)
         padded = round_up(size, queue.options.allowed_batch_sizes)
         feeds = []
@@ -563,6 +397,16 @@ class Batcher:
                     "Batched output tensor's 0th dimension does not equal the sum of the 0th "
                     "dimension sizes of the input tensors")
         return outputs, padded
+
+    def runs_lone_batches_inline(self, model: str) -> bool:
+        """Whether some signature of ``model`` runs its lone batches on the caller's loop."""
+        with self._lock:
+            return any(queue.times.fast for queue in self._queue_list
+                       if queue.servable.name == model)
+
+    def add_run_observer(self, observer: BatchRunObserver) -> None:
+        """Tell ``observer`` of each batch that runs from now on (benches, embedders)."""
+        self._run_observers = [*self._run_observers, observer]
 
     def queue_depths(self) -> dict[str, int]:
         """Tasks (requests, or their parts when split) waiting in each model's queues."""

@@ -181,7 +181,8 @@ class RestServer:
             return self._preflight(request)
         rid = request_id(request.headers.get)
         if v2:
-            response = await self._serve_v2(request.method, target, body, request.headers)
+            response = await self._serve_v2(request.method, target, body, request.headers,
+                                            rid)
         else:
             status, payload = await self._run(request.method, target, body, request.headers,
                                               rid)
@@ -200,18 +201,29 @@ class RestServer:
             "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
 
     async def _serve_v2(self, method: str, target: str, body: bytes,
-                        headers: Mapping[str, str]) -> web.Response:
+                        headers: Mapping[str, str], rid: str) -> web.Response:
         assert self._v2 is not None
         timeout = self._options.timeout_ms / 1000 if self._options.timeout_ms > 0 else None
         deadline = None if timeout is None else time.monotonic() + timeout
-        token = request_context.current.set(RequestContext(deadline, header=headers.get))
+        # spans for inference and model metadata, as for TF Serving's API; not for probes
+        trace = None if self._tracing is None or not target.startswith("/v2/models/") or \
+            target.endswith("/ready") else self._tracing.start_rest(method, target,
+                                                                    headers.get, rid)
+        token = request_context.current.set(
+            RequestContext(deadline, header=headers.get, request_id=rid, trace=trace))
         try:
             status, payload, extra = await asyncio.wait_for(
                 self._v2.process(method, target, body, headers.get), timeout)
         except asyncio.TimeoutError:
             status, payload, extra = v2_error(504, "Deadline Exceeded")
+        except asyncio.CancelledError:
+            if trace is not None:
+                trace.end(grpc.StatusCode.CANCELLED)
+            raise
         finally:
             request_context.current.reset(token)
+        if trace is not None:
+            trace.end(_status_code(status), attributes={"http.response.status_code": status})
         response_headers = dict(extra)
         if self._options.enable_cors:
             response_headers.update(_CORS_HEADERS)

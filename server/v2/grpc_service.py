@@ -7,6 +7,7 @@ plain functions grpc.aio runs on its thread pool."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -16,7 +17,8 @@ from pyserving.server.apis import grpc_service_pb2_grpc
 from pyserving.server.errors import invalid_argument
 from pyserving.server.grpc_services import Rpc
 from pyserving.server.metrics import ServerMetrics
-from pyserving.server.servable import AsyncRunner, run_steps_async
+from pyserving.server.servable import AsyncRunner, EncodeObserver, run_steps_async
+from pyserving.server.tracing import Tracing
 from pyserving.server.v2 import codec
 from pyserving.server.v2.inference import (
     SIGNATURE_PARAMETER,
@@ -34,11 +36,15 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """The Open Inference Protocol's gRPC service over one ``V2Inference``."""
 
     def __init__(self, inference: V2Inference, server_metadata: dict[str, Any],
-                 run: AsyncRunner, metrics: ServerMetrics | None = None) -> None:
+                 run: AsyncRunner, metrics: ServerMetrics | None = None,
+                 tracing: Tracing | None = None,
+                 on_encode: EncodeObserver | None = None) -> None:
         self._inference = inference
         self._run = run
         self._server_metadata = pb.ServerMetadataResponse(**server_metadata)
         self._metrics = metrics
+        self._tracing = tracing  # ModelInfer and ModelMetadata are spans
+        self._on_encode = on_encode  # the encode stage's histogram (and span)
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
@@ -56,7 +62,8 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         context.abort(rpc.status, rpc.details)
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with Rpc(context, request, model="") as rpc:
+        with Rpc(context, request, None, "ModelMetadata", self._tracing, model=request.name,
+                 service=SERVICE_NAME) as rpc:
             metadata = self._inference.model_metadata(request.name, request.version)
             response = pb.ModelMetadataResponse(name=metadata["name"],
                                                 versions=metadata["versions"],
@@ -70,13 +77,15 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """A coroutine on the server's loop, as Predict: its TensorFlow call awaited on the
         pool or as its batch's future (one queue per signature, shared with Predict)."""
-        with Rpc(context, request, self._metrics, INFER_API, model=request.model_name) as rpc:
+        with Rpc(context, request, self._metrics, INFER_API, self._tracing,
+                 model=request.model_name, service=SERVICE_NAME) as rpc:
             infer = InferRequest(request.model_name, request.model_version,
                                  _signature_name(request.parameters), _inputs(request),
                                  [output.name for output in request.outputs])
             with within(_timeout_seconds(request.parameters)):
                 version, outputs = await run_steps_async(self._inference.infer_steps(infer),
                                                          self._run)
+            started = time.monotonic()
             response = pb.ModelInferResponse(model_name=request.model_name,
                                              model_version=str(version), id=request.id)
             for output in outputs:
@@ -84,6 +93,9 @@ class GRPCInferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                                      shape=output.array.shape)
                 response.raw_output_contents.append(
                     codec.raw_bytes(output.array, output.datatype))
+            if self._on_encode is not None:
+                self._on_encode(request.model_name, INFER_API, started,
+                                time.monotonic() - started)
             return response
         await context.abort(rpc.status, rpc.details)
 

@@ -21,7 +21,7 @@ from pyserving.server import request_context
 from pyserving.server.errors import ServingError, invalid_argument, unimplemented
 from pyserving.server.metrics import REST, ServerMetrics
 from pyserving.server.rest.handler import HTTP_STATUS
-from pyserving.server.servable import AsyncRunner, run_steps_async
+from pyserving.server.servable import AsyncRunner, EncodeObserver, run_steps_async
 from pyserving.server.v2 import codec
 from pyserving.server.v2.inference import (
     SIGNATURE_PARAMETER,
@@ -55,12 +55,14 @@ class V2RestHandler:
 
     def __init__(self, inference: V2Inference, server_metadata: dict[str, Any],
                  run: AsyncRunner, executor: Executor,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None,
+                 on_encode: EncodeObserver | None = None) -> None:
         self._inference = inference
         self._server_metadata = orjson.dumps(server_metadata)
         self._run = run
         self._executor = executor
         self._metrics = metrics
+        self._on_encode = on_encode  # the encode stage's histogram (and span)
 
     async def process(self, method: str, target: str, body: bytes,
                       header: Callable[[str], str | None]) -> Response:
@@ -165,7 +167,12 @@ class V2RestHandler:
             with within(timeout):
                 served, outputs = await run_steps_async(self._inference.infer_steps(request),
                                                         self._run)
-        return _response(document, name, served, outputs, binary, default_binary)
+        if self._on_encode is None:
+            return _response(document, name, served, outputs, binary, default_binary)
+        started = time.monotonic()
+        response = _response(document, name, served, outputs, binary, default_binary)
+        self._on_encode(name, INFER_API, started, time.monotonic() - started)
+        return response
 
 
 def _failure(error: Exception, method: str, target: str) -> tuple[grpc.StatusCode, Response]:

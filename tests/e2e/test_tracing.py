@@ -9,13 +9,11 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -29,76 +27,24 @@ from tensorflow_serving.apis import (
 
 from support import free_port, wait_until
 
-trace_service = pytest.importorskip(
-    "opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
-    reason="the tracing extra is not installed")
+pytest.importorskip("opentelemetry.proto", reason="the tracing extra is not installed")
 pytest.importorskip("opentelemetry.sdk", reason="the tracing extra is not installed")
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2  # noqa: E402
+from otlp_support import (
+    PARENT_ID,
+    TRACE_ID,
+    TRACEPARENT,
+    Collector,
+    attributes,
+    collector_at_work,
+)
 
 MODEL = "saved_model_half_plus_two_cpu"
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-PARENT_ID = "00f067aa0ba902b7"
-TRACEPARENT = f"00-{TRACE_ID}-{PARENT_ID}-01"
 PREDICT = "tensorflow.serving.PredictionService/Predict"
-
-
-class Collector(trace_service.TraceServiceServicer):
-    """An OTLP trace receiver keeping every span it is sent, by name."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.spans: list[Any] = []
-
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        with self._lock:
-            for resource_spans in request.resource_spans:
-                for scope_spans in resource_spans.scope_spans:
-                    self.spans.extend(scope_spans.spans)
-                self.resource = resource_spans.resource
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def named(self, name: str) -> list[Any]:
-        with self._lock:
-            return [span for span in self.spans if span.name == name]
-
-    def wait_for(self, name: str, count: int = 1, trace_id: str | None = None) -> list[Any]:
-        def found() -> list[Any] | None:
-            spans = [span for span in self.named(name)
-                     if trace_id is None or span.trace_id.hex() == trace_id]
-            return spans if len(spans) >= count else None
-        wait_until(found, f"{count} span(s) named {name}", timeout=20)
-        return found() or []
-
-    def children(self, parent: Any) -> dict[str, Any]:
-        with self._lock:
-            return {span.name: span for span in self.spans
-                    if span.trace_id == parent.trace_id and span.parent_span_id == parent.span_id}
-
-
-def attributes(span: Any) -> dict[str, Any]:
-    values = {}
-    for item in span.attributes:
-        kind = item.value.WhichOneof("value")
-        values[item.key] = getattr(item.value, kind) if kind else None
-    return values
 
 
 @pytest.fixture
 def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collector]:
-    """A collector on a free loopback port, and the OTEL_* environment that points at it."""
-    receiver = Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "pyserving-test")
-    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
-    monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
-    yield receiver
-    server.stop(None)
+    yield from collector_at_work(monkeypatch)
 
 
 def x_is(*values: float, model: str = "default") -> predict_pb2.PredictRequest:
@@ -251,6 +197,7 @@ def test_rest_errors_and_generated_request_ids(serve, testdata_model, collector)
         urllib.request.urlopen(request, timeout=10)
     assert raised.value.code == 404
     request_id = raised.value.headers["X-Request-Id"]
+    raised.value.close()  # its socket, before the next test
     assert request_id and " " not in request_id
     (span,) = collector.wait_for("POST /v1/models/{model}:predict")
     assert attributes(span)["http.response.status_code"] == 404

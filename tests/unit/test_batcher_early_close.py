@@ -15,6 +15,7 @@ import pytest
 from fake_clock import FakeClock
 from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
 from pyserving.server import request_context
+from pyserving.server.batching.arrivals import QUIET_SECONDS
 from pyserving.server.batching.batcher import Batcher
 from pyserving.server.batching.config import BatchingOptions
 from pyserving.server.request_context import RequestContext
@@ -296,3 +297,21 @@ def test_after_load_a_lone_request_waits_once_then_runs_at_once(batcher, servabl
     assert lone.finish() == [6.0]
     assert start(Caller(batcher, servable, [4.0])).finish() == [8.0]  # quiet since: no wait
     assert clock.now() == START + 2 * TIMEOUT
+
+
+def test_a_lone_request_soon_after_two_were_in_flight_waits_as_in_tf_serving(batcher, servable,
+                                                                              clock):
+    traffic = batcher.traffic.of(servable.name)
+    traffic.arrive()
+    traffic.arrive()  # two in flight at once (here both fail before the batcher)...
+    traffic.leave()
+    traffic.leave()  # ...and both answered before the next request: many clients, not one
+    clock.advance(QUIET_SECONDS / 2)
+    opened = clock.now()
+    lone = start(Caller(batcher, servable, [1.0]))
+    wait_until(lambda: [round(d - opened, 6) for d in clock.deadlines() if d] == [TIMEOUT],
+               "the batch to wait for its timeout")
+    clock.advance(TIMEOUT)
+    assert lone.finish() == [2.0]
+    assert start(Caller(batcher, servable, [2.0])).finish() == [4.0]  # quiet since: no wait
+    assert clock.now() == opened + TIMEOUT
