@@ -281,7 +281,8 @@ class ModelServer:
                 port=options.rest_api_port, num_threads=options.rest_api_num_threads,
                 timeout_ms=options.rest_api_timeout_in_ms,
                 enable_cors=options.rest_api_enable_cors_support,
-                max_request_bytes=options.rest_api_max_request_bytes), host=self._host,
+                max_request_bytes=options.rest_api_max_request_bytes,
+                shutdown_grace_seconds=options.shutdown_grace_period_seconds), host=self._host,
                 metrics=self.metrics, metrics_page=((self.monitoring.path, self.metrics.render)
                               if self.monitoring.enable else None),
                 status=self.status.document, tracing=self.tracing,
@@ -327,7 +328,8 @@ class ModelServer:
             log.info("stopping the gRPC server: in-flight RPCs have %g s to finish", grace)
             self._server.stop(grace).wait()
         if self._rest is not None:
-            self._rest.stop()
+            # a TensorFlow call its cancelled requests left on the pool ends with the sessions
+            self._rest.stop(join_pool=False)
         # The grace period is over and gRPC has cancelled what was left: queued shadow
         # requests are dropped, a running one is cancelled like any request below.
         self.router.stop(wait=False)
@@ -335,6 +337,8 @@ class ModelServer:
         # finish. The batcher stops after the manager: a load still warming up replays through
         # it, and a batcher stopped first would leave that request where no thread looks.
         self.manager.close(drain_seconds=0)
+        if self._rest is not None:
+            self._rest.join_pool()
         self.router.stop()
         if self.batcher is not None:
             self.batcher.stop()

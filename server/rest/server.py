@@ -62,6 +62,8 @@ class RestOptions:
     timeout_ms: int
     enable_cors: bool
     max_request_bytes: int
+    # on stop, what in-flight requests get to finish before they are cancelled
+    shutdown_grace_seconds: float = 5.0
 
 
 class RestServer:
@@ -107,7 +109,8 @@ class RestServer:
     async def _open(self) -> int:
         app = web.Application(client_max_size=self._options.max_request_bytes)
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._serve)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=self._options.shutdown_grace_seconds)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._options.port, reuse_address=True,
                            reuse_port=_share_port or None)
@@ -115,20 +118,37 @@ class RestServer:
         port: int = self._runner.addresses[0][1]  # the real port when 0 was asked
         return port
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, *, join_pool: bool = True) -> None:
+        """Stop taking requests; those in flight get ``shutdown_grace_seconds`` to finish, then
+        are cancelled (their clients get the connection closed). With ``join_pool=False`` a
+        TensorFlow call still running on the pool is not waited for (``join_pool()`` later,
+        once the sessions are closed and so the call has ended)."""
         if self._thread is None:
             return
         if self._runner is not None:
-            cleanup = asyncio.run_coroutine_threadsafe(
-                self._runner.cleanup(), self._loop)
+            cleanup = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop)
+            # aiohttp waits the grace for the handlers, then as long again for the cancelled ones
+            limit = 2 * self._options.shutdown_grace_seconds + 5
             try:
-                cleanup.result(timeout=grace + 5)
+                cleanup.result(timeout=limit)
             except TimeoutError:
-                log.warning("the HTTP/REST server did not close within %g s", grace + 5)
+                log.warning("the HTTP/REST server did not close within %g s", limit)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._thread = None
+        # A connection whose request was cancelled may still be ending: let it end, and the
+        # callbacks that close sockets run, before the loop closes (as asyncio.run does).
+        left = asyncio.all_tasks(self._loop)
+        for task in left:
+            task.cancel()
+        if left:
+            self._loop.run_until_complete(asyncio.wait(left, timeout=1.0))
+        self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
+        self._executor.shutdown(wait=join_pool)
+
+    def join_pool(self) -> None:
+        """Wait for the pool's threads (after ``stop(join_pool=False)``)."""
         self._executor.shutdown(wait=True)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:

@@ -15,6 +15,8 @@ from pyserving.server.v2.dtypes import BF16, BYTES, NUMPY_DTYPES
 
 _LENGTH = struct.Struct("<I")
 _INTEGER_KINDS = "iu"
+# the native-order dtype orjson serializes each datatype's JSON data in (made once, not per call)
+_NATIVE_DTYPES = {name: dtype.newbyteorder("=") for name, dtype in NUMPY_DTYPES.items()}
 # InferTensorContents' field for each datatype; FP16 and BF16 travel as raw bytes only.
 CONTENTS_FIELDS = {
     "BOOL": "bool_contents",
@@ -209,7 +211,7 @@ def json_data(array: np.ndarray, datatype: str) -> Any:
                 for item in array.ravel()]
     if datatype in ("FP16", BF16):
         return np.ascontiguousarray(array.ravel(), dtype=np.float32)
-    dtype = NUMPY_DTYPES.get(datatype)
+    dtype = _NATIVE_DTYPES.get(datatype)
     if dtype is None:
         raise invalid_argument(f"output datatype {datatype} has no V2 encoding")
-    return np.ascontiguousarray(array.ravel(), dtype=dtype.newbyteorder("="))
+    return np.ascontiguousarray(array.ravel(), dtype=dtype)

@@ -88,18 +88,21 @@ def signature_shape(info: Any) -> list[int]:
 
 
 def _check_input(model: str, tensor: InferInput, info: Any) -> None:
-    expected = dtypes.v2_name(info.dtype)
-    if tensor.datatype != expected:
+    if dtypes.V2_NAMES.get(info.dtype) != tensor.datatype and \
+            dtypes.v2_name(info.dtype) != tensor.datatype:
+        expected = dtypes.v2_name(info.dtype)
         raise invalid_argument(f"inference input '{tensor.name}' data-type is "
                                f"'{tensor.datatype}', but model '{model}' expects '{expected}'")
-    wanted = signature_shape(info)
-    if info.tensor_shape.unknown_rank:
+    shape = info.tensor_shape
+    if shape.unknown_rank:
         return
-    if len(wanted) != len(tensor.shape) or any(
-            want not in (-1, got) for want, got in zip(wanted, tensor.shape, strict=False)):
-        raise invalid_argument(f"unexpected shape for input '{tensor.name}' for model "
-                               f"'{model}'. Expected {_shape_text(wanted)}, got "
-                               f"{_shape_text(tensor.shape)}")
+    dims, sent = shape.dim, tensor.shape
+    if len(dims) == len(sent) and all(
+            dim.size == -1 or dim.size == got for dim, got in zip(dims, sent, strict=True)):
+        return
+    raise invalid_argument(f"unexpected shape for input '{tensor.name}' for model "
+                           f"'{model}'. Expected {_shape_text(signature_shape(info))}, got "
+                           f"{_shape_text(sent)}")
 
 
 class V2Inference:

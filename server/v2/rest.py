@@ -34,6 +34,7 @@ from pyserving.server.v2.inference import (
 log = logging.getLogger(__name__)
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_HEADER_LENGTH_KEY = HEADER_LENGTH.lower()
 INFER_API = "ModelInfer"  # the API label of V2 inference in the request metrics
 V2_PATH = re.compile(r"/v2(?:[/?#].*)?", re.DOTALL)
 _SERVER_PATH = re.compile(r"/v2(?:/health/(live|ready))?")
@@ -132,7 +133,7 @@ class V2RestHandler:
 
     async def _run_infer(self, name: str, version: str, body: bytes,
                          header: Callable[[str], str | None]) -> Response:
-        header_length = _header_length(header(HEADER_LENGTH.lower()), len(body))
+        header_length = _header_length(header(_HEADER_LENGTH_KEY), len(body))
         document = _parse(body[:header_length])
         parameters = _object(document.get("parameters", {}), "parameters")
         if not isinstance(document.get("id", ""), str):
@@ -158,16 +159,20 @@ class V2RestHandler:
                 binary[output_name] = _bool(output_parameters.get("binary_data",
                                                                   default_binary), "binary_data")
         request.outputs = list(binary)
-        with within(_timeout_seconds(parameters.get("timeout"))):
+        timeout = _timeout_seconds(parameters.get("timeout"))
+        if timeout is None:  # the usual case: no context manager on the way
             served, outputs = await run_steps_async(self._inference.infer_steps(request),
                                                     self._run)
+        else:
+            with within(timeout):
+                served, outputs = await run_steps_async(self._inference.infer_steps(request),
+                                                        self._run)
         if self._on_encode is None:
             return _response(document, name, served, outputs, binary, default_binary)
         started = time.monotonic()
         response = _response(document, name, served, outputs, binary, default_binary)
         self._on_encode(name, INFER_API, started, time.monotonic() - started)
         return response
-
 
 
 def _failure(error: Exception, method: str, target: str) -> tuple[grpc.StatusCode, Response]:
