@@ -464,7 +464,7 @@ def print_table(args: Any, refs: list[str], table: Table, elapsed: float) -> Non
 
     columns = [*refs, TREE]
     print(f"\npyserving {TREE} against {', '.join(refs)}: {args.concurrency} clients, "
-          f"{args.rounds} rounds x {args.seconds:g} s per cell (ABAB, medians);\n"
+          f"{args.rounds} rounds x {args.seconds:g} s per cell\n(ABAB, medians); "
           f"{os.cpu_count()} cores; Python {sys.version.split()[0]}, grpcio {grpc.__version__}")
     head = "| workload | " + " | ".join(f"{c} req/s" for c in columns)
     head += " | " + " | ".join(f"{TREE}/{r}" for r in refs)
@@ -483,7 +483,8 @@ def print_table(args: Any, refs: list[str], table: Table, elapsed: float) -> Non
         line += f" | {cells[TREE].median('cpu_us'):.0f}"
         workload = "mlp" if row.startswith("MLP") else "tiny"
         tf_cpu = table.tf_cpu_us.get(row)
-        line += f" | {tf_cpu:.0f}" if tf_cpu else " | "
+        line += f" | {tf_cpu:.0f}" if tf_cpu and tf_cpu >= 10 else \
+            f" | {tf_cpu:.1f}" if tf_cpu else " | "
         echo = table.echo.get(workload)
         line += f" | {rps[TREE] / echo.median('rps'):.2f}x |" \
             if echo is not None and row != REST_ROW else " | |"
@@ -508,10 +509,10 @@ def print_ceilings(table: Table) -> None:
         echo_rps = echo.median("rps")
         ceiling = 1e6 / (1e6 / echo_rps + tf_cpu)
         tree = cells[TREE].median("rps")
-        lines.append(f"  {config.name}: 1 / (1/{echo_rps:,.0f} + {tf_cpu:.0f} us) = "
-                     f"{ceiling:,.0f} req/s; {TREE} reaches {tree:,.0f} = {tree / ceiling:.2f} "
-                     f"of it ({tree / echo_rps:.2f}x echo; echo {echo.median('cpu_us'):.0f} us "
-                     "of server CPU per request)")
+        lines.append(f"  {config.name}: 1 / (1/{echo_rps:,.0f} + {tf_cpu:.1f} us) = "
+                     f"{ceiling:,.0f} req/s;\n    {TREE} reaches {tree:,.0f} = "
+                     f"{tree / ceiling:.2f} of it ({tree / echo_rps:.2f}x echo; echo "
+                     f"{echo.median('cpu_us'):.0f} us of server CPU per request)")
     if lines:
         print("\nCeilings (echo of the workload's request + TF CPU per row, in series):")
         print("\n".join(lines))
