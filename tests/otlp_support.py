@@ -3,9 +3,11 @@ keeping every span it is sent, and the OTEL_* environment that points a server a
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,7 +15,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as trace_service
 
-from support import wait_until
+from support import TESTDATA, wait_until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -77,3 +79,23 @@ def collector_at_work(monkeypatch: pytest.MonkeyPatch) -> Iterator[Collector]:
     monkeypatch.delenv("OTEL_TRACES_EXPORTER", raising=False)
     yield receiver
     server.stop(None)
+
+
+def traced_rollout_server(tmp_path: Path) -> Any:
+    """A started ModelServer with --enable_tracing and model "m" (versions 1 and 2 of
+    half_plus_two) under a rollout: all traffic to version 1, sticky on the "user" metadata,
+    every request shadowed to version 2. The caller stops it."""
+    from pyserving.server import ModelServer, ServerOptions
+
+    for version in (1, 2):
+        shutil.copytree(TESTDATA / "saved_model_half_plus_two_cpu" / "00000123",
+                        tmp_path / "m" / str(version))
+    config = tmp_path / "models.config"
+    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
+                      'model_platform: "tensorflow" model_version_policy { all {} } } }')
+    rollout = tmp_path / "rollout.txt"
+    rollout.write_text('rollouts { model_name: "m" split { version: 1 weight: 1 } '
+                       'sticky_metadata_key: "user" shadow { version: 2 fraction: 1.0 } }')
+    return ModelServer(ServerOptions(
+        port=0, model_config_file=str(config), rollout_config_file=str(rollout),
+        rollout_config_poll_wait_seconds=0, enable_tracing=True), host="127.0.0.1").start()

@@ -121,3 +121,26 @@ def requests_in_flight(server: Any, model: str, api: str = "Predict") -> int:
     value = server.metrics.registry.get_sample_value(
         "pyserving_inflight_requests", {"model_name": model, "API": api, "entrypoint": "GRPC"})
     return int(value or 0)
+
+
+def connections_by_pid(port: int, pids: list[int]) -> dict[int, set[int]]:
+    """The socket inodes of each process's established connections on local port ``port``."""
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    established.add(int(fields[9]))
+    owned: dict[int, set[int]] = {}
+    for pid in pids:
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                match = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
+            except OSError:  # closed meanwhile
+                continue
+            if match and int(match.group(1)) in established:
+                inodes.add(int(match.group(1)))
+        owned[pid] = inodes
+    return owned

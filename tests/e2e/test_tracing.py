@@ -6,7 +6,6 @@ the caller's trace. Also the request ID (x-request-id) both transports return.""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -36,6 +35,7 @@ from otlp_support import (
     Collector,
     attributes,
     collector_at_work,
+    traced_rollout_server,
 )
 
 MODEL = "saved_model_half_plus_two_cpu"
@@ -224,20 +224,7 @@ def test_off_by_default(serve, testdata_model, channel_to, collector):
 
 
 def test_routing_is_on_the_span_and_the_shadow_is_linked(collector, tmp_path: Path):
-    from pyserving.server import ModelServer, ServerOptions
-    from support import TESTDATA
-
-    for version in (1, 2):
-        shutil.copytree(TESTDATA / MODEL / "00000123", tmp_path / "m" / str(version))
-    config = tmp_path / "models.config"
-    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
-                      'model_platform: "tensorflow" model_version_policy { all {} } } }')
-    rollout = tmp_path / "rollout.txt"
-    rollout.write_text('rollouts { model_name: "m" split { version: 1 weight: 1 } '
-                       'sticky_metadata_key: "user" shadow { version: 2 fraction: 1.0 } }')
-    server = ModelServer(ServerOptions(
-        port=0, model_config_file=str(config), rollout_config_file=str(rollout),
-        rollout_config_poll_wait_seconds=0, enable_tracing=True), host="127.0.0.1").start()
+    server = traced_rollout_server(tmp_path)
     try:
         with grpc.insecure_channel(server.grpc_target) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -7,7 +7,6 @@ a rollout's routing and shadow show on V2 spans."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from pyserving.client.protos.inference import grpc_service_pb2 as pb
 from pyserving.client.protos.inference import grpc_service_pb2_grpc
 from pyserving.server.apis import predict_pb2, prediction_service_pb2_grpc
-from support import TESTDATA, free_port, wait_until
+from support import free_port, wait_until
 from v2_support import http
 
 pytest.importorskip("opentelemetry.proto", reason="the tracing extra is not installed")
@@ -32,6 +31,7 @@ from otlp_support import (
     Collector,
     attributes,
     collector_at_work,
+    traced_rollout_server,
 )
 
 MODEL = "saved_model_half_plus_two_cpu"
@@ -240,19 +240,7 @@ def test_v2_and_tf_serving_requests_in_one_batch_are_linked_by_its_run(
 
 def test_a_rollout_routes_v2_requests_on_their_spans_and_their_shadow_is_linked(
         collector, tmp_path: Path):
-    from pyserving.server import ModelServer, ServerOptions
-
-    for version in (1, 2):
-        shutil.copytree(TESTDATA / MODEL / "00000123", tmp_path / "m" / str(version))
-    config = tmp_path / "models.config"
-    config.write_text(f'model_config_list {{ config {{ name: "m" base_path: "{tmp_path / "m"}" '
-                      'model_platform: "tensorflow" model_version_policy { all {} } } }')
-    rollout = tmp_path / "rollout.txt"
-    rollout.write_text('rollouts { model_name: "m" split { version: 1 weight: 1 } '
-                       'sticky_metadata_key: "user" shadow { version: 2 fraction: 1.0 } }')
-    server = ModelServer(ServerOptions(
-        port=0, model_config_file=str(config), rollout_config_file=str(rollout),
-        rollout_config_poll_wait_seconds=0, enable_tracing=True), host="127.0.0.1").start()
+    server = traced_rollout_server(tmp_path)
     try:
         with grpc.insecure_channel(server.grpc_target) as channel:
             response = v2_stub(channel).ModelInfer(infer_request(1.0, model="m"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import shutil
 import stat
@@ -23,7 +22,7 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from pyserving.client.protos.inference import grpc_service_pb2 as pb
 from pyserving.client.protos.inference import grpc_service_pb2_grpc
 from server_process import ServerProcess
-from support import TESTDATA, free_port, wait_for_log, wait_until
+from support import TESTDATA, connections_by_pid, free_port, wait_for_log, wait_until
 
 pytestmark = pytest.mark.slow  # two worker processes, each importing TensorFlow
 START_TIMEOUT = 180.0
@@ -98,28 +97,6 @@ def rest_connections_on_every_worker(cluster: Cluster) -> dict[int, http.client.
 
 
 # gRPC: a channel with a connection of its own per worker.
-
-def connections_by_pid(port: int, pids: list[int]) -> dict[int, set[int]]:
-    """The socket inodes of each process's established connections on local port ``port``."""
-    established = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table, encoding="ascii") as handle:
-            for line in handle.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                    established.add(int(fields[9]))
-    owned: dict[int, set[int]] = {}
-    for pid in pids:
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                match = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
-            except OSError:  # closed meanwhile
-                continue
-            if match and int(match.group(1)) in established:
-                inodes.add(int(match.group(1)))
-        owned[pid] = inodes
-    return owned
 
 
 def grpc_channels_on_every_worker(cluster: Cluster) -> dict[int, grpc.Channel]:

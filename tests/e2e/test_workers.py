@@ -39,7 +39,14 @@ from tensorflow_serving.apis import (
 
 from pyserving.server.options import ServerOptions
 from pyserving.server.workers.supervisor import worker_count
-from support import TESTDATA, free_port, metrics_page_samples, wait_for_log, wait_until
+from support import (
+    TESTDATA,
+    connections_by_pid,
+    free_port,
+    metrics_page_samples,
+    wait_for_log,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow  # supervisors of worker processes, each importing TF
 SERVER_COMMAND = (sys.executable, "-m", "pyserving.server")
@@ -146,29 +153,6 @@ def predict(channel: grpc.Channel, x: float = 2.0, wait_for_ready: bool = False)
 def health(channel: grpc.Channel, service: str = "") -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT).status
-
-
-def connections_by_pid(port: int, pids: list[int]) -> dict[int, set[int]]:
-    """The socket inodes of each process's established connections on local port ``port``."""
-    established = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table, encoding="ascii") as handle:
-            for line in handle.readlines()[1:]:
-                fields = line.split()
-                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
-                    established.add(int(fields[9]))
-    owned: dict[int, set[int]] = {}
-    for pid in pids:
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                match = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
-            except OSError:  # closed meanwhile
-                continue
-            if match and int(match.group(1)) in established:
-                inodes.add(int(match.group(1)))
-        owned[pid] = inodes
-    return owned
 
 
 def connect(port: int, pids: list[int]) -> tuple[grpc.Channel, int]:
