@@ -72,3 +72,20 @@ class FakeLoader:
         servable = Servable(name, version, path, FakeModel())
         self.loaded.append(servable)
         return servable
+
+
+class BlockingModel(FakeModel):
+    """Keeps the thread that runs it (a batch thread) busy until ``release`` is set (at most
+    ``wait`` seconds: a stuck test fails instead of hanging)."""
+
+    def __init__(self, wait: float = 10.0) -> None:
+        super().__init__()
+        self.running = threading.Event()
+        self.release = threading.Event()
+        self._wait = wait
+
+    def run(self, feeds: Sequence[tuple[str, np.ndarray]],
+            fetches: Sequence[str]) -> list[np.ndarray]:
+        self.running.set()
+        assert self.release.wait(self._wait)
+        return super().run(feeds, fetches)

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 from fake_clock import FakeClock
-from fake_servable import INPUT, OUTPUT, FakeModel, fake_servable
+from fake_servable import INPUT, OUTPUT, BlockingModel, fake_servable
 from pyserving.server import request_context
 from pyserving.server.batching.arrivals import QUIET_SECONDS
 from pyserving.server.batching.batcher import Batcher
@@ -101,21 +101,6 @@ def start(caller: Caller) -> Caller:
 def waiting_for_timeout(clock: FakeClock) -> Callable[[], bool]:
     """True once the batch thread waits for the open batch's timeout (and nothing else)."""
     return lambda: clock.deadlines() == [START + TIMEOUT]
-
-
-class BlockingModel(FakeModel):
-    """Keeps the batch thread busy until ``release`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running = threading.Event()
-        self.release = threading.Event()
-
-    def run(self, feeds: Sequence[tuple[str, np.ndarray]],
-            fetches: Sequence[str]) -> list[np.ndarray]:
-        self.running.set()
-        assert self.release.wait(WAIT)
-        return super().run(feeds, fetches)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fake_clock import FakeClock
-from fake_servable import INPUT, OUTPUT, FakeModel
+from fake_servable import INPUT, OUTPUT, BlockingModel, FakeModel
 from pyserving.server import request_context
 from pyserving.server.batching.batcher import Batcher, BatchRun
 from pyserving.server.batching.config import BatchingOptions
@@ -229,21 +229,6 @@ def test_an_expired_lone_request_is_dropped_on_the_loop_as_on_a_thread(batcher, 
     assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert raised.value.message == "Deadline exceeded before the batch ran"
     assert len(model.calls) == INLINE_AFTER
-
-
-class BlockingModel(FakeModel):
-    """Keeps the batch thread busy until ``release`` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.running = threading.Event()
-        self.release = threading.Event()
-
-    def run(self, feeds: Sequence[tuple[str, np.ndarray]],
-            fetches: Sequence[str]) -> list[np.ndarray]:
-        self.running.set()
-        assert self.release.wait(WAIT)
-        return super().run(feeds, fetches)
 
 
 def test_the_request_that_closes_a_lone_batch_runs_it_for_those_queued(batcher, clock):
