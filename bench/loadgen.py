@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+import grpc
+
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
@@ -41,6 +43,30 @@ class LoadResult:
     client_cpu: float = 0.0
     machine_cpu: float | None = None  # every process on the machine, ours included
     sample_response: bytes = b""
+
+
+WARMUP_CALLS = 50
+
+
+async def closed_loop(target: str, body: bytes, clients: int, seconds: float) -> int:
+    """``clients`` grpc.aio callers sending the pre-serialised Predict ``body`` back to back
+    for ``seconds``, after ``WARMUP_CALLS`` calls one at a time; the calls made in the window."""
+    done = 0
+    async with grpc.aio.insecure_channel(target) as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                   request_serializer=None, response_deserializer=None)
+        for _ in range(WARMUP_CALLS):
+            await call(body)
+        end = time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                await call(body)
+                done += 1
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return done
 
 
 def merge(results: list[LoadResult]) -> LoadResult:

@@ -16,11 +16,10 @@ import asyncio
 import multiprocessing
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import grpc
+import loadgen
 import numpy as np
 
 
@@ -67,25 +66,6 @@ def _request() -> bytes:
     return request.SerializeToString()
 
 
-async def _load(target: str, body: bytes, clients: int, seconds: float) -> int:
-    done = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
-                                   request_serializer=None, response_deserializer=None)
-        for _ in range(50):  # warm-up
-            await call(body)
-        end = time.perf_counter() + seconds
-
-        async def client() -> None:
-            nonlocal done
-            while time.perf_counter() < end:
-                await call(body)
-                done += 1
-
-        await asyncio.gather(*(client() for _ in range(clients)))
-    return done + 50
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per round")
@@ -109,11 +89,12 @@ def main() -> None:
                     theirs, str(base), str(logs) if logging else None))
                 server.start()
                 target = ours.recv()
-                sent = asyncio.run(_load(target, body, args.clients, args.seconds))
+                sent = asyncio.run(loadgen.closed_loop(target, body, args.clients, args.seconds)) \
+                    + loadgen.WARMUP_CALLS
                 ours.send("stop")
                 counts = ours.recv()
                 server.join()
-                rate = (sent - 50) / args.seconds
+                rate = (sent - loadgen.WARMUP_CALLS) / args.seconds
                 rates[logging].append(rate)
                 if logging:
                     written = counts.get("pyserving_request_log_records_total", 0.0)

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen
 import workloads
 
 # "no extra, again" is a second, identical server: how far apart two identical servers measure
@@ -90,25 +91,6 @@ def _serve(conn: Any, config: str, base: str, model_name: str, sink_port: int) -
     conn.send("stopped")
 
 
-async def _load(target: str, body: bytes, clients: int, seconds: float) -> int:
-    done = 0
-    async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
-                                   request_serializer=None, response_deserializer=None)
-        for _ in range(50):  # warm-up
-            await call(body)
-        end = time.perf_counter() + seconds
-
-        async def client() -> None:
-            nonlocal done
-            while time.perf_counter() < end:
-                await call(body)
-                done += 1
-
-        await asyncio.gather(*(client() for _ in range(clients)))
-    return done
-
-
 def _request_id_cost() -> tuple[float, float]:
     """Microseconds to take a caller's x-request-id and to make a new one."""
     from pyserving.server.request_id import request_id
@@ -157,7 +139,7 @@ def main() -> None:
                 for config in order:
                     conn, _, target = servers[config]
                     server_cpu, sink_cpu = _cpu(conn), _cpu(sink_conn)
-                    done = asyncio.run(_load(target, workload.request, args.clients,
+                    done = asyncio.run(loadgen.closed_loop(target, workload.request, args.clients,
                                              args.seconds))
                     # the sink is read after the exporter's next export (OTEL_BSP default 5 s
                     # at most; it exports sooner once 512 spans wait)

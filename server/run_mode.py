@@ -62,4 +62,6 @@ class RunModes:
         if calls >= 2 * self._samples:
             pool, caller = fastest
             self._chosen[key] = caller < pool and caller < CALLER_MAX_SECONDS
-            del self._fastest[key], self._calls[key]
+            # two threads may both finish the count: neither may fail a request
+            self._fastest.pop(key, None)
+            self._calls.pop(key, None)

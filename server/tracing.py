@@ -293,11 +293,9 @@ class Tracing:
             try:
                 outputs = runner(servable, signature, feeds, fetches)
             except BaseException as error:
-                trace.finished("run", started, time.time_ns(),
-                               {"pyserving.batch.size": _rows(feeds)}, error)
+                _run_finished(trace, feeds, started, error)
                 raise
-            ended = time.time_ns()
-            trace.finished("run", started, ended, {"pyserving.batch.size": _rows(feeds)})
+            _run_finished(trace, feeds, started)
             return outputs
 
         return run
@@ -316,11 +314,9 @@ class Tracing:
             try:
                 outputs = await runner(servable, signature, feeds, fetches)
             except BaseException as error:
-                trace.finished("run", started, time.time_ns(),
-                               {"pyserving.batch.size": _rows(feeds)}, error)
+                _run_finished(trace, feeds, started, error)
                 raise
-            ended = time.time_ns()
-            trace.finished("run", started, ended, {"pyserving.batch.size": _rows(feeds)})
+            _run_finished(trace, feeds, started)
             return outputs
 
         return run
@@ -359,6 +355,13 @@ class Tracing:
             self.provider.shutdown()
         except Exception:  # an unreachable collector must not fail the server's stop
             log.warning("tracing: exporting the last spans failed", exc_info=True)
+
+
+def _run_finished(trace: RequestTrace, feeds: Any, started: int,
+                  error: BaseException | None = None) -> None:
+    """An unbatched request's ``run`` span, from ``started`` (time.time_ns()) to now."""
+    trace.finished("run", started, time.time_ns(), {"pyserving.batch.size": _rows(feeds)},
+                   error)
 
 
 def _rows(feeds: Sequence[tuple[str, Any]]) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from support import TESTDATA, TESTDATA_OVERRIDE
+from support import TESTDATA, TESTDATA_OVERRIDE, copy_testdata
 
 UNIT = Path(__file__).resolve().parent / "unit"
 
@@ -38,11 +37,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         shutil.rmtree(TESTDATA, ignore_errors=True)
 
 
-def _make_writable(root: Path) -> None:
-    for path in [root, *root.rglob("*")]:
-        path.chmod(path.stat().st_mode | stat.S_IWUSR)
-
-
 @pytest.fixture
 def testdata_model(tmp_path: Path) -> Callable[..., str]:
     """Copy a model folder of TF Serving's testdata into a temp dir; returns its base path."""
@@ -51,10 +45,7 @@ def testdata_model(tmp_path: Path) -> Callable[..., str]:
         source = TESTDATA / name
         if not source.is_dir():
             pytest.fail(f"no test model {name} in {TESTDATA}")
-        target = tmp_path / "models" / (as_name or name)
-        shutil.copytree(source, target)
-        _make_writable(target)
-        return str(target)
+        return str(copy_testdata(name, tmp_path / "models" / (as_name or name)))
 
     return copy
 
@@ -125,8 +116,7 @@ def channel_for_testdata(tmp_path_factory: pytest.TempPathFactory,
     def channel(name: str) -> grpc.Channel:
         target = root / name
         if not target.exists():
-            shutil.copytree(TESTDATA / name, target)
-            _make_writable(target)
+            copy_testdata(name, target)
         return channel_for_base_path(str(target))
 
     return channel

@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -144,3 +146,12 @@ def connections_by_pid(port: int, pids: list[int]) -> dict[int, set[int]]:
                 inodes.add(int(match.group(1)))
         owned[pid] = inodes
     return owned
+
+
+def copy_testdata(name: str, target: Path) -> Path:
+    """A writable copy of the test model folder ``name`` (TESTDATA) at ``target``: the
+    fixtures' SavedModels may be read-only, and tests add, change and remove versions."""
+    shutil.copytree(TESTDATA / name, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    return target

@@ -4,11 +4,9 @@ twin, errors, deadlines, retries, channel options and the bulk generator API."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import ml_dtypes
@@ -30,7 +28,7 @@ from pyserving.client import (
 )
 from pyserving.client.apis import example_pb2, model_server_config_pb2, predict_pb2
 from pyserving.client.requests import tensor_proto
-from support import TESTDATA, free_port
+from support import TESTDATA, copy_testdata, free_port
 
 TWO = "half_plus_two"  # saved_model_half_plus_two_cpu: version 123
 VERSIONS = "two_versions"  # saved_model_half_plus_two_2_versions: 123 (stable), 124 (canary)
@@ -51,21 +49,14 @@ def config_text(models: dict[str, str], labels: dict[str, int] | None = None) ->
     return "model_config_list {\n" + "\n".join(entries) + "\n}\n"
 
 
-def copy_model(source: str, target: Path) -> str:
-    shutil.copytree(TESTDATA / source, target)
-    for path in [target, *target.rglob("*")]:
-        path.chmod(path.stat().st_mode | 0o200)
-    return str(target)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """half_plus_two and two_versions (labels stable=123, canary=124) on one server."""
     from pyserving.server import ModelServer, ServerOptions
 
     root = tmp_path_factory.mktemp("client_models")
-    models = {TWO: copy_model("saved_model_half_plus_two_cpu", root / TWO),
-              VERSIONS: copy_model("saved_model_half_plus_two_2_versions", root / VERSIONS)}
+    models = {TWO: copy_testdata("saved_model_half_plus_two_cpu", root / TWO),
+              VERSIONS: copy_testdata("saved_model_half_plus_two_2_versions", root / VERSIONS)}
     config = root / "models.config"
     config.write_text(config_text(models, {"stable": 123, "canary": 124}))
     options = ServerOptions(port=0, model_config_file=str(config),

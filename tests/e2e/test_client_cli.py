@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from google.protobuf import json_format
 from client_fakes import EchoPredictionService, start_fake_server
 from pyserving.client.apis import get_model_metadata_pb2, predict_pb2, prediction_log_pb2
 from pyserving.client.requests import tensor_proto
-from support import TESTDATA, wait_until
+from support import TESTDATA, copy_testdata, wait_until
 
 TWO = "half_plus_two"  # TF Serving's saved_model_half_plus_two_cpu, version 123
 VERSIONS = "two_versions"  # saved_model_half_plus_two_2_versions: identical 123 and 124
@@ -45,13 +44,6 @@ def export_rollout_version(path: Path, bit: float) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.predict})
 
 
-def copy_model(source: str, target: Path) -> str:
-    shutil.copytree(TESTDATA / source, target)
-    for path in [target, *target.rglob("*")]:
-        path.chmod(path.stat().st_mode | 0o200)
-    return str(target)
-
-
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from pyserving.server import ModelServer, ServerOptions
@@ -61,10 +53,10 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     export_rollout_version(root / ROLLOUT / "2", A_BIT)
     config = root / "models.config"
     config.write_text(f"""model_config_list {{
-  config {{ name: "{TWO}" base_path: "{copy_model('saved_model_half_plus_two_cpu', root / TWO)}"
+  config {{ name: "{TWO}" base_path: "{copy_testdata('saved_model_half_plus_two_cpu', root / TWO)}"
            model_platform: "tensorflow" }}
   config {{ name: "{VERSIONS}" model_platform: "tensorflow"
-           base_path: "{copy_model('saved_model_half_plus_two_2_versions', root / VERSIONS)}"
+           base_path: "{copy_testdata('saved_model_half_plus_two_2_versions', root / VERSIONS)}"
            model_version_policy {{ all {{}} }} }}
   config {{ name: "{ROLLOUT}" base_path: "{root / ROLLOUT}" model_platform: "tensorflow"
            model_version_policy {{ all {{}} }}

@@ -8,8 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
-import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,13 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from pyserving.client.protos.inference import grpc_service_pb2 as pb
 from pyserving.client.protos.inference import grpc_service_pb2_grpc
 from server_process import ServerProcess
-from support import TESTDATA, connections_by_pid, free_port, wait_for_log, wait_until
+from support import (
+    connections_by_pid,
+    copy_testdata,
+    free_port,
+    wait_for_log,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow  # two worker processes, each importing TensorFlow
 START_TIMEOUT = 180.0
@@ -33,14 +37,6 @@ ALL_SERVING = re.compile(r"all 2 workers are serving; Running gRPC ModelServer a
                          r"0\.0\.0\.0:(\d+) \.\.\.")
 WORKER_STARTED = re.compile(r"worker (\d) started: pid (\d+)")
 Stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub
-
-
-def copy_model(root: Path, testdata: str, name: str) -> Path:
-    base = root / name
-    shutil.copytree(TESTDATA / testdata, base)
-    for path in [base, *base.rglob("*")]:
-        path.chmod(path.stat().st_mode | stat.S_IWUSR)
-    return base
 
 
 class Cluster:
@@ -58,7 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     process = ServerProcess(["--workers=2", "--port=0", f"--rest_api_port={rest_port}",
                              "--shutdown_grace_period_seconds=5", "--model_name=default",
                              "--model_base_path="
-                             f"{copy_model(root, 'saved_model_half_plus_two_cpu', 'hpt_cpu')}"],
+                             f"{copy_testdata('saved_model_half_plus_two_cpu', root / 'hpt_cpu')}"],
                             root / "server")
     try:
         port = int(wait_for_log(process.stderr, ALL_SERVING, process.popen,
@@ -186,7 +182,7 @@ def test_a_model_reloaded_on_one_worker_is_served_by_v2_on_every_worker(
     for connection in rest.values():
         status, answer = rest_call(connection, "GET", "/v2/models/hpt/ready")
         assert (status, answer) == (400, {"error": "Model version not ready"})
-    added = copy_model(tmp_path, "saved_model_half_plus_two_2_versions", "hpt")
+    added = copy_testdata("saved_model_half_plus_two_2_versions", tmp_path / "hpt")
     receiver = next(iter(channels.values()))
     reload_with(receiver, cluster, added)
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -40,8 +38,8 @@ from tensorflow_serving.apis import (
 from pyserving.server.options import ServerOptions
 from pyserving.server.workers.supervisor import worker_count
 from support import (
-    TESTDATA,
     connections_by_pid,
+    copy_testdata,
     free_port,
     metrics_page_samples,
     wait_for_log,
@@ -103,15 +101,6 @@ class Supervisor:
                 self.popen.wait()
 
 
-def copy_model(root: Path, testdata: str = "saved_model_half_plus_two_cpu",
-               name: str = "half_plus_two") -> Path:
-    base = root / name
-    shutil.copytree(TESTDATA / testdata, base)
-    for path in [base, *base.rglob("*")]:
-        path.chmod(path.stat().st_mode | stat.S_IWUSR)
-    return base
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Supervisor, int, int]]:
     """(supervisor, gRPC port, REST port) of two workers serving half_plus_two as "default"."""
@@ -121,11 +110,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Supervis
     rollout = root / "rollout.txt"  # every worker reads it; requests without a version pass it
     rollout.write_text('rollouts { model_name: "default" split { version: 123 weight: 1 } }')
     rest_port = free_port()
+    base = copy_testdata("saved_model_half_plus_two_cpu", root / "half_plus_two")
     supervisor = Supervisor(["--workers=2", "--port=0", f"--rest_api_port={rest_port}",
                              f"--monitoring_config_file={monitoring}",
                              f"--rollout_config_file={rollout}",
                              f"--shutdown_grace_period_seconds={GRACE_SECONDS}",
-                             f"--model_base_path={copy_model(root)}"], root)
+                             f"--model_base_path={base}"], root)
     try:
         port = int(supervisor.wait_for_log(ALL_SERVING).group(1))
         yield supervisor, port, rest_port
@@ -323,8 +313,8 @@ def test_killed_worker_fails_only_its_rpcs_and_is_restarted(
 @pytest.fixture(scope="module")
 def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of saved_model_half_plus_two_2_versions for the reloads of this module."""
-    return copy_model(tmp_path_factory.mktemp("reload"), "saved_model_half_plus_two_2_versions",
-                      HPT)
+    return copy_testdata("saved_model_half_plus_two_2_versions",
+                         tmp_path_factory.mktemp("reload") / HPT)
 
 
 def reload(channel: grpc.Channel, supervisor: Supervisor, hpt_base: Path, *, policy: str = "",

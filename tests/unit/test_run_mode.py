@@ -70,3 +70,12 @@ def test_each_signature_is_measured_on_its_own():
     measure(modes, pool=0.0001, caller=0.0003, key=("b:0",))
     assert (modes.chosen(("a:0",)), modes.chosen(("b:0",))) == (True, False)
     assert modes.chosen(("c:0",)) is None
+
+
+def test_a_call_reporting_after_the_decision_does_not_undo_it():
+    # a call that began measuring before the decision reports after it (another thread)
+    modes = RunModes(samples=2)
+    measure(modes, pool=0.0001, caller=0.00001)
+    modes.record(KEY, False, 0.0001)
+    modes.record(KEY, True, 0.00001)
+    assert modes.chosen(KEY) is True
